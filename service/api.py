@@ -1,0 +1,53 @@
+"""The HTTP server (aiohttp): health for liveness and readiness probes, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from aiohttp import web
+
+from service import __version__
+from service.metrics import Metrics
+
+
+class HealthSource(Protocol):
+    def health(self) -> dict[str, object]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)  # type: ignore[type-abstract]
+
+
+async def health(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves requests; the body says what is degraded."""
+    return web.json_response(request.app[HEALTH_KEY].health())
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 503 until the service can receive events (broker connected)."""
+    source = request.app[HEALTH_KEY]
+    return web.json_response(source.health(), status=200 if source.ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS_KEY].render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response({"service": "tocsin", "version": __version__,
+                              "endpoints": ["/health", "/health/ready", "/metrics"]})
+
+
+def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+    app[HEALTH_KEY] = health_source
+    app[METRICS_KEY] = metrics_
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)
+    return app

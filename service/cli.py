@@ -1,0 +1,87 @@
+"""The ``tocsin`` command: run the service, check a configuration and its rules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rules.loader import RuleLoadError, load_rules
+from service import __version__
+from service.app import Service, rule_paths
+from service.config import Config, ConfigError, load_config
+
+
+def _config_path(arg: str | None) -> Path | None:
+    value = arg or os.environ.get("TOCSIN_CONFIG")
+    return Path(value) if value else None
+
+
+def _load(arg: str | None) -> Config:
+    return load_config(_config_path(arg))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(f"configuration is not valid:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        ruleset = load_rules(rule_paths(config))
+    except RuleLoadError as exc:
+        print(f"rules are not valid:\n{exc}", file=sys.stderr)
+        return 2
+    source = _config_path(args.config) or "embedded defaults"
+    print(f"ok: configuration {source}, {len(ruleset.rules)} rules "
+          f"({', '.join(str(p) for p in rule_paths(config))})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+        logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if _config_path(args.config) is None:
+            logging.getLogger("tocsin").info("no configuration given: running on embedded defaults")
+        return asyncio.run(_run(config))
+    except ConfigError as exc:
+        print(f"configuration is not valid, not starting:\n{exc}", file=sys.stderr)
+        return 2
+    except RuleLoadError as exc:
+        print(f"rules are not valid, not starting:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(config: Config) -> int:
+    async with Service(config) as service:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop)
+        await service.wait()
+        logging.getLogger("tocsin").info("stopping")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tocsin", description="IoT events to push notifications.")
+    parser.add_argument("--version", action="version", version=f"tocsin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the service (embedded defaults when no configuration is given)")
+    run.add_argument("--config", "-c", help="YAML configuration file (or TOCSIN_CONFIG)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a configuration and its rules without starting")
+    check.add_argument("config", nargs="?", help="YAML configuration file (or TOCSIN_CONFIG)")
+    check.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

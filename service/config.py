@@ -1,0 +1,214 @@
+"""One YAML configuration file, environment overrides (``TOCSIN_SECTION__FIELD``) and secrets from files,
+validated with pydantic before anything starts. Every error names where the value came from, the field and
+the reason; secrets are ``SecretStr`` so they never print."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from rules import yaml_source
+
+ENV_PREFIX = "TOCSIN_"
+# A field named like this may instead be given as <name>_file: the path of a file holding the secret.
+SECRET_FIELDS = frozenset({"password", "token", "api_key", "private_key", "credentials"})
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tocsin"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstanceConfig(_Section):
+    id: str = Field(default_factory=lambda: os.uname().nodename or "tocsin", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class MqttConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = Field(None, description="default: tocsin-<instance id>; fixed, for a persistent session")
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    embedded_broker: Literal["auto", "never"] = Field(
+        "auto", description="auto: start an in-process broker when none answers on 127.0.0.1 at start"
+    )
+    reconnect_min_s: float = Field(0.2, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class HttpConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class LogProviderConfig(_Section):
+    format: Literal["text", "json"] = "text"
+    stream: Literal["stdout", "stderr"] = "stdout"
+
+
+class ProvidersConfig(_Section):
+    log: LogProviderConfig = LogProviderConfig()
+
+
+class SeedRegistration(_Section):
+    provider: Literal["apns", "fcm", "log"]
+    token: str = Field(min_length=1)
+    user_id: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+def _console() -> list[SeedRegistration]:
+    return [SeedRegistration(provider="log", token="console", user_id="console", tags=("home", "ops"))]
+
+
+class RegistrationsConfig(_Section):
+    store: Literal["sqlite"] = "sqlite"
+    path: Path | None = Field(None, description="default: <data_dir>/tocsin.db")
+    seed: list[SeedRegistration] = Field(
+        default_factory=_console, description="registrations created at start (the console one by default)"
+    )
+
+
+class RulesConfig(_Section):
+    paths: list[Path] = Field(default_factory=list, description="rule files or directories; empty: examples")
+
+
+class NotifyConfig(_Section):
+    dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
+    queue_size: int = Field(100_000, ge=100)
+    max_attempts: int = Field(5, ge=1)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    data_dir: Path = Field(default_factory=default_data_dir)
+    instance: InstanceConfig = InstanceConfig()
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    providers: ProvidersConfig = ProvidersConfig()
+    registrations: RegistrationsConfig = RegistrationsConfig()
+    rules: RulesConfig = RulesConfig()
+    notify: NotifyConfig = NotifyConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @property
+    def store_path(self) -> Path:
+        return self.registrations.path or self.data_dir / "tocsin.db"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"tocsin-{self.instance.id}"
+
+
+class ConfigError(Exception):
+    """Every problem found, each as '<where>: <field>: <reason>'."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or nothing: embedded defaults), apply the environment, read secret files, validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str | int, ...], str] = {}
+    located: yaml_source.Located | None = None
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: cannot read configuration file: {exc}"]) from None
+        try:
+            located = yaml_source.load(text, str(path))
+        except yaml_source.YamlError as exc:
+            raise ConfigError([str(exc)]) from None
+        if located.data is None:
+            located.data = {}
+        if not isinstance(located.data, dict):
+            raise ConfigError([f"{path}:1: the configuration must be a mapping of sections"])
+        data = located.data
+
+    problems: list[str] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == "TOCSIN_CONFIG":
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        if not all(keys):
+            problems.append(f"environment {name}: empty section name (use TOCSIN_SECTION__FIELD)")
+            continue
+        value: Any = raw
+        if keys[-1] not in SECRET_FIELDS and not keys[-1].endswith("_file"):
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else raw
+            except yaml.YAMLError:
+                value = raw
+        target = data
+        for key in keys[:-1]:
+            nxt = target.setdefault(key, {})
+            if not isinstance(nxt, dict):
+                problems.append(f"environment {name}: {'.'.join(keys[:-1])} is not a section")
+                break
+            target = nxt
+        else:
+            target[keys[-1]] = value
+            origin[tuple(keys)] = f"environment {name}"
+
+    def where(loc: tuple[str | int, ...]) -> str:
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in origin:
+                return origin[loc[:end]]
+        if located is not None:
+            return f"{located.filename}:{located.position_of(loc).line}"
+        return "embedded defaults"
+
+    _read_secret_files(data, (), where, problems)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc)
+            reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where(loc)}: {field}: {reason}")
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_secret_files(node: dict[str, Any], path: tuple[str | int, ...], where: Any, problems: list[str]) -> None:
+    for key in list(node):
+        value = node[key]
+        if isinstance(value, dict):
+            _read_secret_files(value, (*path, key), where, problems)
+        elif isinstance(key, str) and key.endswith("_file") and key.removesuffix("_file") in SECRET_FIELDS:
+            loc = (*path, key)
+            field = ".".join(str(p) for p in loc)
+            try:
+                secret = Path(str(value)).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{where(loc)}: {field}: cannot read secret file {value}: {exc.__class__.__name__}")
+                del node[key]
+                continue
+            del node[key]
+            node[key.removesuffix("_file")] = secret

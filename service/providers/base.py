@@ -1,0 +1,62 @@
+"""The provider interface and the outcome classes every provider answers with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.notify.model import Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    name = "delivered"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again, after ``after`` seconds when the provider said so (Retry-After), else with backoff."""
+
+    reason: str
+    after: float | None = None
+    name = "retry"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInvalid:
+    """The token will never work again: disable the registration."""
+
+    reason: str
+    name = "token_invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSuspect:
+    """Wrong environment or topic: mark the registration, do not delete it."""
+
+    reason: str
+    name = "token_suspect"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigError:
+    """Our credential or setup is wrong: pause the provider and tell the operator; do not burn the queue."""
+
+    reason: str
+    name = "config_error"
+
+
+Outcome = Delivered | Retry | TokenInvalid | TokenSuspect | ConfigError
+
+
+class Provider(Protocol):
+    name: str
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the provider cannot send right now, or None when it can."""
+        ...
+
+    async def send(self, delivery: Delivery) -> Outcome: ...
+
+    async def close(self) -> None: ...

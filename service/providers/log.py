@@ -1,0 +1,49 @@
+"""The ``log`` provider: prints each notification, for newcomers, demos and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+from service.config import LogProviderConfig
+from service.notify.model import Delivery
+from service.providers.base import Delivered, Outcome
+
+
+class LogProvider:
+    name = "log"
+
+    def __init__(self, config: LogProviderConfig, stream: TextIO | None = None) -> None:
+        self._json = config.format == "json"
+        self._stream = stream or (sys.stdout if config.stream == "stdout" else sys.stderr)
+
+    @property
+    def degraded(self) -> str | None:
+        return None
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        n, reg = delivery.notification, delivery.registration
+        if self._json:
+            line = json.dumps(
+                {
+                    "nid": n.nid, "alert_id": n.alert_id, "episode": n.episode, "rule": n.rule, "state": n.state,
+                    "severity": n.severity, "title": n.title, "body": n.body, "labels": dict(n.labels),
+                    "to": reg.token, "sent_at": time.time(),
+                },
+                separators=(",", ":"),
+            )
+        else:
+            stamp = datetime.fromtimestamp(n.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            state = n.state.upper()
+            line = f"[notification] {stamp} {state} {n.rule} ({n.severity}) to {reg.token}: {n.title}"
+            if n.body:
+                line += f" — {n.body}"
+        self._stream.write(line + "\n")
+        self._stream.flush()
+        return Delivered()
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Event sources: each turns what it receives into ``rules.event.Event`` and hands it on."""
