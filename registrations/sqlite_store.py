@@ -12,17 +12,38 @@ import sqlite_utils
 from registrations.model import Audience, Registration
 
 _COLUMNS = (
-    "id", "provider", "token", "user_id", "app", "environment", "device_name", "tags", "locale", "timezone",
-    "state", "created", "updated",
+    "id",
+    "provider",
+    "token",
+    "user_id",
+    "app",
+    "environment",
+    "device_name",
+    "tags",
+    "locale",
+    "timezone",
+    "state",
+    "created",
+    "updated",
 )
 
 
 def _m1_registrations(db: sqlite_utils.Database) -> None:
     db["registrations"].create(  # type: ignore[union-attr]
         {
-            "id": str, "provider": str, "token": str, "user_id": str, "app": str, "environment": str,
-            "device_name": str, "tags": str, "locale": str, "timezone": str, "state": str,
-            "created": float, "updated": float,
+            "id": str,
+            "provider": str,
+            "token": str,
+            "user_id": str,
+            "app": str,
+            "environment": str,
+            "device_name": str,
+            "tags": str,
+            "locale": str,
+            "timezone": str,
+            "state": str,
+            "created": float,
+            "updated": float,
         },
         pk="id",
         not_null={"provider", "token", "state", "environment"},
@@ -99,7 +120,8 @@ class SqliteRegistrationStore:
 
     def get(self, provider: str, token: str) -> Registration | None:
         cur = self.db.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM registrations WHERE provider = ? AND token = ?", [provider, token]
+            f"SELECT {', '.join(_COLUMNS)} FROM registrations WHERE provider = ? AND token = ?",
+            [provider, token],
         )
         row = cur.fetchone()
         return _from_row(row) if row else None
@@ -108,7 +130,8 @@ class SqliteRegistrationStore:
         return int(self.db.execute("SELECT count(*) FROM registrations").fetchone()[0])
 
     def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         if audience.tags:
             marks = ", ".join("?" * len(audience.tags))
             clauses.append(f"id IN (SELECT registration_id FROM registration_tags WHERE tag IN ({marks}))")
@@ -120,9 +143,12 @@ class SqliteRegistrationStore:
             return
         where = f"state = 'active' AND ({' OR '.join(clauses)})"
         last = ""
+        query = (
+            f"SELECT {', '.join(_COLUMNS)} FROM registrations WHERE {where} AND id > ? ORDER BY id LIMIT ?"
+        )
         while True:  # keyset paging: each batch is a fresh, bounded query
             rows = self.db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM registrations WHERE {where} AND id > ? ORDER BY id LIMIT ?",
+                query,
                 [*params, last, batch_size],
             ).fetchall()
             if not rows:

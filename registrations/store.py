@@ -1,4 +1,4 @@
-"""The store interface. A second store (PostgreSQL, Cumulocity inventory) is a new module implementing this."""
+"""The store interface: a second store (PostgreSQL, Cumulocity inventory) is a new module implementing it."""
 
 from __future__ import annotations
 

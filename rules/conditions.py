@@ -46,7 +46,9 @@ def as_number(value: Any) -> float | None:
 
 def _compare(op: str, operand: Any) -> Callable[[Any], bool]:
     if op == "eq":
-        return lambda v: v == operand or (isinstance(v, str) and not isinstance(operand, str) and _num_eq(v, operand))
+        return lambda v: (
+            v == operand or (isinstance(v, str) and not isinstance(operand, str) and _num_eq(v, operand))
+        )
     if op == "ne":
         return lambda v: v != operand
     if op in ("gt", "ge", "lt", "le"):

@@ -133,7 +133,12 @@ class RuleEngine:
         return state, out
 
     def _threshold(
-        self, c: CompiledRule, labels: dict[str, str], event: Event, state: EngineState, now: float,
+        self,
+        c: CompiledRule,
+        labels: dict[str, str],
+        event: Event,
+        state: EngineState,
+        now: float,
         out: list[Transition],
     ) -> None:
         th = c.rule.threshold
@@ -169,7 +174,12 @@ class RuleEngine:
                 out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, value))
 
     def _seen(
-        self, c: CompiledRule, labels: dict[str, str], event: Event, state: EngineState, now: float,
+        self,
+        c: CompiledRule,
+        labels: dict[str, str],
+        event: Event,
+        state: EngineState,
+        now: float,
         out: list[Transition],
     ) -> None:
         ab = c.rule.absent
@@ -208,27 +218,56 @@ class RuleEngine:
             alert.status, alert.deadline = "firing", None
             # The transition happens at the deadline, not when the tick ran late.
             out.append(
-                self._transition(c, aid, alert.episode, alert.labels, "firing", alert.last_event, deadline,
-                                 alert.last_value)
+                self._transition(
+                    c,
+                    aid,
+                    alert.episode,
+                    alert.labels,
+                    "firing",
+                    alert.last_event,
+                    deadline,
+                    alert.last_value,
+                )
             )
         return state, out
 
     # -- rendering ----------------------------------------------------------------------------------------
     def _transition(
-        self, c: CompiledRule, aid: str, episode: str, labels: Mapping[str, str], st: TransitionState,
-        event: Event | None, now: float, value: float | None,
+        self,
+        c: CompiledRule,
+        aid: str,
+        episode: str,
+        labels: Mapping[str, str],
+        st: TransitionState,
+        event: Event | None,
+        now: float,
+        value: float | None,
     ) -> Transition:
         ctx: dict[str, Any] = dict(labels)
         ctx.update(
-            labels=labels, rule=c.id, severity=c.rule.severity, state=st, value=value,
-            payload=event.payload if event else None, topic=event.topic if event else None,
-            device=event.device if event else None, time=now,
+            labels=labels,
+            rule=c.id,
+            severity=c.rule.severity,
+            state=st,
+            value=value,
+            payload=event.payload if event else None,
+            topic=event.topic if event else None,
+            device=event.device if event else None,
+            time=now,
         )
         aud = c.rule.audience
         return Transition(
-            alert_id=aid, episode=episode, rule=c.id, labels=labels, severity=c.rule.severity, state=st,
-            title=c.title.render(ctx), body=c.body.render(ctx), time=now,
-            audience_tags=aud.tags, audience_users=aud.users,
+            alert_id=aid,
+            episode=episode,
+            rule=c.id,
+            labels=labels,
+            severity=c.rule.severity,
+            state=st,
+            title=c.title.render(ctx),
+            body=c.body.render(ctx),
+            time=now,
+            audience_tags=aud.tags,
+            audience_users=aud.users,
         )
 
 

@@ -87,13 +87,20 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
             if rule.id in seen:
                 pos = yaml_source.load(text, str(file)).position_of(("rules", index, "id"))
                 errors.append(
-                    RuleError(str(file), pos.line, pos.column, f"rules[{index}].id",
-                              f"rule id {rule.id!r} is already used in {seen[rule.id]}")
+                    RuleError(
+                        str(file),
+                        pos.line,
+                        pos.column,
+                        f"rules[{index}].id",
+                        f"rule id {rule.id!r} is already used in {seen[rule.id]}",
+                    )
                 )
             seen[rule.id] = str(file)
             rules.append(rule)
     if not files:
-        errors.append(RuleError(", ".join(str(p) for p in paths) or "(none)", 1, 1, "", "no rule files found"))
+        errors.append(
+            RuleError(", ".join(str(p) for p in paths) or "(none)", 1, 1, "", "no rule files found")
+        )
     if errors:
         raise RuleLoadError(errors)
     return compile_rules(rules)

@@ -18,7 +18,7 @@ class HealthSource(Protocol):
 
 
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)  # type: ignore[type-abstract]
+HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -38,8 +38,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    return web.json_response({"service": "tocsin", "version": __version__,
-                              "endpoints": ["/health", "/health/ready", "/metrics"]})
+    return web.json_response(
+        {"service": "tocsin", "version": __version__, "endpoints": ["/health", "/health/ready", "/metrics"]}
+    )
 
 
 def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application:

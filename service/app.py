@@ -38,7 +38,13 @@ def rule_paths(config: Config) -> list[Path]:
 class Service:
     """``async with Service(config) as s: await s.wait()``: starts everything on enter, stops it on exit."""
 
-    def __init__(self, config: Config, clock: Clock | None = None, ruleset: RuleSet | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        ruleset: RuleSet | None = None,
+        providers: dict[str, Provider] | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -46,24 +52,47 @@ class Service:
         self.engine = RuleEngine(self.ruleset)
         self.state = EngineState()
         self.store = SqliteRegistrationStore(config.store_path)
-        self.providers: dict[str, Provider] = {"log": LogProvider(config.providers.log)}
-        self.dispatcher = Dispatcher(self.providers, self.store, self.metrics, self.clock,
-                                     config.notify.queue_size, config.notify.max_attempts)
-        self.pipeline = Pipeline(DedupStage(NotificationLog(config.notify.dedup_window_s)),
-                                 TargetStage(self.store), self.dispatcher, self.metrics)
-        self.source = MqttSource(config.mqtt, config.client_id, self.ruleset.subscriptions(), self.on_event,
-                                 self.metrics, self.clock)
+        self.providers: dict[str, Provider] = providers or {"log": LogProvider(config.providers.log)}
+        self.dispatcher = Dispatcher(
+            self.providers,
+            self.store,
+            self.metrics,
+            self.clock,
+            config.notify.queue_size,
+            config.notify.max_attempts,
+        )
+        self.pipeline = Pipeline(
+            DedupStage(NotificationLog(config.notify.dedup_window_s)),
+            TargetStage(self.store),
+            self.dispatcher,
+            self.metrics,
+        )
+        self.source = MqttSource(
+            config.mqtt,
+            config.client_id,
+            self.ruleset.subscriptions(),
+            self.on_event,
+            self.metrics,
+            self.clock,
+        )
         self.http_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._timer_changed = asyncio.Event()
         self._stopped = asyncio.Event()
-        self.metrics.gauge("tocsin_mqtt_connected", "1 while connected to the MQTT broker.",
-                           lambda: float(self.source.is_connected))
-        self.metrics.gauge("tocsin_dispatch_queue_depth", "Deliveries waiting for a provider.",
-                           lambda: float(self.dispatcher.queue.qsize()))
-        self.metrics.gauge("tocsin_open_alerts", "Alerts pending, firing or watched.",
-                           lambda: float(len(self.state.alerts)))
+        self.metrics.gauge(
+            "tocsin_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            lambda: float(self.source.is_connected),
+        )
+        self.metrics.gauge(
+            "tocsin_dispatch_queue_depth",
+            "Deliveries waiting for a provider.",
+            lambda: float(self.dispatcher.queue.qsize()),
+        )
+        self.metrics.gauge(
+            "tocsin_open_alerts", "Alerts pending, firing or watched.", lambda: float(len(self.state.alerts))
+        )
 
     # -- the event path -----------------------------------------------------------------------------------
     async def on_event(self, event: Event) -> None:
@@ -75,7 +104,7 @@ class Service:
             self._timer_changed.set()
 
     async def _timers(self) -> None:
-        """Fires rule timers ('for', 'not seen for') at their deadline, woken early when a nearer one appears."""
+        """Fires rule timers ('for', 'not seen for') at their deadline; a nearer new one wakes it early."""
         while True:
             deadline = self.engine.next_deadline(self.state)
             wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
@@ -100,14 +129,22 @@ class Service:
         for name, p in self.providers.items():
             if p.degraded:
                 degraded[name] = p.degraded
-        broker: dict[str, object] = {"connected": self.source.is_connected, "host": self.config.mqtt.host,
-                                     "port": self.config.mqtt.port}
+        broker: dict[str, object] = {
+            "connected": self.source.is_connected,
+            "host": self.config.mqtt.host,
+            "port": self.config.mqtt.port,
+        }
         if self.source.last_error:
             broker["error"] = self.source.last_error
         status = "ok" if self.source.is_connected and not degraded else "degraded"
-        return {"status": status, "version": __version__, "instance": self.config.instance.id,
-                "broker": broker, "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
-                "rules": len(self.ruleset.rules)}
+        return {
+            "status": status,
+            "version": __version__,
+            "instance": self.config.instance.id,
+            "broker": broker,
+            "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
+            "rules": len(self.ruleset.rules),
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def __aenter__(self) -> Service:
@@ -123,10 +160,12 @@ class Service:
         self._stack.callback(self.store.close)
         now = self.clock.time()
         for seed in cfg.registrations.seed:
-            self.store.upsert(Registration(seed.provider, seed.token, user_id=seed.user_id, tags=seed.tags), now)
-        if cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS:
-            if not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
-                await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
+            self.store.upsert(
+                Registration(seed.provider, seed.token, user_id=seed.user_id, tags=seed.tags), now
+            )
+        local = cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
+        if local and not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
+            await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
         self.dispatcher.start()
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.dispatcher.stop)
@@ -138,12 +177,21 @@ class Service:
             await site.start()
             sockets = getattr(site._server, "sockets", None) or []
             self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
-            log.info("HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port)
-        self._tasks = [asyncio.create_task(self.source.run(), name="mqtt-source"),
-                       asyncio.create_task(self._timers(), name="rule-timers")]
+            log.info(
+                "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port
+            )
+        self._tasks = [
+            asyncio.create_task(self.source.run(), name="mqtt-source"),
+            asyncio.create_task(self._timers(), name="rule-timers"),
+        ]
         self._stack.push_async_callback(self._cancel_tasks)
-        log.info("tocsin %s started as %s with %d rules; data in %s", __version__, cfg.instance.id,
-                 len(self.ruleset.rules), cfg.store_path)
+        log.info(
+            "tocsin %s started as %s with %d rules; data in %s",
+            __version__,
+            cfg.instance.id,
+            len(self.ruleset.rules),
+            cfg.store_path,
+        )
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks:

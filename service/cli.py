@@ -37,15 +37,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"rules are not valid:\n{exc}", file=sys.stderr)
         return 2
     source = _config_path(args.config) or "embedded defaults"
-    print(f"ok: configuration {source}, {len(ruleset.rules)} rules "
-          f"({', '.join(str(p) for p in rule_paths(config))})")
+    print(
+        f"ok: configuration {source}, {len(ruleset.rules)} rules "
+        f"({', '.join(str(p) for p in rule_paths(config))})"
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
-        logging.basicConfig(level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         if _config_path(args.config) is None:
             logging.getLogger("tocsin").info("no configuration given: running on embedded defaults")
         return asyncio.run(_run(config))

@@ -37,7 +37,9 @@ class MqttConfig(_Section):
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
     password: SecretStr | None = None
-    client_id: str | None = Field(None, description="default: tocsin-<instance id>; fixed, for a persistent session")
+    client_id: str | None = Field(
+        None, description="default: tocsin-<instance id>; fixed, for a persistent session"
+    )
     keepalive_s: int = Field(30, ge=5, le=3600)
     embedded_broker: Literal["auto", "never"] = Field(
         "auto", description="auto: start an in-process broker when none answers on 127.0.0.1 at start"
@@ -152,7 +154,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     for name, raw in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == "TOCSIN_CONFIG":
             continue
-        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__")]
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):
             problems.append(f"environment {name}: empty section name (use TOCSIN_SECTION__FIELD)")
             continue
@@ -188,7 +190,11 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
         for err in exc.errors():
             loc = tuple(err["loc"])
             field = ".".join(str(p) for p in loc)
-            reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            reason = (
+                "unknown field"
+                if err["type"] == "extra_forbidden"
+                else err["msg"].removeprefix("Value error, ")
+            )
             problems.append(f"{where(loc)}: {field}: {reason}")
         raise ConfigError(problems) from None
     if problems:
@@ -196,7 +202,9 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     return config
 
 
-def _read_secret_files(node: dict[str, Any], path: tuple[str | int, ...], where: Any, problems: list[str]) -> None:
+def _read_secret_files(
+    node: dict[str, Any], path: tuple[str | int, ...], where: Any, problems: list[str]
+) -> None:
     for key in list(node):
         value = node[key]
         if isinstance(value, dict):
@@ -207,7 +215,9 @@ def _read_secret_files(node: dict[str, Any], path: tuple[str | int, ...], where:
             try:
                 secret = Path(str(value)).expanduser().read_text(encoding="utf-8").rstrip("\r\n")
             except (OSError, UnicodeDecodeError) as exc:
-                problems.append(f"{where(loc)}: {field}: cannot read secret file {value}: {exc.__class__.__name__}")
+                problems.append(
+                    f"{where(loc)}: {field}: cannot read secret file {value}: {exc.__class__.__name__}"
+                )
                 del node[key]
                 continue
             del node[key]

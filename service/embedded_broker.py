@@ -4,6 +4,7 @@ newcomer's first ``tocsin run`` works with nothing else installed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 
@@ -17,10 +18,8 @@ async def broker_answers(host: str, port: int, timeout: float = 1.0) -> bool:
     except (OSError, TimeoutError):
         return False
     writer.close()
-    try:
+    with contextlib.suppress(OSError):
         await writer.wait_closed()
-    except OSError:
-        pass
     return True
 
 
@@ -41,9 +40,12 @@ class EmbeddedBroker:
         broker = Broker(config)
         await broker.start()
         self._broker = broker
-        log.warning("no MQTT broker answered on %s:%d, so tocsin started an embedded one there (amqtt). "
-                    "For production, run Mosquitto or another broker and set mqtt.host/mqtt.port.",
-                    self.host, self.port)
+        log.warning(
+            "no MQTT broker answered on %s:%d, so tocsin started an embedded one there (amqtt). "
+            "For production, run Mosquitto or another broker and set mqtt.host/mqtt.port.",
+            self.host,
+            self.port,
+        )
         return self
 
     async def __aexit__(

@@ -36,15 +36,20 @@ class Metrics(Collector):
         self.payloads_malformed = Counter(
             "tocsin_payloads_malformed", "Payloads that could not be read, by source.", ("source",)
         )
-        self.rule_matches = Counter("tocsin_rule_matches", "Alert transitions produced, by rule and state.",
-                                    ("rule", "state"))
+        self.rule_matches = Counter(
+            "tocsin_rule_matches", "Alert transitions produced, by rule and state.", ("rule", "state")
+        )
         self.notifications = Counter(
             "tocsin_notifications", "Deliveries finished, by provider and outcome.", ("provider", "outcome")
         )
-        self.suppressed = Counter("tocsin_notifications_suppressed", "Notifications a stage held back.", ("stage",))
+        self.suppressed = Counter(
+            "tocsin_notifications_suppressed", "Notifications a stage held back.", ("stage",)
+        )
         self.mqtt_connects = Counter("tocsin_mqtt_connects", "Successful connections to the MQTT broker.")
         self.mqtt_disconnects = Counter("tocsin_mqtt_disconnects", "Lost or failed MQTT connections.")
-        self.internal_errors = Counter("tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",))
+        self.internal_errors = Counter(
+            "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
+        )
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)

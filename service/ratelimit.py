@@ -8,7 +8,9 @@ from service.clock import Clock
 
 
 class RateLimitedLog:
-    def __init__(self, logger: logging.Logger, clock: Clock, interval: float = 60.0, max_keys: int = 10_000) -> None:
+    def __init__(
+        self, logger: logging.Logger, clock: Clock, interval: float = 60.0, max_keys: int = 10_000
+    ) -> None:
         self.logger, self.clock, self.interval, self.max_keys = logger, clock, interval, max_keys
         self._last: dict[str, tuple[float, int]] = {}
 

@@ -15,12 +15,22 @@ from registrations.store import RegistrationStore
 from service.clock import Clock
 from service.metrics import Metrics
 from service.notify.model import Delivery
-from service.providers.base import ConfigError, Delivered, Outcome, Provider, Retry, TokenInvalid, TokenSuspect
+from service.providers.base import (
+    ConfigError,
+    Delivered,
+    Outcome,
+    Provider,
+    Retry,
+    TokenInvalid,
+    TokenSuspect,
+)
 
 log = logging.getLogger("tocsin.dispatch")
 
 
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 60.0, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    attempt: int, base: float = 0.5, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
     """Exponential backoff with full jitter (attempt 1 waits up to ``base``)."""
     r = rng or random
     return r.uniform(0, min(cap, base * 2 ** (attempt - 1)))
@@ -28,8 +38,14 @@ def backoff_delay(attempt: int, base: float = 0.5, cap: float = 60.0, rng: rando
 
 class Dispatcher:
     def __init__(
-        self, providers: Mapping[str, Provider], store: RegistrationStore, metrics: Metrics, clock: Clock,
-        queue_size: int = 100_000, max_attempts: int = 5, workers: int = 4,
+        self,
+        providers: Mapping[str, Provider],
+        store: RegistrationStore,
+        metrics: Metrics,
+        clock: Clock,
+        queue_size: int = 100_000,
+        max_attempts: int = 5,
+        workers: int = 4,
     ) -> None:
         self.providers, self.store, self.metrics, self.clock = providers, store, metrics, clock
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(queue_size)
@@ -96,14 +112,25 @@ class Dispatcher:
         delay = outcome.after if outcome.after is not None else backoff_delay(delivery.attempt)
         if delivery.attempt >= self.max_attempts or self.clock.time() + delay > n.expires:
             self.metrics.notifications.inc(delivery.registration.provider, "gave_up")
-            log.warning("giving up on %s to %s after %d attempts: %s", n.nid, delivery.registration.id,
-                        delivery.attempt, outcome.reason)
+            log.warning(
+                "giving up on %s to %s after %d attempts: %s",
+                n.nid,
+                delivery.registration.id,
+                delivery.attempt,
+                outcome.reason,
+            )
             return
         loop = asyncio.get_running_loop()
 
+        self._later(loop, delay, delivery)
+
+    def _later(self, loop: asyncio.AbstractEventLoop, delay: float, delivery: Delivery) -> None:
         def requeue() -> None:
             self._delayed.discard(handle)
-            self.queue.put_nowait(delivery)
+            try:
+                self.queue.put_nowait(delivery)
+            except asyncio.QueueFull:
+                self._later(loop, 0.1, delivery)  # the queue is busy: try again shortly, never drop
 
         handle = loop.call_later(delay, requeue)
         self._delayed.add(handle)

@@ -17,15 +17,25 @@ DEFAULT_EXPIRY_S = 3600.0
 
 def to_notification(t: Transition, now: float) -> Notification:
     return Notification(
-        nid=notification_key(t.alert_id, t.episode, t.state), alert_id=t.alert_id, episode=t.episode,
-        rule=t.rule, state=t.state, severity=t.severity, title=t.title, body=t.body, labels=t.labels,
-        audience=Audience(tags=t.audience_tags, users=t.audience_users), created=t.time,
+        nid=notification_key(t.alert_id, t.episode, t.state),
+        alert_id=t.alert_id,
+        episode=t.episode,
+        rule=t.rule,
+        state=t.state,
+        severity=t.severity,
+        title=t.title,
+        body=t.body,
+        labels=t.labels,
+        audience=Audience(tags=t.audience_tags, users=t.audience_users),
+        created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
     )
 
 
 class Pipeline:
-    def __init__(self, dedup: DedupStage, target: TargetStage, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, dedup: DedupStage, target: TargetStage, dispatcher: Dispatcher, metrics: Metrics
+    ) -> None:
         self.dedup, self.target, self.dispatcher, self.metrics = dedup, target, dispatcher, metrics
 
     async def handle(self, transition: Transition, now: float) -> int:

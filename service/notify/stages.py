@@ -34,7 +34,7 @@ class NotificationLog:
     def _expire(self, now: float) -> None:
         seen, limit = self._seen, now - self.window
         while seen:
-            nid, at = next(iter(seen.items()))
+            at = next(iter(seen.values()))
             if at >= limit:
                 break
             seen.popitem(last=False)

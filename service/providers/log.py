@@ -29,9 +29,17 @@ class LogProvider:
         if self._json:
             line = json.dumps(
                 {
-                    "nid": n.nid, "alert_id": n.alert_id, "episode": n.episode, "rule": n.rule, "state": n.state,
-                    "severity": n.severity, "title": n.title, "body": n.body, "labels": dict(n.labels),
-                    "to": reg.token, "sent_at": time.time(),
+                    "nid": n.nid,
+                    "alert_id": n.alert_id,
+                    "episode": n.episode,
+                    "rule": n.rule,
+                    "state": n.state,
+                    "severity": n.severity,
+                    "title": n.title,
+                    "body": n.body,
+                    "labels": dict(n.labels),
+                    "to": reg.token,
+                    "sent_at": time.time(),
                 },
                 separators=(",", ":"),
             )

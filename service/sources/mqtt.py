@@ -25,7 +25,12 @@ class MqttSource:
     source = "mqtt"
 
     def __init__(
-        self, config: MqttConfig, client_id: str, topics: list[str], handler: EventHandler, metrics: Metrics,
+        self,
+        config: MqttConfig,
+        client_id: str,
+        topics: list[str],
+        handler: EventHandler,
+        metrics: Metrics,
         clock: Clock,
     ) -> None:
         self.config, self.client_id, self.topics = config, client_id, topics
@@ -41,9 +46,15 @@ class MqttSource:
     def _client(self) -> aiomqtt.Client:
         c = self.config
         return aiomqtt.Client(
-            c.host, c.port, identifier=self.client_id, clean_session=False, keepalive=c.keepalive_s,
-            username=c.username, password=c.password.get_secret_value() if c.password else None,
-            timeout=10, max_queued_incoming_messages=0,
+            c.host,
+            c.port,
+            identifier=self.client_id,
+            clean_session=False,
+            keepalive=c.keepalive_s,
+            username=c.username,
+            password=c.password.get_secret_value() if c.password else None,
+            timeout=10,
+            max_queued_incoming_messages=0,
         )
 
     async def run(self) -> None:
@@ -57,8 +68,12 @@ class MqttSource:
                     self.connected.set()
                     self.last_error = None
                     self.metrics.mqtt_connects.inc()
-                    log.info("connected to MQTT broker %s:%d, subscribed to %s", self.config.host, self.config.port,
-                             ", ".join(self.topics) or "nothing")
+                    log.info(
+                        "connected to MQTT broker %s:%d, subscribed to %s",
+                        self.config.host,
+                        self.config.port,
+                        ", ".join(self.topics) or "nothing",
+                    )
                     delay = self.config.reconnect_min_s
                     async for message in client.messages:
                         await self._on_message(str(message.topic), message.payload)
@@ -68,11 +83,20 @@ class MqttSource:
                 self.metrics.mqtt_disconnects.inc()
                 self.last_error = str(exc)
                 if was:
-                    log.warning("lost the MQTT broker %s:%d (%s); reconnecting", self.config.host,
-                                self.config.port, exc)
+                    log.warning(
+                        "lost the MQTT broker %s:%d (%s); reconnecting",
+                        self.config.host,
+                        self.config.port,
+                        exc,
+                    )
                 else:
-                    log.warning("cannot reach the MQTT broker %s:%d (%s); retrying in %.1f s", self.config.host,
-                                self.config.port, exc, delay)
+                    log.warning(
+                        "cannot reach the MQTT broker %s:%d (%s); retrying in %.1f s",
+                        self.config.host,
+                        self.config.port,
+                        exc,
+                        delay,
+                    )
             except asyncio.CancelledError:
                 self.connected.clear()
                 raise

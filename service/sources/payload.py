@@ -24,7 +24,9 @@ def parse_payload(raw: bytes) -> Any:
         try:
             return json.loads(stripped)
         except json.JSONDecodeError as exc:
-            raise MalformedPayload(f"payload looks like JSON but is not: {exc.msg} at character {exc.pos}") from None
+            raise MalformedPayload(
+                f"payload looks like JSON but is not: {exc.msg} at character {exc.pos}"
+            ) from None
     if stripped in ("true", "false"):
         return stripped == "true"
     try:

@@ -1,0 +1,110 @@
+"""The ``tocsin`` command as users run it: a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import paho.mqtt.publish
+
+from tests.support import free_port, port_open, wait_until_sync
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tocsin(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def test_check_accepts_embedded_defaults() -> None:
+    r = tocsin("check")
+    assert r.returncode == 0, r.stderr
+    assert "ok: configuration embedded defaults, 3 rules" in r.stdout
+
+
+def test_check_reports_every_config_error_and_exits_non_zero(tmp_path: Path) -> None:
+    f = tmp_path / "tocsin.yaml"
+    f.write_text("mqtt:\n  port: 0\nhttp:\n  prot: 80\n")
+    r = tocsin("check", str(f))
+    assert r.returncode == 2
+    assert f"{f}:2: mqtt.port: Input should be greater than or equal to 1" in r.stderr
+    assert f"{f}:4: http.prot: unknown field" in r.stderr
+
+
+def test_check_reports_rule_errors_with_position(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.yaml").write_text(
+        "rules:\n  - id: x\n    topic: a/b\n    title: T\n    audience: {tags: [a]}\n    severity: loud\n"
+    )
+    f = tmp_path / "tocsin.yaml"
+    f.write_text(f"rules:\n  paths: [{rules}]\n")
+    r = tocsin("check", str(f))
+    assert r.returncode == 2
+    assert f"{rules / 'bad.yaml'}:6:15: rules[0].severity:" in r.stderr
+
+
+def test_run_refuses_to_start_on_a_bad_configuration(tmp_path: Path) -> None:
+    r = tocsin("run", env={"TOCSIN_MQTT__PORT": "seventy", "TOCSIN_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 2
+    assert "not starting" in r.stderr and "environment TOCSIN_MQTT__PORT: mqtt.port" in r.stderr
+    assert not (tmp_path / "tocsin.db").exists()
+
+
+def test_newcomer_run_with_no_broker_starts_an_embedded_one_and_prints_the_doorbell(tmp_path: Path) -> None:
+    """`tocsin run` on embedded defaults; nothing listens on the broker port, so it embeds one."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "XDG_DATA_HOME": str(tmp_path),
+        "TOCSIN_MQTT__PORT": str(port),
+        "TOCSIN_HTTP__PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "run"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        wait_until_sync(
+            lambda: any("connected to MQTT broker" in line for line in lines),
+            30,
+            f"the service to connect; output: {lines}",
+        )
+        assert any("started an embedded one" in line for line in lines)
+        assert port_open(port)
+        paho.mqtt.publish.single(
+            "home/front/doorbell", json.dumps({"event": "ring"}), qos=1, hostname="127.0.0.1", port=port
+        )
+        wait_until_sync(
+            lambda: any("[notification]" in line for line in lines), 5, f"the notification: {lines}"
+        )
+        printed = next(line for line in lines if "[notification]" in line)
+        assert "FIRING doorbell (info) to console: Doorbell — Someone is at the front door." in printed
+        assert (tmp_path / "tocsin" / "tocsin.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        reader.join(5)
+    assert any("stopping" in line for line in lines)

@@ -1,0 +1,18 @@
+import logging
+
+from service.clock import ManualClock
+from service.ratelimit import RateLimitedLog
+
+
+def test_once_per_key_per_interval_with_count_of_held_back(caplog) -> None:
+    clock = ManualClock(0)
+    rl = RateLimitedLog(logging.getLogger("t"), clock, interval=60)
+    with caplog.at_level(logging.WARNING):
+        assert rl.warning("a", "bad %s", "a")
+        assert not rl.warning("a", "bad %s", "a")
+        assert not rl.warning("a", "bad %s", "a")
+        assert rl.warning("b", "bad %s", "b")
+        clock.advance(61)
+        assert rl.warning("a", "bad %s", "a")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["bad a", "bad b", "bad a (2 more like this in the last 60 s were not logged)"]
