@@ -21,7 +21,7 @@ from rules.topics import TopicFilter, TopicIndex, compile_filter, match_levels
 TransitionState = Literal["firing", "resolved"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Transition:
     """An alert opening or closing. ``alert_id`` and ``episode`` are the same on every instance."""
 
@@ -108,33 +108,57 @@ def alert_id(rule_id: str, labels: Mapping[str, str]) -> str:
 
 
 class RuleEngine:
-    def __init__(self, ruleset: RuleSet) -> None:
+    def __init__(self, ruleset: RuleSet, cache_size: int = 50_000) -> None:
         self.ruleset = ruleset
         self._by_id = {c.id: c for c in ruleset.rules}
+        # Devices publish on the same topics again and again: remember which rules (and labels) each topic
+        # matches, and each alert's id, instead of walking the index and hashing per event.
+        self._topic_cache: dict[str, list[tuple[CompiledRule, dict[str, str]]]] = {}
+        self._aid_cache: dict[tuple[str, str], str] = {}
+        self._cache_size = cache_size
+
+    def _candidates(self, topic: str) -> list[tuple[CompiledRule, dict[str, str]]]:
+        found = self._topic_cache.get(topic)
+        if found is None:
+            levels = topic.split("/")
+            found = []
+            for c in self.ruleset.index.lookup(levels):
+                labels = match_levels(c.filter, levels)
+                if labels is not None:
+                    found.append((c, labels))
+            if len(self._topic_cache) >= self._cache_size:
+                self._topic_cache.clear()
+                self._aid_cache.clear()
+            self._topic_cache[topic] = found
+        return found
+
+    def _alert_id(self, c: CompiledRule, topic: str, labels: dict[str, str]) -> str:
+        key = (c.id, topic)
+        aid = self._aid_cache.get(key)
+        if aid is None:
+            aid = self._aid_cache[key] = alert_id(c.id, labels)
+        return aid
 
     # -- events -------------------------------------------------------------------------------------------
     def evaluate(self, event: Event, state: EngineState, now: float) -> tuple[EngineState, list[Transition]]:
         out: list[Transition] = []
-        levels = event.topic.split("/")
-        for c in self.ruleset.index.lookup(levels):
-            labels = match_levels(c.filter, levels)
-            if labels is None:
-                continue
+        for c, labels in self._candidates(event.topic):
             if c.condition is not None and not c.condition(event.payload):
                 continue
+            aid = self._alert_id(c, event.topic, labels)
             kind = c.rule.kind
             if kind == "event":
-                aid = alert_id(c.id, labels)
                 out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
             elif kind == "threshold":
-                self._threshold(c, labels, event, state, now, out)
+                self._threshold(c, aid, labels, event, state, now, out)
             else:
-                self._seen(c, labels, event, state, now, out)
+                self._seen(c, aid, labels, event, state, now, out)
         return state, out
 
     def _threshold(
         self,
         c: CompiledRule,
+        aid: str,
         labels: dict[str, str],
         event: Event,
         state: EngineState,
@@ -147,7 +171,6 @@ class RuleEngine:
         if value is None:
             state.value_errors += 1
             return
-        aid = alert_id(c.id, labels)
         alert = state.alerts.get(aid)
         beyond = _beyond(th, value)
         if alert is None:
@@ -176,6 +199,7 @@ class RuleEngine:
     def _seen(
         self,
         c: CompiledRule,
+        aid: str,
         labels: dict[str, str],
         event: Event,
         state: EngineState,
@@ -184,7 +208,6 @@ class RuleEngine:
     ) -> None:
         ab = c.rule.absent
         assert ab is not None
-        aid = alert_id(c.id, labels)
         alert = state.alerts.get(aid)
         if alert is not None and alert.status == "firing" and c.rule.resolve_notice:
             out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, None))
@@ -243,18 +266,18 @@ class RuleEngine:
         now: float,
         value: float | None,
     ) -> Transition:
-        ctx: dict[str, Any] = dict(labels)
-        ctx.update(
-            labels=labels,
-            rule=c.id,
-            severity=c.rule.severity,
-            state=st,
-            value=value,
-            payload=event.payload if event else None,
-            topic=event.topic if event else None,
-            device=event.device if event else None,
-            time=now,
-        )
+        ctx: dict[str, Any] = {
+            **labels,
+            "labels": labels,
+            "rule": c.id,
+            "severity": c.rule.severity,
+            "state": st,
+            "value": value,
+            "payload": event.payload if event else None,
+            "topic": event.topic if event else None,
+            "device": event.device if event else None,
+            "time": now,
+        }
         aud = c.rule.audience
         return Transition(
             alert_id=aid,

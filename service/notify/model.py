@@ -9,7 +9,7 @@ from registrations.model import Audience, Registration
 from rules.event import short_hash
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notification:
     nid: str  # doubles as apns-collapse-id and Android tag: an escaped duplicate replaces the first
     alert_id: str

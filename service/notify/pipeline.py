@@ -15,6 +15,18 @@ log = logging.getLogger("tocsin.notify")
 DEFAULT_EXPIRY_S = 3600.0
 
 
+_audiences: dict[tuple[tuple[str, ...], tuple[str, ...]], Audience] = {}
+
+
+def _audience(tags: tuple[str, ...], users: tuple[str, ...]) -> Audience:
+    found = _audiences.get((tags, users))
+    if found is None:
+        if len(_audiences) > 10_000:
+            _audiences.clear()
+        found = _audiences[(tags, users)] = Audience(tags=tags, users=users)
+    return found
+
+
 def to_notification(t: Transition, now: float) -> Notification:
     return Notification(
         nid=notification_key(t.alert_id, t.episode, t.state),
@@ -26,7 +38,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         title=t.title,
         body=t.body,
         labels=t.labels,
-        audience=Audience(tags=t.audience_tags, users=t.audience_users),
+        audience=_audience(t.audience_tags, t.audience_users),
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
     )

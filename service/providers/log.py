@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -19,6 +20,7 @@ class LogProvider:
     def __init__(self, config: LogProviderConfig, stream: TextIO | None = None) -> None:
         self._json = config.format == "json"
         self._stream = stream or (sys.stdout if config.stream == "stdout" else sys.stderr)
+        self._flush_pending = False
 
     @property
     def degraded(self) -> str | None:
@@ -50,8 +52,14 @@ class LogProvider:
             if n.body:
                 line += f" — {n.body}"
         self._stream.write(line + "\n")
-        self._stream.flush()
+        if not self._flush_pending:  # one flush per loop iteration, however many lines it wrote
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
         return Delivered()
 
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._stream.flush()
+
     async def close(self) -> None:
-        return None
+        self._stream.flush()

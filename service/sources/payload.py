@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+_JSON_START = ("{", "[")
 
 
 class MalformedPayload(ValueError):
@@ -19,14 +20,14 @@ def parse_payload(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedPayload(f"payload is not UTF-8 text (byte {exc.start})") from None
-    stripped = text.strip()
-    if stripped[:1] in ("{", "["):
+    if text[:1] in _JSON_START or text.lstrip()[:1] in _JSON_START:
         try:
-            return json.loads(stripped)
+            return json.loads(text)
         except json.JSONDecodeError as exc:
             raise MalformedPayload(
                 f"payload looks like JSON but is not: {exc.msg} at character {exc.pos}"
             ) from None
+    stripped = text.strip()
     if stripped in ("true", "false"):
         return stripped == "true"
     try:
