@@ -36,6 +36,7 @@ class Transition:
     time: float
     audience_tags: tuple[str, ...]
     audience_users: tuple[str, ...]
+    on_ambiguous: str = "resend"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +292,7 @@ class RuleEngine:
             time=now,
             audience_tags=aud.tags,
             audience_users=aud.users,
+            on_ambiguous=c.rule.on_ambiguous,
         )
 
 

@@ -81,6 +81,11 @@ class Rule(_Strict):
     body: Annotated[Text, BeforeValidator(_check_template)] = ""
     audience: Audience
     resolve_notice: bool = Field(True, description="send a notice when a threshold or absence alert clears")
+    on_ambiguous: Literal["resend", "skip"] = Field(
+        "resend",
+        description="after a failover, a send the old leader began but never confirmed: resend it (the phone "
+        "replaces a duplicate by its collapse key) or skip it",
+    )
 
     @field_validator("topic")
     @classmethod

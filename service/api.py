@@ -16,6 +16,8 @@ class HealthSource(Protocol):
     @property
     def ready(self) -> bool: ...
 
+    def cluster_state(self) -> dict[str, object]: ...
+
 
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)
@@ -32,6 +34,11 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response(source.health(), status=200 if source.ready else 503)
 
 
+async def cluster(request: web.Request) -> web.Response:
+    """Members and their ranks, the leader, the term, the lease age and the ledger."""
+    return web.json_response(request.app[HEALTH_KEY].cluster_state())
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[METRICS_KEY].render()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
@@ -39,7 +46,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     return web.json_response(
-        {"service": "tocsin", "version": __version__, "endpoints": ["/health", "/health/ready", "/metrics"]}
+        {
+            "service": "tocsin",
+            "version": __version__,
+            "endpoints": ["/health", "/health/ready", "/metrics", "/v1/cluster"],
+        }
     )
 
 
@@ -51,4 +62,5 @@ def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/cluster", cluster)
     return app

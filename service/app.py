@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from pathlib import Path
 from types import TracebackType
 
+import aiomqtt
 from aiohttp import web
 
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
-from rules.engine import EngineState, RuleEngine, RuleSet
+from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
 from rules.loader import EXAMPLES_DIR, load_rules
 from service import __version__
 from service.api import build_app
 from service.clock import Clock, SystemClock
+from service.cluster.gate import ClusterGate
+from service.cluster.node import ClusterNode
+from service.cluster.records import Presence
 from service.config import Config
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
@@ -75,6 +80,23 @@ class Service:
             self.metrics,
             self.clock,
         )
+        self.cluster: ClusterNode | None = None
+        self.gate: ClusterGate | None = None
+        if config.cluster.name:
+            me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
+            self.cluster = ClusterNode(
+                config.mqtt,
+                config.cluster.name,
+                me,
+                config.cluster.timing,
+                self.clock,
+                config.cluster.ledger_retention_s,
+            )
+            self.gate = ClusterGate(
+                self.cluster, self.pipeline, self.metrics, self.clock, config.cluster.buffer_window_s
+            )
+            self.cluster.on_change = self.gate.on_change
+            self.dispatcher.guard = self.gate
         self.http_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,9 +121,40 @@ class Service:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
         self.state, transitions = self.engine.evaluate(event, self.state, event.time)
         for t in transitions:
-            await self.pipeline.handle(t, self.clock.time())
+            await self._route(t)
         if self.state.timers and self.engine.next_deadline(self.state) != before:
             self._timer_changed.set()
+
+    async def _route(self, transition: Transition) -> None:
+        """Single instance: straight to the pipeline. In a cluster the gate decides (leader sends, followers
+        buffer)."""
+        if self.gate is None:
+            await self.pipeline.handle(transition, self.clock.time())
+        else:
+            await self.gate.route(transition, self.clock.time())
+
+    def cluster_state(self) -> dict[str, object]:
+        if self.cluster is None:
+            return {"enabled": False, "role": "leader", "reason": "single instance: no cluster configured"}
+        e, now = self.cluster.election, self.clock.monotonic()
+        return {
+            "enabled": True,
+            "cluster": self.config.cluster.name,
+            "instance": self.config.instance.id,
+            "connected": self.cluster.connected.is_set(),
+            "role": e.role,
+            "term": e.term,
+            "leader": e.leader,
+            "may_send": self.cluster.may_send(),
+            "lease_age_s": round(e.lease_age(now), 3),
+            "members": [
+                {"id": p.id, "priority": p.priority, "rank": i, "version": p.version}
+                for i, p in enumerate(e.membership.ranked())
+            ],
+            "ledger_entries": len(self.cluster.ledger),
+            "buffered_transitions": len(self.gate.buffer) if self.gate else 0,
+            "takeovers": e.takeovers,
+        }
 
     async def _timers(self) -> None:
         """Fires rule timers ('for', 'not seen for') at their deadline; a nearer new one wakes it early."""
@@ -114,7 +167,7 @@ class Service:
             self.state, transitions = self.engine.tick(self.state, self.clock.time())
             for t in transitions:
                 try:
-                    await self.pipeline.handle(t, self.clock.time())
+                    await self._route(t)
                 except Exception:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
@@ -184,7 +237,11 @@ class Service:
             asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
         ]
+        if self.cluster is not None:
+            self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
         self._stack.push_async_callback(self._cancel_tasks)
+        if self.cluster is not None:
+            self._stack.push_async_callback(self._leave_cluster)  # runs first on exit: hand over, then stop
         log.info(
             "tocsin %s started as %s with %d rules; data in %s",
             __version__,
@@ -192,6 +249,13 @@ class Service:
             len(self.ruleset.rules),
             cfg.store_path,
         )
+
+    async def _leave_cluster(self) -> None:
+        assert self.cluster is not None
+        try:
+            await asyncio.wait_for(self.cluster.leave(), 5)
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.warning("could not hand over leadership cleanly: %s", exc)
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks:

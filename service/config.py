@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from rules import yaml_source
+from service.cluster.timing import ClusterTiming
 
 ENV_PREFIX = "TOCSIN_"
 # A field named like this may instead be given as <name>_file: the path of a file holding the secret.
@@ -92,6 +93,20 @@ class NotifyConfig(_Section):
     max_attempts: int = Field(5, ge=1)
 
 
+class ClusterConfig(_Section):
+    name: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="set to run with other instances; none: a single instance",
+    )
+    priority: int = Field(100, ge=0, description="lower leads first; ties broken by instance id")
+    timing: ClusterTiming = ClusterTiming()
+    buffer_window_s: float = Field(
+        120.0, gt=0, description="how long a follower keeps transitions for a takeover"
+    )
+    ledger_retention_s: float = Field(3600.0, gt=0)
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -105,6 +120,7 @@ class Config(_Section):
     registrations: RegistrationsConfig = RegistrationsConfig()
     rules: RulesConfig = RulesConfig()
     notify: NotifyConfig = NotifyConfig()
+    cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("data_dir")

@@ -51,6 +51,7 @@ class Metrics(Collector):
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.extra_counters: list[Counter] = []  # counters other parts register
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -58,7 +59,7 @@ class Metrics(Collector):
         self.gauges[name] = (help, read)
 
     def counters(self) -> list[Counter]:
-        return [v for v in vars(self).values() if isinstance(v, Counter)]
+        return [v for v in vars(self).values() if isinstance(v, Counter)] + self.extra_counters
 
     def collect(self) -> Iterator[Metric]:
         for c in self.counters():

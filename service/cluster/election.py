@@ -85,7 +85,12 @@ class Election:
     def on_presence(self, member_id: str, presence: Presence | None, now: float) -> list[Action]:
         if member_id == self.me.id:
             return []  # our own record is the I/O side's business (it republishes after a reconnect)
+        joined = presence is not None and not self.membership.alive(member_id)
         self.membership.update(member_id, presence)
+        if joined and self.leader is None and presence is not None and presence.rank < self.me.rank:
+            # No leader yet and a better-ranked instance just arrived: give it its own full wait, so that a
+            # cold start elects the preferred instance rather than whichever process started first.
+            self.last_stream_at = max(self.last_stream_at, now)
         if member_id == self.leader:
             self.leader_left_at = now if presence is None else None
         return []

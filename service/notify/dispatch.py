@@ -10,6 +10,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping
+from typing import Literal, Protocol
 
 from registrations.store import RegistrationStore
 from service.clock import Clock
@@ -26,6 +27,17 @@ from service.providers.base import (
 )
 
 log = logging.getLogger("tocsin.dispatch")
+
+
+Verdict = Literal["send", "skip", "later"]
+
+
+class SendGuard(Protocol):
+    """Asked before and told after each send (the cluster gate: ledger, self-fencing)."""
+
+    async def before_send(self, delivery: Delivery) -> Verdict: ...
+
+    async def after_send(self, delivery: Delivery, outcome: Outcome) -> None: ...
 
 
 def backoff_delay(
@@ -54,6 +66,7 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._delayed: set[asyncio.TimerHandle] = set()
         self.config_errors: dict[str, str] = {}
+        self.guard: SendGuard | None = None
 
     async def submit(self, delivery: Delivery) -> None:
         if self.queue.full():
@@ -92,9 +105,17 @@ class Dispatcher:
             self.metrics.notifications.inc(reg.provider, "no_provider")
             log.warning("no provider %r is configured for registration %s", reg.provider, reg.id)
             return
+        if self.guard is not None:
+            verdict = await self.guard.before_send(delivery)
+            if verdict == "later":
+                self._later(asyncio.get_running_loop(), 0.05, delivery)
+            if verdict != "send":
+                return
         delivery.attempt += 1
         outcome: Outcome = await provider.send(delivery)
         self.metrics.notifications.inc(provider.name, outcome.name)
+        if self.guard is not None:
+            await self.guard.after_send(delivery, outcome)
         if isinstance(outcome, Delivered):
             return
         if isinstance(outcome, Retry):

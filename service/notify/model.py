@@ -24,6 +24,7 @@ class Notification:
     created: float
     expires: float
     data: Mapping[str, str] = field(default_factory=dict)
+    on_ambiguous: str = "resend"
 
 
 def notification_key(alert_id: str, episode: str, state: str) -> str:
@@ -35,3 +36,4 @@ class Delivery:
     notification: Notification
     registration: Registration
     attempt: int = 0
+    term: int = 0  # the cluster term it was sent in: a fencing token the app can check

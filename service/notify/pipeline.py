@@ -41,6 +41,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         audience=_audience(t.audience_tags, t.audience_users),
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
+        on_ambiguous=t.on_ambiguous,
     )
 
 

@@ -41,6 +41,7 @@ class LogProvider:
                     "body": n.body,
                     "labels": dict(n.labels),
                     "to": reg.token,
+                    "term": delivery.term,
                     "sent_at": time.time(),
                 },
                 separators=(",", ":"),

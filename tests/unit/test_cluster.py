@@ -109,6 +109,15 @@ def test_cold_start_elects_the_best_ranked_after_the_lease() -> None:
     assert sim.nodes["a"].changes[-1] == RoleChange("leader", 1, "a", "won the claim")
 
 
+def test_cold_start_elects_the_preferred_instance_even_when_it_starts_last() -> None:
+    sim = Sim(("b", 1), ("c", 2))
+    sim.run(T.lease_s - 0.5)
+    sim.add("a", 0)
+    sim.run_until(lambda: bool(sim.senders()))
+    assert sim.senders() == ["a"]
+    assert sim.nodes["b"].election.leader == "a" and sim.nodes["b"].election.term == 1
+
+
 def test_kill9_next_in_line_takes_over_within_fast_path_and_never_two_senders() -> None:
     sim = started()
     sim.run(0.37)  # an arbitrary point between heartbeats

@@ -1,0 +1,136 @@
+"""Where the cluster meets the event path.
+
+Every instance runs the rules; the gate decides what happens to each transition: the leader hands it to the
+notify pipeline, a follower keeps it in its buffer. On becoming leader an instance hands its buffer on, and
+every send asks the gate first: the ledger says whether the delivery was already sent (skip), begun and never
+confirmed (ambiguous: the rule decides), or not seen; then ``intent`` is published, the lease re-checked right
+before the send (self-fencing), and ``sent`` published after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiomqtt
+
+from rules.engine import Transition
+from rules.event import short_hash
+from service.clock import Clock
+from service.cluster.election import RoleChange
+from service.cluster.ledger import FollowerBuffer
+from service.cluster.node import ClusterNode
+from service.metrics import Counter, Metrics
+from service.notify.dispatch import Verdict
+from service.notify.model import Delivery, notification_key
+from service.notify.pipeline import Pipeline
+from service.providers.base import Delivered, Outcome
+
+log = logging.getLogger("tocsin.cluster")
+ROLE_VALUE = {"follower": 0.0, "candidate": 1.0, "leader": 2.0}
+
+
+def delivery_key(d: Delivery) -> str:
+    """The same on every instance (registration ids are local to each store; provider and token are not)."""
+    return short_hash(d.notification.nid, d.registration.provider, d.registration.token)
+
+
+class ClusterGate:
+    def __init__(
+        self, node: ClusterNode, pipeline: Pipeline, metrics: Metrics, clock: Clock, window_s: float
+    ):
+        self.node, self.pipeline, self.metrics, self.clock = node, pipeline, metrics, clock
+        self.buffer: FollowerBuffer[Transition] = FollowerBuffer(window_s)
+        self._mine: set[str] = set()  # keys whose intent this instance published while leading
+        self._catching_up: asyncio.Task[None] | None = None
+        self.events = Counter(
+            "tocsin_cluster_sends", "Send decisions of the cluster gate, by kind.", ("kind",)
+        )
+        metrics.extra_counters.append(self.events)
+        metrics.gauge(
+            "tocsin_cluster_role",
+            "0 follower, 1 candidate, 2 leader.",
+            lambda: ROLE_VALUE[self.node.election.role],
+        )
+        metrics.gauge("tocsin_cluster_term", "The highest term seen.", lambda: float(self.node.election.term))
+        metrics.gauge(
+            "tocsin_cluster_takeovers",
+            "Times this instance became leader.",
+            lambda: float(self.node.election.takeovers),
+        )
+        metrics.gauge(
+            "tocsin_cluster_buffered_transitions",
+            "Transitions a follower holds for a takeover.",
+            lambda: float(len(self.buffer)),
+        )
+        metrics.gauge(
+            "tocsin_cluster_ledger_entries", "Ledger records held.", lambda: float(len(self.node.ledger))
+        )
+
+    async def route(self, transition: Transition, now: float) -> None:
+        if self.node.is_leader and self._catching_up is None:
+            await self.pipeline.handle(transition, now)
+        else:
+            nid = notification_key(transition.alert_id, transition.episode, transition.state)
+            self.buffer.add(nid, transition, self.clock.monotonic(), transition.on_ambiguous)  # type: ignore[arg-type]
+
+    def on_change(self, change: RoleChange) -> None:
+        if change.role == "leader":
+            self._catching_up = asyncio.get_running_loop().create_task(self._catch_up(change.term))
+        else:
+            self._mine.clear()
+
+    async def _catch_up(self, term: int) -> None:
+        try:
+            # The claim already waited out the old leader's lease, so its last ledger records are in.
+            while True:
+                items = self.buffer.drain()
+                if not items:
+                    break
+                for b in items:
+                    await self.pipeline.handle(b.item, self.clock.time())
+                log.info(
+                    "term %d: handed on %d buffered transitions; the ledger decides what was sent",
+                    term,
+                    len(items),
+                )
+        finally:
+            self._catching_up = None
+
+    async def before_send(self, d: Delivery) -> Verdict:
+        if not self.node.is_leader:
+            self.events.inc("dropped_not_leader")  # the new leader has it in its buffer
+            return "skip"
+        key = delivery_key(d)
+        state = self.node.ledger.status(key)
+        if state == "sent":
+            self.events.inc("already_sent")
+            return "skip"
+        if state == "intent" and key not in self._mine:
+            if d.notification.on_ambiguous == "skip":
+                self.events.inc("ambiguous_skipped")
+                return "skip"
+            self.events.inc("ambiguous_resent")
+            log.info("resending %s: the previous leader began it and never confirmed it", key)
+        if not self.node.may_send():
+            return "later"
+        try:
+            await self.node.record("intent", key)
+        except aiomqtt.MqttError:
+            return "later"
+        self._mine.add(key)
+        if not self.node.may_send():  # self-fencing, right before the push
+            return "later"
+        d.term = self.node.election.term
+        return "send"
+
+    async def after_send(self, d: Delivery, outcome: Outcome) -> None:
+        if not isinstance(outcome, Delivered):
+            return
+        key = delivery_key(d)
+        self._mine.discard(key)
+        try:
+            await self.node.record("sent", key)
+        except aiomqtt.MqttError as exc:
+            self.events.inc("sent_unrecorded")
+            log.warning("could not record %s as sent (%s): a takeover now may resend it", key, exc)

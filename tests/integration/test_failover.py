@@ -1,0 +1,107 @@
+"""Exactly one reporter, end to end: three tocsin services as separate processes on a real Mosquitto, numbered
+events from a device simulator, every delivery recorded by each service's log provider. A fault in the middle
+of the stream; afterwards every event was notified once, and any duplicate is one of the counted ambiguous
+sends. Takeover times are measured by `scripts/bench failover`, not asserted here."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster_support import ServiceProcess, Simulator, delivered_episodes, episode_of
+from tests.support import Mosquitto, wait_until_sync
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[tuple[Mosquitto, list[ServiceProcess]]]:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    services = [
+        ServiceProcess(tmp_path / nid, broker.port, nid, prio) for nid, prio in (("a", 0), ("b", 1), ("c", 2))
+    ]
+    try:
+        wait_until_sync(lambda: services[0].cluster().get("may_send") is True, 30, "a to lead")
+        wait_until_sync(
+            lambda: all(s.cluster().get("leader") == "a" for s in services), 10, "all to follow a"
+        )
+        yield broker, services
+    finally:
+        for s in services:
+            s.stop()
+        broker.stop()
+
+
+def check_no_loss_no_duplicate(
+    services: list[ServiceProcess], sent: int, survivors: list[ServiceProcess]
+) -> int:
+    expected = {episode_of(n) for n in range(sent)}
+    wait_until_sync(
+        lambda: expected <= set(delivered_episodes(services)),
+        30,
+        "every event to be notified by some instance",
+    )
+    counts = delivered_episodes(services)
+    assert set(counts) == expected
+    duplicates = sum(c - 1 for c in counts.values())
+    ambiguous = sum(s.metric('tocsin_cluster_sends_total{kind="ambiguous_resent"}') for s in survivors)
+    assert duplicates <= ambiguous, f"{duplicates} duplicates but only {ambiguous} ambiguous resends"
+    assert (
+        ambiguous <= 8
+    )  # at most the sends in flight when the leader died (4 dispatch workers, 2 steps each)
+    return duplicates
+
+
+def test_kill9_of_the_leader_mid_stream_loses_nothing_and_repeats_nothing(trio) -> None:
+    _, services = trio
+    a, b, c = services
+    sim = Simulator(trio[0].port, rate=100)
+    wait_until_sync(lambda: len(a.deliveries) >= 100, 20, "a to deliver 100")
+    a.proc.send_signal(signal.SIGKILL)
+    wait_until_sync(lambda: b.cluster().get("may_send") is True, 20, "b to take over")
+    count_at_takeover = len(b.deliveries)
+    wait_until_sync(lambda: len(b.deliveries) >= count_at_takeover + 100, 20, "b to deliver live events")
+    sent = sim.stop()
+    check_no_loss_no_duplicate(services, sent, [b, c])
+    assert c.cluster()["leader"] == "b" and not c.deliveries
+    assert {d["term"] for d in b.deliveries} == {2}
+
+
+def test_sigstop_of_the_leader_then_sigcont(trio) -> None:
+    _, services = trio
+    a, b, c = services
+    sim = Simulator(trio[0].port, rate=100)
+    wait_until_sync(lambda: len(a.deliveries) >= 50, 20, "a to deliver 50")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_until_sync(lambda: b.cluster().get("may_send") is True, 20, "b to take over from the hung a")
+        n = len(b.deliveries)
+        wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to deliver live events")
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    wait_until_sync(
+        lambda: a.cluster().get("role") == "follower" and a.cluster().get("leader") == "b",
+        20,
+        "a to follow b after waking",
+    )
+    n = len(b.deliveries)
+    wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to keep delivering")
+    sent = sim.stop()
+    check_no_loss_no_duplicate(services, sent, [a, b, c])
+    assert max(d["term"] for d in a.deliveries) == 1  # the woken a never sent in b's term
+
+
+def test_graceful_stop_hands_over_without_the_lease_wait(trio) -> None:
+    _, services = trio
+    a, b, _ = services
+    sim = Simulator(trio[0].port, rate=100)
+    wait_until_sync(lambda: len(a.deliveries) >= 50, 20, "a to deliver 50")
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(20) == 0
+    wait_until_sync(lambda: b.cluster().get("may_send") is True, 20, "b to take over")
+    n = len(b.deliveries)
+    wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to deliver live events")
+    sent = sim.stop()
+    assert check_no_loss_no_duplicate(services, sent, [b]) == 0
