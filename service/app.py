@@ -21,6 +21,7 @@ from service import __version__
 from service.api import build_app
 from service.clock import Clock, SystemClock
 from service.cluster.gate import ClusterGate
+from service.cluster.ledger_store import LedgerStore
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.config import Config
@@ -84,6 +85,7 @@ class Service:
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
+            self.ledger_store = LedgerStore(config.data_dir / "cluster.db")
             self.cluster = ClusterNode(
                 config.mqtt,
                 config.cluster.name,
@@ -96,6 +98,12 @@ class Service:
                 self.cluster, self.pipeline, self.metrics, self.clock, config.cluster.buffer_window_s
             )
             self.cluster.on_change = self.gate.on_change
+            loaded = self.ledger_store.load_into(self.cluster.ledger, self.clock.time())
+            self.cluster.ledger.on_record = self.ledger_store.save
+            if loaded:
+                log.info(
+                    "cluster ledger: %d records restored from %s", loaded, config.data_dir / "cluster.db"
+                )
             self.dispatcher.guard = self.gate
         self.http_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -211,6 +219,8 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._stack.callback(self.store.close)
+        if self.cluster is not None:
+            self._stack.callback(self.ledger_store.close)
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(

@@ -31,7 +31,13 @@ def episode_of(n: int) -> str:
 
 class ServiceProcess:
     def __init__(
-        self, workdir: Path, broker_port: int, node_id: str, priority: int, cluster: str = "t"
+        self,
+        workdir: Path,
+        broker_port: int,
+        node_id: str,
+        priority: int,
+        cluster: str = "t",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.id, self.workdir = node_id, workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -49,8 +55,9 @@ class ServiceProcess:
             "TOCSIN_MQTT__RECONNECT_MAX_S": "1",
             "TOCSIN_HTTP__PORT": str(self.http_port),
             "TOCSIN_PROVIDERS__LOG__FORMAT": "json",
+            **(extra_env or {}),
         }
-        self.stderr = (workdir / "service.log").open("w")
+        self.stderr = (workdir / "service.log").open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "run"],
             cwd=ROOT,
@@ -71,6 +78,14 @@ class ServiceProcess:
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
             return json.loads(r.read()) if path.startswith("/v1") else r.read().decode()
+
+    def ready(self) -> bool:
+        """Connected to the broker and subscribed (GET /health/ready answers 200)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/health/ready", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def cluster(self) -> dict[str, Any]:
         try:
@@ -104,12 +119,12 @@ class ServiceProcess:
 class Simulator:
     """Publishes numbered doorbell events at a steady rate from a thread."""
 
-    def __init__(self, broker_port: int, rate: float) -> None:
+    def __init__(self, broker_port: int, rate: float, start: int = 0) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{os.getpid()}-{time.time()}")
         self.client.max_inflight_messages_set(1000)
         self.client.connect("127.0.0.1", broker_port)
         self.client.loop_start()
-        self.rate, self.sent = rate, 0
+        self.rate, self.sent, self.start = rate, start, start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -117,7 +132,7 @@ class Simulator:
     def _run(self) -> None:
         start = time.monotonic()
         while not self._stop.is_set():
-            due = int((time.monotonic() - start) * self.rate)
+            due = self.start + int((time.monotonic() - start) * self.rate)
             while self.sent < due:
                 info = self.client.publish(TOPIC, json.dumps({"event": "ring", "id": self.sent}), qos=1)
                 info.wait_for_publish(5)

@@ -59,6 +59,8 @@ class Election:
         self._claim_at: float | None = None
         self._best_claim: tuple[int, tuple[int, str]] | None = None  # (term, rank of the best claimant)
         self._best_claimant: str | None = None
+        self._claim_echoed = False
+        self.connected = True  # set by the MQTT side: no claim while the broker cannot hear it
         self.takeovers = 0
 
     # -- queries ------------------------------------------------------------------------------------------
@@ -114,6 +116,8 @@ class Election:
         self.last_stream_at = now
         self.vacant = False
         if r.kind == "claim":
+            if r.sender == self.me.id and self.role == "candidate":
+                self._claim_echoed = True
             rank = (r.priority, r.sender)
             if self._best_claim is None or rank < self._best_claim[1]:
                 self._best_claim, self._best_claimant = (r.term, rank), r.sender
@@ -152,10 +156,15 @@ class Election:
         if self.role == "candidate":
             assert self._claim_at is not None
             if now - self._claim_at >= t.claim_window_s:
-                if self._best_claimant == self.me.id and self._best_claim is not None:
+                if not self._claim_echoed:
+                    # The broker never returned our claim: nobody else may have heard it either.
+                    out.append(self._become_follower(self.term, None, "claim not confirmed by the broker"))
+                elif self._best_claimant == self.me.id and self._best_claim is not None:
                     out.append(self._become_leader(now))
                 else:
                     out.append(self._become_follower(self.term, self._best_claimant, "lost the claim"))
+            return out
+        if not self.connected:
             return out
         expires = self.lease_expires_at()
         if now < expires:
@@ -178,7 +187,7 @@ class Election:
     # -- transitions --------------------------------------------------------------------------------------
     def _claim(self, now: float) -> Action:
         self.term += 1
-        self.role, self.leader, self._claim_at = "candidate", None, now
+        self.role, self.leader, self._claim_at, self._claim_echoed = "candidate", None, now, False
         self._best_claim, self._best_claimant = (self.term, self.me.rank), self.me.id
         self.last_stream_at = now
         return Publish(

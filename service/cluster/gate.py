@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
 
 import aiomqtt
 
@@ -27,6 +30,19 @@ from service.notify.pipeline import Pipeline
 from service.providers.base import Delivered, Outcome
 
 log = logging.getLogger("tocsin.cluster")
+# Test-only fault injection, inert unless set: "after_intent:N" or "after_send:N" kills this process with
+# SIGKILL at that point of the N-th send, to measure the ambiguous window of a crash inside a send.
+FAULT_ENV = "TOCSINTEST_FAULT"  # outside the TOCSIN_ configuration namespace
+
+
+def _fault_from_env() -> tuple[str, int] | None:
+    value = os.environ.get(FAULT_ENV, "")
+    point, _, count = value.partition(":")
+    if point in ("after_intent", "after_send") and count.isdigit():
+        return point, int(count)
+    return None
+
+
 ROLE_VALUE = {"follower": 0.0, "candidate": 1.0, "leader": 2.0}
 
 
@@ -43,6 +59,8 @@ class ClusterGate:
         self.buffer: FollowerBuffer[Transition] = FollowerBuffer(window_s)
         self._mine: set[str] = set()  # keys whose intent this instance published while leading
         self._catching_up: asyncio.Task[None] | None = None
+        self._fault = _fault_from_env()
+        self._sends = 0
         self.events = Counter(
             "tocsin_cluster_sends", "Send decisions of the cluster gate, by kind.", ("kind",)
         )
@@ -119,16 +137,25 @@ class ClusterGate:
         except aiomqtt.MqttError:
             return "later"
         self._mine.add(key)
+        self._sends += 1
+        self._maybe_crash("after_intent")
         if not self.node.may_send():  # self-fencing, right before the push
             return "later"
         d.term = self.node.election.term
         return "send"
+
+    def _maybe_crash(self, point: str) -> None:
+        if self._fault is not None and self._fault == (point, self._sends):
+            log.warning("fault injection: killing this process %s of send %d", point, self._sends)
+            sys.stdout.flush()  # what the provider accepted is out, as it would be on a phone
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def after_send(self, d: Delivery, outcome: Outcome) -> None:
         if not isinstance(outcome, Delivered):
             return
         key = delivery_key(d)
         self._mine.discard(key)
+        self._maybe_crash("after_send")
         try:
             await self.node.record("sent", key)
         except aiomqtt.MqttError as exc:

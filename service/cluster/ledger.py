@@ -10,7 +10,7 @@ dropping it would make the new leader send it again. Only leadership records are
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -32,9 +32,12 @@ class LedgerEntry:
 class Ledger:
     """What the leaders said about each notification key, kept for ``retention_s``."""
 
-    def __init__(self, retention_s: float) -> None:
+    def __init__(
+        self, retention_s: float, on_record: Callable[[str, LedgerState, int, float], None] | None = None
+    ):
         self.retention_s = retention_s
         self._entries: OrderedDict[str, LedgerEntry] = OrderedDict()
+        self.on_record = on_record  # persistence, when wanted
 
     def apply(self, record: StreamRecord, now: float) -> None:
         if record.kind not in ("intent", "sent") or not record.nid:
@@ -48,6 +51,8 @@ class Ledger:
         self._entries[nid] = LedgerEntry(nid, state, term, now)
         self._entries.move_to_end(nid)
         self.expire(now)
+        if self.on_record is not None:
+            self.on_record(nid, state, term, now)
 
     def status(self, nid: str) -> LedgerState | None:
         entry = self._entries.get(nid)
@@ -60,6 +65,15 @@ class Ledger:
             if first.at >= limit:
                 break
             self._entries.popitem(last=False)
+
+    def merge(self, nid: str, state: LedgerState, term: int, at: float) -> None:
+        """Take in another member's record (a snapshot for a late joiner): ``sent`` wins, nothing is lost."""
+        entry = self._entries.get(nid)
+        if entry is not None and (entry.state == "sent" or state == "intent"):
+            return
+        self._entries[nid] = LedgerEntry(nid, state, term, at)
+        if self.on_record is not None:
+            self.on_record(nid, state, term, at)
 
     def entries(self) -> Iterator[LedgerEntry]:
         return iter(list(self._entries.values()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -20,13 +21,16 @@ from service.clock import Clock
 from service.cluster.election import Action, Election, Publish, RoleChange
 from service.cluster.ledger import Ledger
 from service.cluster.records import (
+    SNAPSHOT_CHUNK,
     Presence,
     RecordError,
     StreamRecord,
     decode_presence,
     decode_record,
+    decode_snapshot,
     encode_presence,
     encode_record,
+    encode_snapshot,
 )
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
@@ -49,6 +53,8 @@ class ClusterNode:
         self.mqtt, self.me, self.timing, self.clock = mqtt, me, timing, clock
         self.prefix = f"tocsin/{cluster}/"
         self.stream_topic = self.prefix + "leader/stream"
+        self.request_topic = self.prefix + "ledger/req"
+        self.snapshot_topic = self.prefix + f"ledger/snap/{me.id}"
         self.presence_topic = self.prefix + f"members/{me.id}"
         self.election = Election(me, timing, clock.monotonic())
         self.ledger = Ledger(ledger_retention_s)
@@ -56,8 +62,10 @@ class ClusterNode:
         self.connected = asyncio.Event()
         self.bad_records = 0
         self._client: aiomqtt.Client | None = None
+        self.election.connected = False
         self._stopping = False
         self._pending: list[Action] = []
+        self._outbox: list[tuple[str, bytes]] = []
 
     # -- what the sender asks ------------------------------------------------------------------------------
     @property
@@ -71,7 +79,7 @@ class ClusterNode:
         """Publish an ``intent`` or ``sent`` record (waits for the broker's PUBACK) and apply it locally."""
         assert kind in ("intent", "sent")
         record = StreamRecord(kind, self.election.term, self.me.id, seq=self.election.next_seq(), nid=nid)  # type: ignore[arg-type]
-        self.ledger.apply(record, self.clock.monotonic())
+        self.ledger.apply(record, self.clock.time())
         client = self._client
         if client is None:
             raise aiomqtt.MqttError("not connected to the cluster")
@@ -109,9 +117,15 @@ class ClusterNode:
         ) as client:
             await client.subscribe(self.prefix + "members/+", qos=1)
             await client.subscribe(self.stream_topic, qos=1)
+            await client.subscribe(self.request_topic, qos=1)
+            await client.subscribe(self.snapshot_topic, qos=1)
             await client.publish(self.presence_topic, encode_presence(self.me), qos=1, retain=True)
             self._client = client
+            # Ask the others for what they know: a late joiner (or a whole cluster restarting one by one)
+            # must not lead with a ledger that misses what was sent while it was away.
+            await client.publish(self.request_topic, json.dumps({"sender": self.me.id}).encode(), qos=1)
             self.connected.set()
+            self.election.connected = True
             log.info(
                 "joined cluster %s as %s (priority %d)",
                 self.prefix.split("/")[1],
@@ -124,6 +138,8 @@ class ClusterNode:
                     self._on_message(str(message.topic), message.payload)
                     await self._flush()
             finally:
+                self.election.connected = False
+                self.connected.clear()
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
@@ -133,17 +149,30 @@ class ClusterNode:
         try:
             if topic == self.stream_topic:
                 record = decode_record(payload)
-                self.ledger.apply(record, now)
+                self.ledger.apply(record, self.clock.time())
                 self._pending.extend(self.election.on_record(record, now))
+            elif topic == self.request_topic:
+                requester = str(json.loads(payload).get("sender", ""))
+                if requester and requester != self.me.id:
+                    self._answer(requester)
+            elif topic == self.snapshot_topic:
+                for key, state, term, at in decode_snapshot(payload):
+                    self.ledger.merge(key, state, term, at)  # type: ignore[arg-type]
             elif topic.startswith(self.prefix + "members/"):
                 member = topic.rsplit("/", 1)[1]
                 presence = decode_presence(payload)
                 if presence is not None and presence.id != member:
                     raise RecordError(f"presence of {presence.id!r} on the topic of {member!r}")
                 self._pending.extend(self.election.on_presence(member, presence, now))
-        except RecordError as exc:
+        except (RecordError, json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
             self.bad_records += 1
             log.warning("ignored a bad cluster record on %s: %s", topic, exc)
+
+    def _answer(self, requester: str) -> None:
+        entries = [(e.nid, e.state, e.term, e.at) for e in self.ledger.entries()]
+        topic = self.prefix + f"ledger/snap/{requester}"
+        for i in range(0, len(entries), SNAPSHOT_CHUNK):
+            self._outbox.append((topic, encode_snapshot(self.me.id, entries[i : i + SNAPSHOT_CHUNK])))
 
     async def _tick(self) -> None:
         while True:
@@ -152,6 +181,10 @@ class ClusterNode:
             await asyncio.sleep(TICK_S)
 
     async def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for topic, payload in outbox:
+            if self._client is not None:
+                await self._client.publish(topic, payload, qos=1)
         actions, self._pending = self._pending, []
         for action in actions:
             if isinstance(action, Publish):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -89,3 +90,24 @@ def _object(raw: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise RecordError("not a JSON object")
     return data
+
+
+SnapshotEntry = tuple[str, str, int, float]
+SNAPSHOT_CHUNK = 2000
+
+
+def encode_snapshot(sender: str, entries: Sequence[SnapshotEntry]) -> bytes:
+    return json.dumps({"sender": sender, "entries": entries}, separators=(",", ":")).encode()
+
+
+def decode_snapshot(raw: bytes) -> list[SnapshotEntry]:
+    data = _object(raw)
+    out: list[SnapshotEntry] = []
+    try:
+        for key, state, term, at in data["entries"]:
+            if state not in ("intent", "sent"):
+                raise RecordError(f"bad ledger state {state!r}")
+            out.append((str(key), str(state), int(term), float(at)))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RecordError(f"bad ledger snapshot: {exc!r}") from None
+    return out

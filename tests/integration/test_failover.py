@@ -105,3 +105,101 @@ def test_graceful_stop_hands_over_without_the_lease_wait(trio) -> None:
     wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to deliver live events")
     sent = sim.stop()
     assert check_no_loss_no_duplicate(services, sent, [b]) == 0
+
+
+@pytest.mark.parametrize("point", ["after_intent", "after_send"])
+def test_kill9_inside_a_send_is_bounded_by_the_ambiguous_count(tmp_path: Path, point: str) -> None:
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    fault = {"TOCSINTEST_FAULT": f"{point}:60"}
+    services = [ServiceProcess(tmp_path / "a", broker.port, "a", 0, extra_env=fault)] + [
+        ServiceProcess(tmp_path / nid, broker.port, nid, prio) for nid, prio in (("b", 1), ("c", 2))
+    ]
+    a, b, c = services
+    try:
+        wait_until_sync(lambda: a.cluster().get("may_send") is True, 30, "a to lead")
+        sim = Simulator(broker.port, rate=100)
+        wait_until_sync(lambda: not a.alive(), 20, "the injected crash")
+        wait_until_sync(lambda: b.cluster().get("may_send") is True, 20, "b to take over")
+        n = len(b.deliveries)
+        wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to deliver live events")
+        sent = sim.stop()
+        duplicates = check_no_loss_no_duplicate(services, sent, [b, c])
+        ambiguous = b.metric('tocsin_cluster_sends_total{kind="ambiguous_resent"}')
+        assert ambiguous >= 1  # the crashed send is seen as begun and never confirmed
+        assert duplicates == (1 if point == "after_send" else 0)  # only a push that really went out repeats
+    finally:
+        for s in services:
+            s.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize("persistence", [True, False])
+def test_broker_restart_loses_nothing_published_and_repeats_nothing(
+    tmp_path: Path, persistence: bool
+) -> None:
+    broker = Mosquitto(tmp_path / "broker", persistence=persistence)
+    broker.start()
+    services = [
+        ServiceProcess(tmp_path / nid, broker.port, nid, prio) for nid, prio in (("a", 0), ("b", 1), ("c", 2))
+    ]
+    try:
+        wait_until_sync(lambda: services[0].cluster().get("may_send") is True, 30, "a to lead")
+        sim = Simulator(broker.port, rate=100)
+        wait_until_sync(lambda: len(delivered_episodes(services)) >= 100, 20, "100 notifications")
+        first = sim.stop()  # devices cannot publish while the broker is down: pause them around the restart
+        broker.restart()
+        wait_until_sync(lambda: all(s.ready() for s in services), 30, "every service to resubscribe")
+        wait_until_sync(
+            lambda: sum(1 for s in services if s.cluster().get("may_send") is True) == 1,
+            30,
+            "one leader that may send",
+        )
+        sim = Simulator(broker.port, rate=100, start=first)
+        wait_until_sync(
+            lambda: len(delivered_episodes(services)) >= first + 100, 30, "100 more after the restart"
+        )
+        sent = sim.stop()
+        check_no_loss_no_duplicate(services, sent, services)
+    finally:
+        for s in services:
+            s.stop()
+        broker.stop()
+
+
+def test_the_preferred_instance_returns_as_a_follower_and_a_full_restart_repeats_nothing(
+    trio, tmp_path
+) -> None:
+    broker, services = trio
+    a, b, c = services
+    sim = Simulator(broker.port, rate=100)
+    wait_until_sync(lambda: len(a.deliveries) >= 50, 20, "a to deliver 50")
+    a.proc.kill()
+    wait_until_sync(lambda: b.cluster().get("may_send") is True, 20, "b to take over")
+    a2 = ServiceProcess(tmp_path / "a", broker.port, "a", 0)  # the preferred one comes back
+    services.append(a2)
+    wait_until_sync(lambda: a2.cluster().get("leader") == "b", 30, "a to follow b")
+    n = len(b.deliveries)
+    wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to keep delivering")
+    assert a2.cluster()["role"] == "follower" and not a2.deliveries  # no preemption
+    sent = sim.stop()
+    check_no_loss_no_duplicate(services, sent, [b, c, a2])
+    # The whole cluster restarts, and the devices replay old events (their own retry, a retained state):
+    # the ledger on each instance's disk knows they were reported.
+    for s in services:
+        s.stop()
+    restarted = [ServiceProcess(tmp_path / nid, broker.port, nid, prio) for nid, prio in (("a", 0), ("b", 1))]
+    services.extend(restarted)
+    wait_until_sync(lambda: restarted[0].cluster().get("may_send") is True, 30, "a to lead again")
+    replay = Simulator(broker.port, rate=200, start=0)
+    wait_until_sync(lambda: replay.sent >= 100, 10, "the replay")
+    replay.stop()
+    more = Simulator(broker.port, rate=100, start=sent)
+    wait_until_sync(lambda: more.sent >= sent + 20, 10, "new events")
+    total = more.stop()
+    expected = {episode_of(n) for n in range(total)}
+    wait_until_sync(lambda: expected <= set(delivered_episodes(services)), 30, "the new events")
+    counts = delivered_episodes(services)
+    repeated = {e for e, c in counts.items() if c > 1}
+    by = [(s.id, d["term"], d["episode"]) for s in services for d in s.deliveries if d["episode"] in repeated]
+    assert not repeated, f"replayed events reported again after the restart: {sorted(by)[:12]}"

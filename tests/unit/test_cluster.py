@@ -16,8 +16,10 @@ from service.cluster.records import (
     StreamRecord,
     decode_presence,
     decode_record,
+    decode_snapshot,
     encode_presence,
     encode_record,
+    encode_snapshot,
 )
 from service.cluster.timing import ClusterTiming
 
@@ -30,6 +32,7 @@ class Node:
     election: Election
     connected: bool = True
     frozen: bool = False  # SIGSTOP: neither ticks nor reads
+    dead: bool = False
     changes: list[RoleChange] = field(default_factory=list)
 
 
@@ -50,9 +53,15 @@ class Sim:
         self.nodes[mid] = node
         return node
 
+    def cut(self, mid: str) -> None:
+        """The instance loses the broker but keeps running (it learns so, as the MQTT side tells it)."""
+        self.nodes[mid].connected = False
+        self.nodes[mid].election.connected = False
+
     def kill(self, mid: str) -> None:
         """kill -9: the connection drops, the broker fires the will (presence deleted)."""
         self.nodes[mid].connected = False
+        self.nodes[mid].dead = True
         for other in self.live():
             other.election.on_presence(mid, None, self.now)
 
@@ -76,8 +85,9 @@ class Sim:
         end = self.now + seconds
         while self.now < end - 1e-9:
             self.now = round(self.now + STEP, 6)
-            for node in self.live():
-                self.apply(node, node.election.tick(self.now))
+            for node in self.nodes.values():
+                if not node.frozen and not node.dead:
+                    self.apply(node, node.election.tick(self.now))
 
     def run_until(self, cond, limit: float = 30.0) -> float:
         start = self.now
@@ -170,6 +180,26 @@ def test_second_in_line_claims_when_the_first_is_gone_too() -> None:
     assert took <= T.fast_path_s + T.claim_window_s + 0.1
 
 
+def test_an_instance_cut_off_from_the_broker_never_leads_alone() -> None:
+    sim = started()
+    sim.cut("b")
+    sim.kill("a")
+    sim.run(T.lease_s * 3)
+    assert sim.nodes["b"].election.role == "follower"  # it did not even claim while disconnected
+    assert sim.senders() == ["c"]
+
+
+def test_a_claim_the_broker_never_echoed_does_not_win() -> None:
+    sim = started()
+    b = sim.nodes["b"]
+    b.connected = False  # b's link breaks silently: it still thinks it is connected
+    sim.kill("a")
+    b.election.on_presence("a", None, sim.now)  # it did hear the will before the link broke
+    sim.run_until(lambda: b.election.role == "candidate", limit=10)
+    sim.run(T.claim_window_s + STEP)
+    assert b.election.role == "follower" and b.changes[-1].reason == "claim not confirmed by the broker"
+
+
 def test_competing_claims_of_one_term_converge_on_the_best_rank() -> None:
     sim = Sim(("a", 0), ("b", 1))
     # Both believe they are next (e.g. a did not know b yet): both claim term 1.
@@ -228,6 +258,20 @@ def test_ledger_and_catch_up() -> None:
     assert result.already_sent == 1
     ledger.record("late", "intent", 1, 100)
     assert ledger.status("n1") is None and len(ledger) == 1  # expired after 60 s
+
+
+def test_merging_a_snapshot_keeps_sent_final() -> None:
+    saved: list[tuple[str, str]] = []
+    ledger = Ledger(60, on_record=lambda k, s, t, at: saved.append((k, s)))
+    ledger.record("x", "intent", 1, 1)
+    ledger.merge("x", "sent", 1, 2)
+    ledger.merge("x", "intent", 2, 3)
+    ledger.merge("y", "sent", 2, 3)
+    assert ledger.status("x") == "sent" and ledger.status("y") == "sent"
+    assert saved == [("x", "intent"), ("x", "sent"), ("y", "sent")]
+    assert decode_snapshot(encode_snapshot("a", [("x", "sent", 1, 2.0)])) == [("x", "sent", 1, 2.0)]
+    with pytest.raises(RecordError, match="bad ledger state"):
+        decode_snapshot(b'{"entries": [["x", "maybe", 1, 2]]}')
 
 
 def test_records_round_trip_and_reject_garbage() -> None:
