@@ -155,6 +155,8 @@ class Service:
             "leader": e.leader,
             "may_send": self.cluster.may_send(),
             "lease_age_s": round(e.lease_age(now), 3),
+            "echo_age_s": None if e.last_echo_at is None else round(now - e.last_echo_at, 3),
+            "cluster_backlog": self.cluster.backlog(),
             "members": [
                 {"id": p.id, "priority": p.priority, "rank": i, "version": p.version}
                 for i, p in enumerate(e.membership.ranked())
@@ -261,7 +263,9 @@ class Service:
         )
 
     async def _leave_cluster(self) -> None:
-        assert self.cluster is not None
+        assert self.cluster is not None and self.gate is not None
+        if not await self.gate.drain(timeout=3.0):
+            log.warning("sends still under way after 3 s: the next leader will treat them as ambiguous")
         try:
             await asyncio.wait_for(self.cluster.leave(), 5)
         except (TimeoutError, aiomqtt.MqttError) as exc:

@@ -67,16 +67,20 @@ class ServiceProcess:
             stderr=self.stderr,
         )
         self.deliveries: list[dict[str, Any]] = []
+        self.unreadable: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.deliveries.append(json.loads(line))
+            try:
+                self.deliveries.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.unreadable.append(line)  # kept, so a test can show it rather than the reader dying
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=1) as r:
             return json.loads(r.read()) if path.startswith("/v1") else r.read().decode()
 
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from service.notify.dispatch import Verdict
 from service.notify.model import Delivery, notification_key
 from service.notify.pipeline import Pipeline
 from service.providers.base import Delivered, Outcome
+from service.ratelimit import RateLimitedLog
 
 log = logging.getLogger("tocsin.cluster")
 # Test-only fault injection, inert unless set: "after_intent:N" or "after_send:N" kills this process with
@@ -58,8 +59,14 @@ class ClusterGate:
         self.node, self.pipeline, self.metrics, self.clock = node, pipeline, metrics, clock
         self.buffer: FollowerBuffer[Transition] = FollowerBuffer(window_s)
         self._mine: set[str] = set()  # keys whose intent this instance published while leading
+        self._sending: set[str] = set()  # keys between their intent and the end of their send
         self._catching_up: asyncio.Task[None] | None = None
         self._fault = _fault_from_env()
+        self._log = RateLimitedLog(log, clock, 10.0)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
         self._sends = 0
         self.events = Counter(
             "tocsin_cluster_sends", "Send decisions of the cluster gate, by kind.", ("kind",)
@@ -86,11 +93,12 @@ class ClusterGate:
         )
 
     async def route(self, transition: Transition, now: float) -> None:
+        nid = notification_key(transition.alert_id, transition.episode, transition.state)
+        # Buffered whatever the role: a leader frozen and woken handles its backlog as leader before it learns
+        # it was deposed, and drops those sends; they must still be here when it leads again.
+        self.buffer.add(nid, transition, self.clock.monotonic(), transition.on_ambiguous)  # type: ignore[arg-type]
         if self.node.is_leader and self._catching_up is None:
             await self.pipeline.handle(transition, now)
-        else:
-            nid = notification_key(transition.alert_id, transition.episode, transition.state)
-            self.buffer.add(nid, transition, self.clock.monotonic(), transition.on_ambiguous)  # type: ignore[arg-type]
 
     def on_change(self, change: RoleChange) -> None:
         if change.role == "leader":
@@ -100,26 +108,30 @@ class ClusterGate:
 
     async def _catch_up(self, term: int) -> None:
         try:
-            # The claim already waited out the old leader's lease, so its last ledger records are in.
+            # The claim already waited out the old leader's lease, so its last ledger records are in. Hand on
+            # everything recent, past this instance's own dedup memory: the ledger decides what was sent.
+            seq, total = 0, 0
             while True:
-                items = self.buffer.drain()
+                items = self.buffer.since(seq)
                 if not items:
                     break
                 for b in items:
-                    await self.pipeline.handle(b.item, self.clock.time())
-                log.info(
-                    "term %d: handed on %d buffered transitions; the ledger decides what was sent",
-                    term,
-                    len(items),
-                )
+                    await self.pipeline.handle(b.item, self.clock.time(), dedup=False)
+                seq, total = items[-1].seq, total + len(items)
+            log.info(
+                "term %d: handed on %d recent transitions; the ledger decides what was sent", term, total
+            )
         finally:
             self._catching_up = None
 
     async def before_send(self, d: Delivery) -> Verdict:
-        if not self.node.is_leader:
+        if not self.node.is_leader or self._closing:
             self.events.inc("dropped_not_leader")  # the new leader has it in its buffer
             return "skip"
         key = delivery_key(d)
+        if key in self._sending:
+            self.events.inc("already_under_way")  # a takeover re-handed what a worker is sending right now
+            return "skip"
         state = self.node.ledger.status(key)
         if state == "sent":
             self.events.inc("already_sent")
@@ -131,17 +143,35 @@ class ClusterGate:
             self.events.inc("ambiguous_resent")
             log.info("resending %s: the previous leader began it and never confirmed it", key)
         if not self.node.may_send():
+            self.events.inc("later_fenced")
+            e = self.node.election
+            echo = e.last_echo_at
+            self._log.warning(
+                "fenced",
+                "holding sends: role %s, connected %s, last heartbeat echo %s s ago",
+                e.role,
+                self.node.connected.is_set(),
+                "never" if echo is None else f"{self.clock.monotonic() - echo:.2f}",
+            )
             return "later"
+        self._sending.add(key)
         try:
             await self.node.record("intent", key)
-        except aiomqtt.MqttError:
+        except aiomqtt.MqttError as exc:
+            self._sending.discard(key)
+            self.events.inc("later_intent_failed")
+            self._log.warning("intent", "could not publish an intent (%s); will retry", exc)
             return "later"
         self._mine.add(key)
         self._sends += 1
         self._maybe_crash("after_intent")
         if not self.node.may_send():  # self-fencing, right before the push
+            self._sending.discard(key)
+            self.events.inc("later_fenced")
             return "later"
         d.term = self.node.election.term
+        self._in_flight += 1
+        self._idle.clear()
         return "send"
 
     def _maybe_crash(self, point: str) -> None:
@@ -150,7 +180,26 @@ class ClusterGate:
             sys.stdout.flush()  # what the provider accepted is out, as it would be on a phone
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def after_send(self, d: Delivery, outcome: Outcome) -> None:
+    async def after_send(self, d: Delivery, outcome: Outcome | None) -> None:
+        try:
+            await self._confirm(d, outcome)
+        finally:
+            self._sending.discard(delivery_key(d))
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Graceful stop: send nothing new (the followers hold it), let sends under way finish and their
+        ``sent`` go out, so the next leader's ledger is complete. Returns whether everything finished."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def _confirm(self, d: Delivery, outcome: Outcome | None) -> None:
         if not isinstance(outcome, Delivered):
             return
         key = delivery_key(d)

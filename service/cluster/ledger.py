@@ -88,19 +88,33 @@ class Buffered(Generic[T]):
     item: T
     at: float
     on_ambiguous: Ambiguous = "resend"
+    seq: int = 0
 
 
 class FollowerBuffer(Generic[T]):
-    """What this instance would have sent, kept for ``window_s``, until the ledger shows it sent."""
+    """Every transition this instance computed in the last ``window_s``, whatever its role at the time.
+
+    Kept whole rather than emptied at a takeover: a leader can be deposed with sends still queued (they are
+    then dropped there) and lead again later; what it needs then is everything recent, and the ledger says
+    which of it was sent.
+    """
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self._items: OrderedDict[str, Buffered[T]] = OrderedDict()
+        self.last_seq = 0
 
     def add(self, nid: str, item: T, now: float, on_ambiguous: Ambiguous = "resend") -> None:
         if nid not in self._items:
-            self._items[nid] = Buffered(nid, item, now, on_ambiguous)
+            self.last_seq += 1
+            self._items[nid] = Buffered(nid, item, now, on_ambiguous, self.last_seq)
         self.expire(now)
+
+    def since(self, seq: int) -> list[Buffered[T]]:
+        """The items added after ``seq`` (0: all), oldest first."""
+        if seq <= 0:
+            return list(self._items.values())
+        return [b for b in self._items.values() if b.seq > seq]
 
     def confirm(self, nid: str) -> None:
         self._items.pop(nid, None)

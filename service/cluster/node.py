@@ -34,6 +34,7 @@ from service.cluster.records import (
 )
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
+from service.sources.mqtt import NO_DELAY
 
 log = logging.getLogger("tocsin.cluster")
 TICK_S = 0.05
@@ -71,6 +72,11 @@ class ClusterNode:
     @property
     def is_leader(self) -> bool:
         return self.election.role == "leader"
+
+    def backlog(self) -> int:
+        """Cluster messages received and not yet processed (a lagging echo shows here first)."""
+        client = self._client
+        return len(client.messages) if client is not None else 0
 
     def may_send(self) -> bool:
         return self.connected.is_set() and self.election.may_send(self.clock.monotonic())
@@ -114,6 +120,7 @@ class ClusterNode:
             password=c.password.get_secret_value() if c.password else None,
             will=will,
             timeout=10,
+            socket_options=NO_DELAY,
         ) as client:
             await client.subscribe(self.prefix + "members/+", qos=1)
             await client.subscribe(self.stream_topic, qos=1)
@@ -176,8 +183,12 @@ class ClusterNode:
 
     async def _tick(self) -> None:
         while True:
-            self._pending.extend(self.election.tick(self.clock.monotonic()))
-            await self._flush()
+            try:
+                self._pending.extend(self.election.tick(self.clock.monotonic()))
+                await self._flush()
+            except aiomqtt.MqttError as exc:
+                # A lost heartbeat or claim is safe (the lease covers it); a dead ticker is not.
+                log.warning("cluster publish failed (%s); continuing", exc)
             await asyncio.sleep(TICK_S)
 
     async def _flush(self) -> None:

@@ -37,7 +37,9 @@ class SendGuard(Protocol):
 
     async def before_send(self, delivery: Delivery) -> Verdict: ...
 
-    async def after_send(self, delivery: Delivery, outcome: Outcome) -> None: ...
+    async def after_send(self, delivery: Delivery, outcome: Outcome | None) -> None:
+        """Called after every send the guard allowed; ``outcome`` is None when the send raised."""
+        ...
 
 
 def backoff_delay(
@@ -112,10 +114,13 @@ class Dispatcher:
             if verdict != "send":
                 return
         delivery.attempt += 1
-        outcome: Outcome = await provider.send(delivery)
+        outcome: Outcome | None = None
+        try:
+            outcome = await provider.send(delivery)
+        finally:
+            if self.guard is not None:
+                await self.guard.after_send(delivery, outcome)
         self.metrics.notifications.inc(provider.name, outcome.name)
-        if self.guard is not None:
-            await self.guard.after_send(delivery, outcome)
         if isinstance(outcome, Delivered):
             return
         if isinstance(outcome, Retry):

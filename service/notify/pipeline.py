@@ -51,11 +51,15 @@ class Pipeline:
     ) -> None:
         self.dedup, self.target, self.dispatcher, self.metrics = dedup, target, dispatcher, metrics
 
-    async def handle(self, transition: Transition, now: float) -> int:
-        """Hand the transition's deliveries to the dispatcher; returns how many there were."""
-        self.metrics.rule_matches.inc(transition.rule, transition.state)
+    async def handle(self, transition: Transition, now: float, dedup: bool = True) -> int:
+        """Hand the transition's deliveries to the dispatcher; returns how many there were.
+
+        ``dedup=False`` is for a cluster takeover, where the ledger, not this instance's memory of what it
+        handed on before, decides what was already sent."""
+        if dedup:
+            self.metrics.rule_matches.inc(transition.rule, transition.state)
         n = to_notification(transition, now)
-        if not self.dedup.admit(n, now):
+        if dedup and not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
             return 0
         count = 0

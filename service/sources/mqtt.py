@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -20,6 +21,8 @@ from service.ratelimit import RateLimitedLog
 from service.sources.payload import MalformedPayload, parse_payload
 
 log = logging.getLogger("tocsin.mqtt")
+# paho leaves Nagle's algorithm on; with delayed ACKs every small QoS 1 round trip (PUBACK) can wait ~40 ms.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 class BatchQueue(asyncio.Queue[aiomqtt.Message]):
@@ -97,6 +100,7 @@ class MqttSource:
             timeout=10,
             max_queued_incoming_messages=0,
             queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize: queue),
+            socket_options=NO_DELAY,
         )
 
     async def run(self) -> None:

@@ -1,0 +1,231 @@
+"""Failover benchmark: three tocsin services (separate processes) on a real Mosquitto, numbered events from a
+device simulator at a steady rate, and each fault repeated (default 30 times):
+
+  kill9                     kill -9 of the leader at a random moment
+  kill9_in_send             the leader kills itself inside a send (after its intent, or after the push and
+                            before its 'sent'), via the test-only fault hook
+  stop_cont                 SIGSTOP of the leader (a silent hang), SIGCONT after the takeover
+  graceful                  SIGTERM of the leader (hand-over)
+  broker_restart            Mosquitto restarted with persistence on
+  broker_restart_nopersist  Mosquitto restarted with persistence off
+  preferred_returns         the leader is killed and comes back with the best priority (no preemption)
+
+Takeover time: from the fault to the moment another instance (or, for broker restarts, any instance) may send
+again, sampled every 20 ms from /v1/cluster. Lost: simulator events never notified. Duplicates: deliveries
+beyond the first per event. Ambiguous: resends of sends the old leader began and never confirmed (the bound
+for duplicates). Usage: scripts/bench failover [--runs 30] [--faults kill9,graceful] [--rate 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.cluster_support import ServiceProcess, Simulator, delivered_episodes, episode_of
+from tests.support import Mosquitto, wait_until_sync
+
+FAULTS = (
+    "kill9",
+    "kill9_in_send",
+    "stop_cont",
+    "graceful",
+    "broker_restart",
+    "broker_restart_nopersist",
+    "preferred_returns",
+)
+AMBIGUOUS = 'tocsin_cluster_sends_total{kind="ambiguous_resent"}'
+
+
+class Campaign:
+    def __init__(self, fault: str, workdir: Path, rate: float) -> None:
+        self.fault, self.workdir, self.rate = fault, workdir, rate
+        self.broker = Mosquitto(workdir / "broker", persistence=fault != "broker_restart_nopersist")
+        self.broker.start()
+        self.priorities = {"a": 0, "b": 1, "c": 2}
+        self.all: list[ServiceProcess] = []
+        self.live: dict[str, ServiceProcess] = {}
+        self.ambiguous: dict[int, float] = {}
+        self.paused: set[str] = set()  # a stopped process cannot answer: do not wait on its HTTP API
+        for nid in self.priorities:
+            self.start(nid)
+        wait_until_sync(lambda: self.leader() is not None, 60, "a first leader")
+        self.sim = Simulator(self.broker.port, rate)
+        self.published = 0
+
+    def start(self, nid: str) -> ServiceProcess:
+        env = {}
+        if self.fault == "kill9_in_send" and nid == "a":  # only a is armed; each run makes it the leader
+            env["TOCSINTEST_FAULT"] = (
+                f"{random.choice(['after_intent', 'after_send'])}:{random.randint(5, 60)}"
+            )
+        s = ServiceProcess(self.workdir / nid, self.broker.port, nid, self.priorities[nid], extra_env=env)
+        self.all.append(s)
+        self.live[nid] = s
+        return s
+
+    def leader(self) -> str | None:
+        senders = [
+            nid
+            for nid, s in self.live.items()
+            if nid not in self.paused and s.alive() and s.cluster().get("may_send") is True
+        ]
+        return senders[0] if len(senders) == 1 else None
+
+    def scrape(self) -> None:
+        for s in self.live.values():
+            if s.alive():
+                self.ambiguous[id(s)] = max(self.ambiguous.get(id(s), 0.0), s.metric(AMBIGUOUS))
+
+    def wait_sender(self, accept: Callable[[str], bool], timeout: float = 60) -> float:
+        """Seconds until exactly one instance that ``accept`` admits may send."""
+        start = time.monotonic()
+        while True:
+            current = self.leader()
+            if current is not None and accept(current):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"{self.fault}: no takeover within {timeout} s")
+            time.sleep(0.02)
+
+    def rejoin(self, nid: str) -> None:
+        s = self.start(nid)
+        wait_until_sync(
+            lambda: s.cluster().get("role") == "follower" and s.cluster().get("leader") is not None,
+            60,
+            f"{nid} to rejoin",
+        )
+
+    def run_once(self) -> float:
+        time.sleep(random.uniform(0.2, 1.0))  # a random moment in the stream
+        self.wait_sender(lambda _: True)
+        old = self.leader() or ""
+        victim = self.live.get(old)
+        if self.fault in ("kill9", "preferred_returns"):
+            assert victim is not None
+            t0 = time.monotonic()
+            victim.proc.kill()
+            took = self._since(t0, lambda n: n != old)
+            if self.fault == "preferred_returns":
+                for nid in self.priorities:  # the one coming back is the preferred one
+                    self.priorities[nid] = 1 if nid != old else 0
+            self.rejoin(old)
+        elif self.fault == "kill9_in_send":
+            if old != "a":  # hand leadership to the armed a first (not measured)
+                assert victim is not None
+                victim.proc.send_signal(signal.SIGTERM)
+                victim.proc.wait(30)
+                armed = self.live["a"]
+                # a leads next (best rank); it may crash before we even see it sending
+                wait_until_sync(
+                    lambda: not armed.alive() or armed.cluster().get("may_send") is True, 60, "a to lead"
+                )
+                self.rejoin(old)
+                old, victim = "a", armed
+            assert victim is not None
+            crashed = victim
+            wait_until_sync(lambda: not crashed.alive(), 120, "the injected crash")
+            t0 = time.monotonic()  # detected within ~20 ms of the crash by the poll above
+            took = self._since(t0, lambda n: n != old)
+            self.rejoin(old)
+        elif self.fault == "stop_cont":
+            assert victim is not None
+            t0 = time.monotonic()
+            victim.proc.send_signal(signal.SIGSTOP)
+            self.paused.add(old)
+            took = self._since(t0, lambda n: n != old)
+            victim.proc.send_signal(signal.SIGCONT)
+            self.paused.discard(old)
+            wait_until_sync(
+                lambda: victim.cluster().get("role") == "follower", 60, "the woken leader to follow"
+            )
+        elif self.fault == "graceful":
+            assert victim is not None
+            t0 = time.monotonic()
+            victim.proc.send_signal(signal.SIGTERM)
+            took = self._since(t0, lambda n: n != old)
+            victim.proc.wait(30)
+            self.rejoin(old)
+        else:
+            self.published = self.sim.stop()
+            t0 = time.monotonic()
+            self.broker.restart()
+            took = self._since(t0, lambda n: True)
+            wait_until_sync(lambda: all(s.ready() for s in self.live.values()), 60, "resubscribed")
+            self.sim = Simulator(self.broker.port, self.rate, start=self.published)
+        self.scrape()
+        return took
+
+    def _since(self, t0: float, accept: Callable[[str], bool]) -> float:
+        self.wait_sender(accept)
+        return time.monotonic() - t0
+
+    def finish(self) -> dict[str, Any]:
+        published = self.sim.stop()
+        expected = {episode_of(n) for n in range(published)}
+        with contextlib.suppress(AssertionError):  # what never arrives is counted as lost below
+            wait_until_sync(
+                lambda: expected <= set(delivered_episodes(self.all)), 60, "the last notifications"
+            )
+        self.scrape()
+        counts = delivered_episodes(self.all)
+        result = {
+            "events": published,
+            "lost": len(expected - set(counts)),
+            "duplicates": sum(c - 1 for c in counts.values()),
+            "ambiguous": int(sum(self.ambiguous.values())),
+        }
+        for s in self.all:
+            s.stop()
+        self.broker.stop()
+        return result
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--faults", default=",".join(FAULTS))
+    ap.add_argument("--rate", type=float, default=50.0, help="simulator events per second")
+    args = ap.parse_args()
+    table: dict[str, dict[str, Any]] = {}
+    for fault in args.faults.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"tocsin-failover-{fault}-") as tmp:
+            print(f"{fault}: {args.runs} runs ...", flush=True)
+            campaign = Campaign(fault, Path(tmp), args.rate)
+            times = []
+            for i in range(args.runs):
+                times.append(campaign.run_once())
+                print(f"  run {i + 1}: takeover {times[-1]:.2f} s", flush=True)
+            tally = campaign.finish()
+            table[fault] = {
+                "runs": len(times),
+                "takeover_p50_s": round(pct(times, 50), 3),
+                "takeover_p95_s": round(pct(times, 95), 3),
+                "takeover_max_s": round(max(times), 3),
+                "lost": tally["lost"],
+                "duplicates": tally["duplicates"],
+                "ambiguous": tally["ambiguous"],
+            }
+            print(
+                f"  {fault}: p50 {table[fault]['takeover_p50_s']} s, p95 {table[fault]['takeover_p95_s']} s, "
+                f"max {table[fault]['takeover_max_s']} s; {tally['events']} events, lost {tally['lost']}, "
+                f"duplicates {tally['duplicates']}, ambiguous {tally['ambiguous']}",
+                flush=True,
+            )
+    print(json.dumps(table))
+
+
+if __name__ == "__main__":
+    main()
