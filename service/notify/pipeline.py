@@ -15,15 +15,17 @@ log = logging.getLogger("tocsin.notify")
 DEFAULT_EXPIRY_S = 3600.0
 
 
-_audiences: dict[tuple[tuple[str, ...], tuple[str, ...]], Audience] = {}
+_audiences: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], Audience] = {}
+CHANNEL_TAG = "channel:"  # a rule's audience channel <name> reaches registrations tagged channel:<name>
 
 
-def _audience(tags: tuple[str, ...], users: tuple[str, ...]) -> Audience:
-    found = _audiences.get((tags, users))
+def _audience(tags: tuple[str, ...], users: tuple[str, ...], channels: tuple[str, ...] = ()) -> Audience:
+    found = _audiences.get((tags, users, channels))
     if found is None:
         if len(_audiences) > 10_000:
             _audiences.clear()
-        found = _audiences[(tags, users)] = Audience(tags=tags, users=users)
+        all_tags = tags + tuple(CHANNEL_TAG + c for c in channels)
+        found = _audiences[(tags, users, channels)] = Audience(tags=all_tags, users=users)
     return found
 
 
@@ -38,9 +40,15 @@ def to_notification(t: Transition, now: float) -> Notification:
         title=t.title,
         body=t.body,
         labels=t.labels,
-        audience=_audience(t.audience_tags, t.audience_users),
+        audience=_audience(t.audience_tags, t.audience_users, t.audience_channels),
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
+        data=t.data,
+        texts=t.texts,
+        sound=t.sound,
+        category=t.category,
+        priority=t.priority,
+        collapse_key=t.collapse_key,
     )
 
 
