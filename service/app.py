@@ -14,7 +14,7 @@ from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from rules.engine import EngineState, RuleEngine, RuleSet
 from rules.event import Event
-from rules.loader import EXAMPLES_DIR, load_rules
+from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
 from service import __version__
 from service.api import build_app
 from service.clock import Clock, SystemClock
@@ -26,6 +26,7 @@ from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.providers.base import Provider
 from service.providers.log import LogProvider
+from service.reload import watch
 from service.sources.mqtt import MqttSource
 
 log = logging.getLogger("tocsin")
@@ -119,6 +120,23 @@ class Service:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
 
+    # -- rule reloads -------------------------------------------------------------------------------------
+    def reload_rules(self) -> list[str]:
+        """Load the rule files again; on errors keep the running rules and return the errors."""
+        try:
+            ruleset = load_rules(rule_paths(self.config))
+        except RuleLoadError as exc:
+            self.metrics.rule_reloads.inc("refused")
+            log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
+            return [str(e) for e in exc.errors]
+        # Alerts of rules that stay keep their state; those of removed rules are dropped at their next timer.
+        self.ruleset, self.engine = ruleset, RuleEngine(ruleset)
+        self.source.set_topics(ruleset.subscriptions())
+        self._timer_changed.set()
+        self.metrics.rule_reloads.inc("loaded")
+        log.info("rules reloaded: %d rules", len(ruleset.rules))
+        return []
+
     # -- health -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
@@ -184,6 +202,9 @@ class Service:
             asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
         ]
+        if cfg.rules.watch_s > 0 and cfg.rules.paths:
+            watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)
+            self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))
         self._stack.push_async_callback(self._cancel_tasks)
         log.info(
             "tocsin %s started as %s with %d rules; data in %s",

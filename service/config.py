@@ -84,6 +84,9 @@ class RegistrationsConfig(_Section):
 
 class RulesConfig(_Section):
     paths: list[Path] = Field(default_factory=list, description="rule files or directories; empty: examples")
+    watch_s: float = Field(
+        2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
+    )
 
 
 class NotifyConfig(_Section):
