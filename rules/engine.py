@@ -16,6 +16,7 @@ from typing import Any, Literal
 from rules.conditions import MISSING, Predicate, as_number, compile_conditions, get_parts, parse_path
 from rules.cumulocity import Alarm, alarm_from_payload, alarms_from_smartrest
 from rules.event import Event, short_hash
+from rules.policy import Policy, compile_policy
 from rules.schema import Rule, Threshold
 from rules.templates import Expression, Template, compile_expression, compile_template
 from rules.topics import TopicFilter, TopicIndex, compile_filter, match_levels
@@ -50,6 +51,7 @@ class Transition:
     priority: str = "normal"
     collapse_key: str | None = None
     data: Mapping[str, str] = field(default_factory=dict)
+    policy: Policy | None = None  # the rule's noise control, read by the notify stages
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class CompiledRule:
     value: tuple[str, ...] = ()  # the payload path a threshold, change or availability reads
     states: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # (from|online, to|offline)
     rendering: Rendering | None = None
+    policy: Policy | None = None
 
     @property
     def id(self) -> str:
@@ -176,6 +179,7 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         value=value,
         states=states,
         rendering=_rendering(rule),
+        policy=compile_policy(rule),
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None
@@ -532,6 +536,7 @@ class RuleEngine:
             sound=rule.sound,
             category=rule.category,
             priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
+            policy=c.policy,
         )
         if r is not None:
             if st == "resolved" and r.resolved is not None:

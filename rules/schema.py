@@ -135,6 +135,32 @@ class LocaleText(_Strict):
     body: TemplateText | None = None
 
 
+class Group(_Strict):
+    """Alerts of one rule with the same values of ``by`` labels, collected for ``wait``, sent as one."""
+
+    by: tuple[str, ...] = ()
+    wait: Duration = 30.0
+    title: TemplateText = Field(
+        "{{ count }} alerts: {{ rule }}", description="context: count, labels (shared by the group), alerts"
+    )
+    body: TemplateText = ""
+
+
+class Escalation(_Strict):
+    after: Duration
+    audience: Audience
+
+
+class QuietHours(_Strict):
+    override: bool = Field(False, description="deliver during quiet hours anyway (e.g. for critical alerts)")
+
+
+class Webhook(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    timeout: Duration = 2.0
+    default: Literal["send", "drop"] = Field("send", description="what to do when the server does not answer")
+
+
 class Rule(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     description: str = ""
@@ -160,6 +186,16 @@ class Rule(_Strict):
     data: dict[str, TemplateText] = Field(default_factory=dict, description="for the app, e.g. a deep link")
     audience: Audience
     resolve_notice: bool = Field(True, description="send a notice when a threshold or absence alert clears")
+    cooldown: Duration = Field(
+        0.0, description="after a notification, hold back new ones of the alert this long"
+    )
+    repeat: Duration = Field(
+        0.0, description="repeat a firing alert this often until resolved or acknowledged"
+    )
+    group: Group | None = None
+    quiet_hours: QuietHours = QuietHours()
+    escalate: tuple[Escalation, ...] = Field((), description="further audiences, unless acknowledged in time")
+    webhook: Webhook | None = None
 
     @field_validator("topic")
     @classmethod

@@ -16,12 +16,15 @@ from rules.engine import EngineState, RuleEngine, RuleSet
 from rules.event import Event
 from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
 from service import __version__
+from service.alerts_api import add_alert_routes
 from service.api import build_app
 from service.clock import Clock, SystemClock
 from service.config import Config
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
+from service.notify.model import Delivery
+from service.notify.noise import NoiseControl, QuietHours, RateLimit
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.providers.base import Provider
@@ -62,11 +65,20 @@ class Service:
             config.notify.queue_size,
             config.notify.max_attempts,
         )
+        self._noise_changed = asyncio.Event()
+        qh, rl = config.notify.quiet_hours, config.notify.rate_limit
+        self.noise = NoiseControl(
+            QuietHours(qh.start, qh.end, qh.timezone) if qh else None,
+            RateLimit(rl.max, rl.per_s) if rl else None,
+            on_schedule=self._noise_changed.set,
+            on_held=self.metrics.suppressed.inc,
+        )
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
             TargetStage(self.store),
             self.dispatcher,
             self.metrics,
+            self.noise,
         )
         self.source = MqttSource(
             config.mqtt,
@@ -119,6 +131,25 @@ class Service:
                 except Exception:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
+
+    async def _noise_timers(self) -> None:
+        """Sends what noise control scheduled: group flushes, repeats, escalations, rate-limit summaries."""
+        while True:
+            deadline = self.noise.next_deadline()
+            wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
+            self._noise_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._noise_changed.wait(), timeout=wait)
+            now = self.clock.time()
+            due = self.noise.due(now)
+            try:
+                for n in due.notifications:
+                    await self.pipeline.send(n, now)
+                for n, registration in due.deliveries:
+                    await self.dispatcher.submit(Delivery(n, registration))
+            except Exception:
+                self.metrics.internal_errors.inc("noise_timers")
+                log.exception("sending scheduled notifications failed")
 
     # -- rule reloads -------------------------------------------------------------------------------------
     def reload_rules(self) -> list[str]:
@@ -188,7 +219,9 @@ class Service:
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.dispatcher.stop)
         if cfg.http.enabled:
-            runner = web.AppRunner(build_app(self, self.metrics), access_log=None)
+            app = build_app(self, self.metrics)
+            add_alert_routes(app, self.noise, self.clock)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
@@ -201,6 +234,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
+            asyncio.create_task(self._noise_timers(), name="noise-timers"),
         ]
         if cfg.rules.watch_s > 0 and cfg.rules.paths:
             watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from registrations.model import Audience, Registration
 from rules.event import short_hash
+from rules.policy import Policy
 
 
 @dataclass(slots=True)
@@ -30,6 +31,8 @@ class Notification:
     category: str | None = None
     priority: str = "normal"
     collapse_key: str | None = None
+    policy: Policy | None = None
+    count: int = 1  # alerts this notification stands for (grouping, rate-limit summaries)
 
     def text_for(self, locale: str | None) -> tuple[str, str]:
         """Title and body for a locale: exact (``de-AT``), then language (``de``), then the default."""

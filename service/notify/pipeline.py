@@ -9,6 +9,7 @@ from rules.engine import Transition
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification, notification_key
+from service.notify.noise import NoiseControl
 from service.notify.stages import DedupStage, TargetStage
 
 log = logging.getLogger("tocsin.notify")
@@ -49,14 +50,21 @@ def to_notification(t: Transition, now: float) -> Notification:
         category=t.category,
         priority=t.priority,
         collapse_key=t.collapse_key,
+        policy=t.policy,
     )
 
 
 class Pipeline:
     def __init__(
-        self, dedup: DedupStage, target: TargetStage, dispatcher: Dispatcher, metrics: Metrics
+        self,
+        dedup: DedupStage,
+        target: TargetStage,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        noise: NoiseControl | None = None,
     ) -> None:
         self.dedup, self.target, self.dispatcher, self.metrics = dedup, target, dispatcher, metrics
+        self.noise = noise
 
     async def handle(self, transition: Transition, now: float) -> int:
         """Hand the transition's deliveries to the dispatcher; returns how many there were."""
@@ -65,12 +73,25 @@ class Pipeline:
         if not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
             return 0
+        if self.noise is None:
+            return await self.send(n, now)
         count = 0
+        for admitted in self.noise.before_target(n, now):
+            count += await self.send(admitted, now)
+        return count
+
+    async def send(self, n: Notification, now: float) -> int:
+        """Target, per-recipient noise control (quiet hours, rate limit), dispatch."""
+        count, held = 0, 0
+        noise = self.noise
         for batch in self.target.batches(n.audience):
             for registration in batch:
+                if noise is not None and not noise.for_recipient(n, registration, now):
+                    held += 1
+                    continue
                 await self.dispatcher.submit(Delivery(n, registration))
                 count += 1
-        if count == 0:
+        if count == 0 and held == 0:
             self.metrics.suppressed.inc("no_audience")
             log.info("notification %s (%s) has no registration in its audience %s", n.nid, n.rule, n.audience)
         return count
