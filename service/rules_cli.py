@@ -5,14 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from rules.durations import parse_duration
 from rules.engine import EngineState, RuleEngine, Transition
+from rules.event import Event
 from rules.loader import RuleLoadError, load_rules
-from rules.replay import RecordingError, Replay, read_events
+from rules.replay import RecordingError, read_events
+from service.notify.model import Notification
+from service.notify.noise import NoiseControl
+from service.notify.pipeline import to_notification
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
@@ -35,32 +41,58 @@ def _stamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _audience(t: Transition) -> str:
-    parts = [f"users={','.join(t.audience_users)}"] if t.audience_users else []
-    if t.audience_tags:
-        parts.append(f"tags={','.join(t.audience_tags)}")
-    if t.audience_channels:
-        parts.append(f"channels={','.join(t.audience_channels)}")
+def _audience(n: Notification) -> str:
+    a = n.audience
+    parts = [f"users={','.join(a.users)}"] if a.users else []
+    if a.tags:
+        parts.append(f"tags={','.join(a.tags)}")
     return " ".join(parts)
 
 
-def transition_record(t: Transition) -> dict[str, Any]:
+def notification_record(n: Notification) -> dict[str, Any]:
     return {
-        "time": _stamp(t.time),
-        "state": t.state,
-        "rule": t.rule,
-        "severity": t.severity,
-        "labels": dict(t.labels),
-        "alert_id": t.alert_id,
-        "episode": t.episode,
-        "audience": {
-            "users": list(t.audience_users),
-            "tags": list(t.audience_tags),
-            "channels": list(t.audience_channels),
-        },
-        "title": t.title,
-        "body": t.body,
+        "time": _stamp(n.created),
+        "state": n.state,
+        "rule": n.rule,
+        "severity": n.severity,
+        "labels": dict(n.labels),
+        "alert_id": n.alert_id,
+        "episode": n.episode,
+        "audience": {"users": list(n.audience.users), "tags": list(n.audience.tags)},
+        "title": n.title,
+        "body": n.body,
+        "count": n.count,
     }
+
+
+def simulate(engine: RuleEngine, events: list[Event], until: float | None) -> Iterator[Notification]:
+    """Events through the rules and the rule-driven noise stages (silences, cooldown, grouping, repeats,
+    escalation) on simulated time. Quiet hours and rate limits depend on each recipient, so they are not
+    applied here."""
+    state, noise = EngineState(), NoiseControl()
+
+    def admit(transitions: list[Transition], now: float) -> Iterator[Notification]:
+        for t in transitions:
+            yield from noise.before_target(to_notification(t, now), now)
+
+    def advance(now: float) -> Iterator[Notification]:
+        nonlocal state
+        while True:
+            deadlines = [d for d in (noise.next_deadline(), engine.next_deadline(state)) if d is not None]
+            if not deadlines or min(deadlines) > now:
+                return
+            at = min(deadlines)
+            for n in noise.due(at).notifications:
+                yield replace(n, created=at)
+            state, fired = engine.tick(state, at)
+            yield from admit(fired, at)
+
+    for event in events:
+        yield from advance(event.time)
+        state, out = engine.evaluate(event, state, event.time)
+        yield from admit(out, event.time)
+    if until is not None:
+        yield from advance(until)
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
@@ -80,13 +112,13 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         return 2
     until = events[-1].time + extra if events else None
     count = 0
-    for t in Replay(RuleEngine(ruleset), EngineState()).run(events, until):
+    for n in simulate(RuleEngine(ruleset), events, until):
         count += 1
         if args.json:
-            print(json.dumps(transition_record(t), ensure_ascii=False))
+            print(json.dumps(notification_record(n), ensure_ascii=False))
         else:
-            text = f"{t.title} — {t.body}" if t.body else t.title
-            print(f"{_stamp(t.time)} {t.state.upper()} {t.rule} ({t.severity}) to {_audience(t)}: {text}")
+            text = f"{n.title} — {n.body}" if n.body else n.title
+            print(f"{_stamp(n.created)} {n.state.upper()} {n.rule} ({n.severity}) to {_audience(n)}: {text}")
     print(f"{len(events)} events, {count} notifications", file=sys.stderr)
     return 0
 

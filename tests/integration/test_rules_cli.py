@@ -54,7 +54,7 @@ def test_rules_test_replays_on_simulated_time_and_prints_each_notification(tmp_p
     r = tocsin("rules", "test", str(tmp_path), "--events", str(events))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
-        "2024-05-01T10:00:30Z FIRING bell (info) to channels=doors: Ring at front",
+        "2024-05-01T10:00:30Z FIRING bell (info) to tags=channel:doors: Ring at front",
         "2024-05-01T10:02:00Z FIRING hot (info) to users=ann tags=ops: web1 hot — at 95.0",
         "2024-05-01T13:00:00Z RESOLVED hot (info) to users=ann tags=ops: web1 hot — back to 70.0",
     ]
