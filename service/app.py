@@ -27,6 +27,7 @@ from service.notify.model import Delivery
 from service.notify.noise import NoiseControl, QuietHours, RateLimit
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
+from service.notify.webhook import WebhookDecider
 from service.providers.base import Provider
 from service.providers.log import LogProvider
 from service.reload import watch
@@ -65,6 +66,7 @@ class Service:
             config.notify.queue_size,
             config.notify.max_attempts,
         )
+        self.webhook = WebhookDecider()
         self._noise_changed = asyncio.Event()
         qh, rl = config.notify.quiet_hours, config.notify.rate_limit
         self.noise = NoiseControl(
@@ -79,6 +81,7 @@ class Service:
             self.dispatcher,
             self.metrics,
             self.noise,
+            self.webhook,
         )
         self.source = MqttSource(
             config.mqtt,
@@ -217,6 +220,7 @@ class Service:
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
         self.dispatcher.start()
         self._stack.push_async_callback(self._close_providers)
+        self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
         if cfg.http.enabled:
             app = build_app(self, self.metrics)

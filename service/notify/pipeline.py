@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from registrations.model import Audience
@@ -11,6 +12,7 @@ from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification, notification_key
 from service.notify.noise import NoiseControl
 from service.notify.stages import DedupStage, TargetStage
+from service.notify.webhook import WebhookDecider
 
 log = logging.getLogger("tocsin.notify")
 DEFAULT_EXPIRY_S = 3600.0
@@ -62,9 +64,12 @@ class Pipeline:
         dispatcher: Dispatcher,
         metrics: Metrics,
         noise: NoiseControl | None = None,
+        webhook: WebhookDecider | None = None,
     ) -> None:
         self.dedup, self.target, self.dispatcher, self.metrics = dedup, target, dispatcher, metrics
         self.noise = noise
+        self.webhook = webhook
+        self._asking: set[asyncio.Task[int]] = set()
 
     async def handle(self, transition: Transition, now: float) -> int:
         """Hand the transition's deliveries to the dispatcher; returns how many there were."""
@@ -81,7 +86,23 @@ class Pipeline:
         return count
 
     async def send(self, n: Notification, now: float) -> int:
-        """Target, per-recipient noise control (quiet hours, rate limit), dispatch."""
+        """Target, per-recipient noise control (quiet hours, rate limit), dispatch. A rule with a webhook asks
+        the user's server first, in a task of its own so that the event path does not wait."""
+        if self.webhook is not None and n.policy is not None and n.policy.webhook is not None:
+            task = asyncio.get_running_loop().create_task(self._ask(self.webhook, n, now))
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
+            return 0
+        return await self._send(n, now)
+
+    async def _ask(self, webhook: WebhookDecider, n: Notification, now: float) -> int:
+        decided = await webhook.decide(n)
+        if decided is None:
+            self.metrics.suppressed.inc("webhook")
+            return 0
+        return await self._send(decided, now)
+
+    async def _send(self, n: Notification, now: float) -> int:
         count, held = 0, 0
         noise = self.noise
         for batch in self.target.batches(n.audience):
