@@ -15,7 +15,9 @@ from registrations.sqlite_store import SqliteRegistrationStore
 from rules.engine import EngineState, RuleEngine, RuleSet
 from rules.event import Event
 from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
+from rules.state_codec import restore
 from service import __version__
+from service.alert_store import AlertStore
 from service.alerts_api import add_alert_routes
 from service.api import build_app
 from service.clock import Clock, SystemClock
@@ -55,7 +57,10 @@ class Service:
         self.metrics = Metrics()
         self.ruleset = ruleset or load_rules(rule_paths(config))
         self.engine = RuleEngine(self.ruleset)
-        self.state = EngineState()
+        # Open alerts and pending timers survive a restart (service/alert_store.py).
+        self.alert_store = AlertStore(config.data_dir / "alerts.db")
+        self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
+        self._state_dirty = False
         self.store = SqliteRegistrationStore(config.store_path)
         self.providers: dict[str, Provider] = providers or {"log": LogProvider(config.providers.log)}
         self.dispatcher = Dispatcher(
@@ -113,6 +118,7 @@ class Service:
     # -- the event path -----------------------------------------------------------------------------------
     async def on_event(self, event: Event) -> None:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
+        self._state_dirty = True
         self.state, transitions = self.engine.evaluate(event, self.state, event.time)
         for t in transitions:
             await self.pipeline.handle(t, self.clock.time())
@@ -128,12 +134,31 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_changed.wait(), timeout=wait)
             self.state, transitions = self.engine.tick(self.state, self.clock.time())
+            self._state_dirty = True
             for t in transitions:
                 try:
                     await self.pipeline.handle(t, self.clock.time())
                 except Exception:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
+
+    async def _persist(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.rules.persist_s)
+            self.save_state()
+
+    def save_state(self) -> None:
+        if self._state_dirty:
+            self._state_dirty = False
+            try:
+                self.alert_store.save(self.state)
+            except Exception:
+                self.metrics.internal_errors.inc("alert_store")
+                log.exception("saving open alerts failed")
+
+    def _close_alert_store(self) -> None:
+        self.save_state()
+        self.alert_store.close()
 
     async def _noise_timers(self) -> None:
         """Sends what noise control scheduled: group flushes, repeats, escalations, rate-limit summaries."""
@@ -210,6 +235,7 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._stack.callback(self.store.close)
+        self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -239,6 +265,7 @@ class Service:
             asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
             asyncio.create_task(self._noise_timers(), name="noise-timers"),
+            asyncio.create_task(self._persist(), name="alert-persist"),
         ]
         if cfg.rules.watch_s > 0 and cfg.rules.paths:
             watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)

@@ -89,6 +89,7 @@ class RulesConfig(_Section):
     watch_s: float = Field(
         2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
     )
+    persist_s: float = Field(1.0, gt=0, description="how often open alerts and timers are written to disk")
 
 
 class QuietHoursConfig(_Section):
