@@ -78,10 +78,8 @@ class CompiledRule:
     states: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # (from|online, to|offline)
     rendering: Rendering | None = None
     policy: Policy | None = None
-
-    @property
-    def id(self) -> str:
-        return self.rule.id
+    id: str = ""  # the rule's id (a field, not a property: read on every event)
+    priority: str = "normal"
 
 
 @dataclass(slots=True)
@@ -180,6 +178,8 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         states=states,
         rendering=_rendering(rule),
         policy=compile_policy(rule),
+        id=rule.id,
+        priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None
@@ -227,12 +227,13 @@ class RuleEngine:
         self._by_id = {c.id: c for c in ruleset.rules}
         # Devices publish on the same topics again and again: remember which rules (and labels) each topic
         # matches, and each alert's id, instead of walking the index and hashing per event.
-        self._topic_cache: dict[str, list[tuple[CompiledRule, dict[str, str]]]] = {}
-        self._aid_cache: dict[tuple[str, str], str] = {}
+        self._topic_cache: dict[str, list[tuple[CompiledRule, dict[str, str], str]]] = {}
         self._alarm_ids: dict[tuple[str, str, str], str] = {}
         self._cache_size = cache_size
 
-    def _candidates(self, topic: str) -> list[tuple[CompiledRule, dict[str, str]]]:
+    def _candidates(self, topic: str) -> list[tuple[CompiledRule, dict[str, str], str]]:
+        """The rules matching ``topic``, with their labels and alert id (alarm rules add the alarm type to
+        their labels, so their id is made per alarm)."""
         found = self._topic_cache.get(topic)
         if found is None:
             levels = topic.split("/")
@@ -240,24 +241,20 @@ class RuleEngine:
             for c in self.ruleset.index.lookup(levels):
                 labels = match_levels(c.filter, levels)
                 if labels is not None:
-                    found.append((c, labels))
+                    found.append((c, labels, "" if c.kind == "alarm" else alert_id(c.id, labels)))
             if len(self._topic_cache) >= self._cache_size:
                 self._topic_cache.clear()
-                self._aid_cache.clear()
+                self._alarm_ids.clear()
             self._topic_cache[topic] = found
         return found
-
-    def _alert_id(self, c: CompiledRule, topic: str, labels: dict[str, str]) -> str:
-        key = (c.id, topic)
-        aid = self._aid_cache.get(key)
-        if aid is None:
-            aid = self._aid_cache[key] = alert_id(c.id, labels)
-        return aid
 
     # -- events -------------------------------------------------------------------------------------------
     def evaluate(self, event: Event, state: EngineState, now: float) -> tuple[EngineState, list[Transition]]:
         out: list[Transition] = []
-        for c, labels in self._candidates(event.topic):
+        found = self._topic_cache.get(event.topic)
+        if found is None:
+            found = self._candidates(event.topic)
+        for c, labels, aid in found:
             if c.condition is not None and not c.condition(event.payload):
                 continue
             if c.expr is not None and not c.expr(_context(c, labels, "firing", event, now, None)):
@@ -266,7 +263,6 @@ class RuleEngine:
             if kind == "alarm":
                 self._alarms(c, labels, event, state, now, out)
                 continue
-            aid = self._alert_id(c, event.topic, labels)
             if kind == "event":
                 out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
             elif kind == "threshold":
@@ -520,6 +516,28 @@ class RuleEngine:
         aud = rule.audience
         title_t, body_t = c.title, c.body
         r = c.rendering
+        if r is None:
+            return Transition(
+                aid,
+                episode,
+                c.id,
+                labels,
+                rule.severity,
+                st,
+                title_t.render(ctx),
+                body_t.render(ctx),
+                now,
+                aud.tags,
+                aud.users,
+                aud.channels,
+                {},
+                rule.sound,
+                rule.category,
+                c.priority,
+                None,
+                {},
+                c.policy,
+            )
         t = Transition(
             alert_id=aid,
             episode=episode,
@@ -535,7 +553,7 @@ class RuleEngine:
             audience_channels=aud.channels,
             sound=rule.sound,
             category=rule.category,
-            priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
+            priority=c.priority,
             policy=c.policy,
         )
         if r is not None:
