@@ -94,7 +94,7 @@ def make_events(n: int, rng: random.Random, firing: float = 0.1) -> list[tuple[s
             topics.append((alarm_topic("t1", str(i), f"c8y_Type{rng.randrange(60)}"), "alarm"))
         else:
             topics.append((f"telemetry/{i}/temperature", "other"))  # no rule watches these
-    events = []
+    events: list[tuple[str, object]] = []
     for _ in range(n):
         topic, kind = rng.choice(topics)
         payload: object
