@@ -10,6 +10,9 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+from service.cli import main
 from tests.integration.test_cli import ROOT, tocsin
 from tests.support import Mosquitto, free_port, wait_until_sync
 
@@ -41,7 +44,10 @@ def test_rules_check_reports_ok_and_errors_with_position(tmp_path: Path) -> None
     assert f"{bad}:4:52: rules[0].threshold.sideways: unknown field" in r.stderr
 
 
-def test_rules_test_replays_on_simulated_time_and_prints_each_notification(tmp_path: Path) -> None:
+def test_rules_test_replays_on_simulated_time_and_prints_each_notification(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process (the command's own entry point), to keep the suite fast; rules check runs as a process."""
     (tmp_path / "r.yaml").write_text(RULES)
     events = tmp_path / "day.jsonl"
     lines = [
@@ -51,16 +57,16 @@ def test_rules_test_replays_on_simulated_time_and_prints_each_notification(tmp_p
         {"time": "2024-05-01T13:00:00Z", "topic": "servers/web1/cpu", "payload": {"usage": 70}},
     ]
     events.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    r = tocsin("rules", "test", str(tmp_path), "--events", str(events))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == [
+    assert main(["rules", "test", str(tmp_path), "--events", str(events)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
         "2024-05-01T10:00:30Z FIRING bell (info) to tags=channel:doors: Ring at front",
         "2024-05-01T10:02:00Z FIRING hot (info) to users=ann tags=ops: web1 hot — at 95.0",
         "2024-05-01T13:00:00Z RESOLVED hot (info) to users=ann tags=ops: web1 hot — back to 70.0",
     ]
-    assert "4 events, 3 notifications" in r.stderr
-    r = tocsin("rules", "test", str(tmp_path), "--events", str(events), "--json")
-    first = json.loads(r.stdout.splitlines()[1])
+    assert "4 events, 3 notifications" in err
+    assert main(["rules", "test", str(tmp_path), "--events", str(events), "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.splitlines()[1])
     assert (first["episode"], first["labels"], first["audience"]["users"]) == (
         "e1",
         {"host": "web1"},
@@ -68,13 +74,14 @@ def test_rules_test_replays_on_simulated_time_and_prints_each_notification(tmp_p
     )
 
 
-def test_rules_test_names_the_bad_line_of_a_recording(tmp_path: Path) -> None:
+def test_rules_test_names_the_bad_line_of_a_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "r.yaml").write_text(RULES)
     events = tmp_path / "bad.jsonl"
     events.write_text('{"time": 1, "topic": "a"}\n{"topic": "b"}\n')
-    r = tocsin("rules", "test", str(tmp_path / "r.yaml"), "--events", str(events))
-    assert r.returncode == 2
-    assert f"{events}:2: 'time' is required" in r.stderr
+    assert main(["rules", "test", str(tmp_path / "r.yaml"), "--events", str(events)]) == 2
+    assert f"{events}:2: 'time' is required" in capsys.readouterr().err
 
 
 def test_sighup_reloads_rules_and_refuses_a_broken_set(tmp_path: Path, broker: Mosquitto) -> None:
