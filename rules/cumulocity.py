@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rules.event import Event, short_hash
+
 SEVERITIES = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
 STATUSES = ("ACTIVE", "ACKNOWLEDGED", "CLEARED")
 _RAISE = {"301": "CRITICAL", "302": "MAJOR", "303": "MINOR", "304": "WARNING"}
@@ -82,3 +84,32 @@ def alarms_from_smartrest(payload: Any) -> Iterator[Alarm]:
             yield Alarm(alarm_type, row[2].upper(), "ACTIVE", "")
         elif code == "306":
             yield Alarm(alarm_type, None, "CLEARED", "")
+
+
+def alarm_event(tenant: str, alarm: Mapping[str, Any], received: float) -> Event:
+    """The event for a platform alarm (for the Cumulocity source). Its id is the same on every instance and
+    for a redelivery of the same change (alarm id, status, severity, count), and differs for a real change."""
+    source = alarm.get("source")
+    source_id = str(source.get("id")) if isinstance(source, Mapping) and source.get("id") is not None else "_"
+    alarm_type = str(alarm.get("type") or "_")
+    status = str(alarm.get("status") or "ACTIVE").upper()
+    severity = str(alarm.get("severity") or "").upper()
+    eid = short_hash(
+        "c8y",
+        tenant,
+        str(alarm.get("id") or ""),
+        status,
+        severity,
+        str(alarm.get("count") or ""),
+        str(alarm.get("time") or ""),
+    )
+    attributes = {"tenant": tenant, "type": alarm_type, "severity": severity, "status": status}
+    return Event(
+        eid,
+        "cumulocity",
+        alarm_topic(tenant, source_id, alarm_type),
+        source_id,
+        received,
+        dict(alarm),
+        attributes,
+    )

@@ -281,3 +281,30 @@ def test_notification_carries_rule_fields_and_picks_the_recipients_locale() -> N
         "Ring",
         "Ring",
     ]
+
+
+def test_alarm_event_shape_and_ids_for_the_cumulocity_source() -> None:
+    from rules.cumulocity import alarm_event
+
+    raised = {
+        "id": "119",
+        "type": "c8y_Temp",
+        "severity": "MAJOR",
+        "status": "ACTIVE",
+        "count": 1,
+        "time": "2024-05-01T10:00:00.000Z",
+        "text": "hot",
+        "source": {"id": "111", "name": "Pump 7"},
+    }
+    e = alarm_event("t123", raised, 5.0)
+    assert (e.source, e.topic, e.device, e.time) == (
+        "cumulocity",
+        "cumulocity/t123/alarm/111/c8y_Temp",
+        "111",
+        5.0,
+    )
+    assert e.attributes == {"tenant": "t123", "type": "c8y_Temp", "severity": "MAJOR", "status": "ACTIVE"}
+    assert alarm_event("t123", raised, 9.0).id == e.id  # redelivered: same id
+    assert alarm_event("t123", {**raised, "status": "CLEARED"}, 9.0).id != e.id
+    out = run(engine_for(C8Y), [e, alarm_event("t123", {**raised, "status": "CLEARED"}, 9.0)], 10)
+    assert [(x.state, x.labels["device"]) for x in out] == [("firing", "111"), ("resolved", "111")]
