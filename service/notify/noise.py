@@ -434,9 +434,13 @@ class NoiseControl:
         if self.quiet_hours is not None and not self.quiet_hours.allows(n, reg, now):
             self._held(self.quiet_hours.name)
             return False
-        if self.rate_limit is not None and not self.rate_limit.allows(n, reg, now):
-            self._held(self.rate_limit.name)
-            return False
+        if self.rate_limit is not None:
+            before = self.rate_limit.next_deadline()
+            if not self.rate_limit.allows(n, reg, now):
+                self._held(self.rate_limit.name)
+                if self.on_schedule is not None and self.rate_limit.next_deadline() != before:
+                    self.on_schedule()  # a summary is due at the end of the window
+                return False
         return True
 
     def next_deadline(self) -> float | None:

@@ -70,3 +70,43 @@ async def test_ack_stops_repeats_and_escalation_and_silences_mute(tmp_path: Path
             assert printed.lines()[-1]["title"] == "Ring hall"
     finally:
         await service.__aexit__(None, None, None)
+
+
+async def test_configured_rate_limit_ends_with_one_summary_and_quiet_hours_hold(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    service, printed = await start_service(
+        service_config(
+            tmp_path,
+            broker.port,
+            TOCSIN_RULES__PATHS=f"[{rules}]",
+            TOCSIN_NOTIFY__RATE_LIMIT='{"max": 2, "per_s": 0.5}',
+        )
+    )
+    try:
+        await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
+        await publish(broker.port, *[("home/hall/doorbell", f'{{"id": {i}}}') for i in range(5)])
+        await wait_until(lambda: printed.count() == 3, 5, "two rings and the summary")
+        assert [line["title"] for line in printed.lines()] == ["Ring hall", "Ring hall", "… and 3 more"]
+        assert service.metrics.suppressed.get("rate_limit") == 3
+    finally:
+        await service.__aexit__(None, None, None)
+
+    # quiet all day long (00:00 to 23:59:59 in the registration's zone, UTC by default): nothing is delivered
+    service, printed = await start_service(
+        service_config(
+            tmp_path,
+            broker.port,
+            TOCSIN_RULES__PATHS=f"[{rules}]",
+            TOCSIN_NOTIFY__QUIET_HOURS='{"start": "00:00", "end": "23:59:59"}',
+        )
+    )
+    try:
+        await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
+        await publish(broker.port, ("home/hall/doorbell", '{"id": "q"}'))
+        await wait_until(lambda: service.metrics.suppressed.get("quiet_hours") == 1, 5, "the held ring")
+        assert printed.count() == 0
+    finally:
+        await service.__aexit__(None, None, None)
