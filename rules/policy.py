@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import time
 
 from rules.schema import Rule, Webhook
 from rules.templates import Template, compile_template
@@ -27,6 +28,7 @@ class Policy:
     group_title: Template | None = None
     group_body: Template | None = None
     quiet_override: bool = False
+    quiet_window: tuple[time, time] | None = None  # the rule's own quiet hours (start, end), local time
     escalate: tuple[Step, ...] = ()
     webhook: Webhook | None = None
 
@@ -37,7 +39,9 @@ def compile_policy(rule: Rule) -> Policy | None:
     steps = tuple(
         Step(e.after, e.audience.tags, e.audience.users, e.audience.channels) for e in rule.escalate
     )
-    if not (rule.cooldown or rule.repeat or g or rule.quiet_hours.override or steps or rule.webhook):
+    qh = rule.quiet_hours
+    window = (time.fromisoformat(qh.start), time.fromisoformat(qh.end)) if qh.start and qh.end else None
+    if not (rule.cooldown or rule.repeat or g or qh.override or window or steps or rule.webhook):
         return None
     return Policy(
         cooldown=rule.cooldown,
@@ -46,7 +50,8 @@ def compile_policy(rule: Rule) -> Policy | None:
         group_wait=g.wait if g is not None else 0.0,
         group_title=compile_template(g.title) if g is not None else None,
         group_body=compile_template(g.body) if g is not None else None,
-        quiet_override=rule.quiet_hours.override,
+        quiet_override=qh.override,
+        quiet_window=window,
         escalate=steps,
         webhook=rule.webhook,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -153,6 +154,24 @@ class Escalation(_Strict):
 
 class QuietHours(_Strict):
     override: bool = Field(False, description="deliver during quiet hours anyway (e.g. for critical alerts)")
+    start: str | None = Field(None, description="this rule's own quiet hours, e.g. 22:00 (recipient's time)")
+    end: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                time.fromisoformat(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a time of day such as 22:00") from None
+        return v
+
+    @model_validator(mode="after")
+    def _both(self) -> QuietHours:
+        if (self.start is None) != (self.end is None):
+            raise ValueError("give both 'start' and 'end', or neither")
+        return self
 
 
 class Webhook(_Strict):

@@ -295,16 +295,21 @@ class QuietHours:
             self._zones[name] = z
         return z
 
-    def quiet(self, reg: Registration, now: float) -> bool:
+    def quiet(self, reg: Registration, now: float, window: tuple[time, time] | None = None) -> bool:
+        start, end = window or (self.start, self.end)
+        if start == end:
+            return False
         local = datetime.fromtimestamp(now, self._zone(reg.timezone)).time()
-        if self.start <= self.end:
-            return self.start <= local < self.end
-        return local >= self.start or local < self.end  # across midnight
+        if start < end:
+            return start <= local < end
+        return local >= start or local < end  # across midnight
 
     def allows(self, n: Notification, reg: Registration, now: float) -> bool:
-        if n.policy is not None and n.policy.quiet_override:
+        """A rule's own quiet hours replace the configured ones; ``override`` ignores both."""
+        p = n.policy
+        if p is not None and p.quiet_override:
             return True
-        return not self.quiet(reg, now)
+        return not self.quiet(reg, now, p.quiet_window if p is not None else None)
 
 
 @dataclass(slots=True)
@@ -393,7 +398,8 @@ class NoiseControl:
         self.cooldown = Cooldown()
         self.grouping = Grouping()
         self.followups = FollowUps(self.acks)
-        self.quiet_hours = quiet_hours
+        # Without configured quiet hours, rules may still have their own (an empty window otherwise).
+        self.quiet_hours = quiet_hours or QuietHours("00:00", "00:00")
         self.rate_limit = rate_limit
         self.on_schedule = on_schedule
         self.on_held = on_held
@@ -431,7 +437,10 @@ class NoiseControl:
         return [n]
 
     def for_recipient(self, n: Notification, reg: Registration, now: float) -> bool:
-        if self.quiet_hours is not None and not self.quiet_hours.allows(n, reg, now):
+        if n.policy is not None and not self.quiet_hours.allows(n, reg, now):
+            self._held(self.quiet_hours.name)
+            return False
+        if n.policy is None and self.quiet_hours.quiet(reg, now):
             self._held(self.quiet_hours.name)
             return False
         if self.rate_limit is not None:

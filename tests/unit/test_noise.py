@@ -187,3 +187,22 @@ def test_rate_limit_per_recipient_ends_with_one_summary() -> None:
     [(summary, to)] = rl.due(60)
     assert (to.id, summary.title, summary.count) == ("ann", "… and 7 more", 7)
     assert rl.allows(n, ann, 61) and rl.next_deadline() is None
+
+
+def test_a_rules_own_quiet_hours_replace_the_configured_ones() -> None:
+    own = n_of(
+        "rules:\n  - id: a\n    topic: x\n    quiet_hours: {start: '12:00', end: '13:00'}\n    title: t\n"
+        + AUD
+    )
+    plain = n_of("rules:\n  - id: b\n    topic: x\n    title: t\n" + AUD)
+    noise = NoiseControl()  # no configured quiet hours
+    berlin = reg("Europe/Berlin")
+    assert not noise.for_recipient(own, berlin, at("2024-01-10T11:30:00"))  # 12:30 in Berlin (winter)
+    assert noise.for_recipient(own, berlin, at("2024-01-10T12:30:00"))
+    assert noise.for_recipient(plain, berlin, at("2024-01-10T11:30:00"))
+    configured = QuietHours("22:00", "07:00")
+    assert configured.allows(own, reg(None), at("2024-01-10T23:00:00"))  # the rule's window, not 22-07
+    _, errors = parse_rule_text(
+        "rules:\n  - id: c\n    topic: x\n    quiet_hours: {start: '25:00'}\n    title: t\n" + AUD, "q.yaml"
+    )
+    assert {e.reason for e in errors} >= {"'25:00' is not a time of day such as 22:00"}
