@@ -21,6 +21,21 @@ class AlertStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS state_values (id TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
+
+    def save_silences(self, silences: list[dict[str, Any]]) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("DELETE FROM silences")
+            db.executemany("INSERT INTO silences VALUES (?, ?)", [(s["id"], json.dumps(s)) for s in silences])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def load_silences(self) -> list[dict[str, Any]]:
+        return [json.loads(data) for (data,) in self._db.execute("SELECT data FROM silences")]
 
     def save(self, state: EngineState) -> None:
         """Replaces what is stored with ``state`` in one transaction."""

@@ -26,7 +26,7 @@ from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery
-from service.notify.noise import NoiseControl, QuietHours, RateLimit
+from service.notify.noise import NoiseControl, QuietHours, RateLimit, Silence
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
@@ -80,6 +80,9 @@ class Service:
             on_schedule=self._noise_changed.set,
             on_held=self.metrics.suppressed.inc,
         )
+        for stored in self.alert_store.load_silences():  # silences survive a restart too
+            self.noise.silences.add(Silence.from_json(stored))
+        self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
             TargetStage(self.store),
@@ -131,8 +134,11 @@ class Service:
             deadline = self.engine.next_deadline(self.state)
             wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
             self._timer_changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just as the
+            # event is set, and the service then never stops
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_changed.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._timer_changed.wait()
             self.state, transitions = self.engine.tick(self.state, self.clock.time())
             self._state_dirty = True
             for t in transitions:
@@ -166,8 +172,11 @@ class Service:
             deadline = self.noise.next_deadline()
             wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
             self._noise_changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just as the
+            # event is set, and the service then never stops
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._noise_changed.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._noise_changed.wait()
             now = self.clock.time()
             due = self.noise.due(now)
             try:
@@ -280,8 +289,14 @@ class Service:
         )
 
     async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        # Cancel again while a task keeps running: on Python 3.11 asyncio.wait_for (used inside aiomqtt's
+        # connect) can swallow a cancel that arrives as the connection completes, and stopping then hung.
+        pending = [t for t in self._tasks if not t.done()]
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, still = await asyncio.wait(pending, timeout=1.0)
+            pending = list(still)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close_providers(self) -> None:

@@ -60,6 +60,10 @@ class Silence:
                 return False
         return True
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Silence:
+        return cls(dict(d["matchers"]), d["start"], d["end"], d["comment"], d["created_by"], d["id"])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -80,13 +84,22 @@ def _field(n: Notification, name: str) -> str | None:
 class Silences:
     def __init__(self) -> None:
         self._by_id: dict[str, Silence] = {}
+        self.on_change: Callable[[list[Silence]], None] | None = None  # e.g. to store them
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(list(self._by_id.values()))
 
     def add(self, silence: Silence) -> Silence:
         self._by_id[silence.id] = silence
+        self._changed()
         return silence
 
     def remove(self, silence_id: str) -> bool:
-        return self._by_id.pop(silence_id, None) is not None
+        found = self._by_id.pop(silence_id, None) is not None
+        if found:
+            self._changed()
+        return found
 
     def list(self, now: float) -> list[Silence]:
         for s in [s for s in self._by_id.values() if s.end <= now]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
+
 from tests.conftest import publish, service_config, start_service
 from tests.support import Mosquitto, wait_until
 
@@ -64,3 +66,24 @@ async def test_pending_timer_and_open_alert_survive_a_restart(tmp_path: Path, br
         )
     finally:
         await third.__aexit__(None, None, None)
+
+
+async def test_silences_survive_a_restart(tmp_path: Path, broker: Mosquitto) -> None:
+    config = service_config(tmp_path, broker.port)
+    first, _ = await start_service(config)
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"matchers": {"rule": "doorbell"}, "duration": "1h", "comment": "holiday"}
+            async with http.post(f"http://127.0.0.1:{first.http_port}/v1/silences", json=body) as r:
+                assert r.status == 201
+    finally:
+        await first.__aexit__(None, None, None)
+    second, _ = await start_service(config)
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{second.http_port}/v1/silences") as r,
+        ):
+            assert [s["comment"] for s in (await r.json())["silences"]] == ["holiday"]
+    finally:
+        await second.__aexit__(None, None, None)
