@@ -427,14 +427,14 @@ class NoiseControl:
         """What to send now for this notification (nothing, or it): silence, cooldown, grouping."""
         if n.state == "resolved":
             self.acks.closed(n.alert_id)
+        elif n.state == "firing":
+            self.acks.opened(n)  # open (and acknowledgeable) even when silenced or cooled down
         if self.silences.silencing(n, now) is not None:
             self._held("silence")
             return []
         if not self.cooldown.admit(n, now):
             self._held(self.cooldown.name)
             return []
-        if n.state == "firing":
-            self.acks.opened(n)
         if n.state == "firing" and n.policy is not None:
             before = self.next_deadline()
             self.followups.opened(n, now)
