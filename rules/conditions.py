@@ -11,15 +11,45 @@ from typing import Any
 
 Predicate = Callable[[Any], bool]
 _MISSING = object()
+MISSING = _MISSING  # what get_path and get_parts return for a path that is not there
 OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le", "in", "not_in", "regex", "exists")
 
 
+_PATH_PART = re.compile(r"""\.?([^.\[\]]+)|\[(\d+)\]|\[['"]([^'"]*)['"]\]""")
+_parsed_paths: dict[str, tuple[str, ...]] = {}
+
+
+def parse_path(path: str) -> tuple[str, ...]:
+    """The keys of a path: dotted (``a.b.0``) or JSONPath-style (``$.a.b[0]``, ``$['a b']``); ``$`` is ()."""
+    found = _parsed_paths.get(path)
+    if found is not None:
+        return found
+    text = path.strip()
+    if text.startswith("$"):
+        text = text[1:]
+    parts: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _PATH_PART.match(text, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"cannot read {path!r} as a path (use a.b.0 or $.a.b[0])")
+        parts.append(next(g for g in m.groups() if g is not None))
+        pos = m.end()
+    if len(_parsed_paths) < 10_000:
+        _parsed_paths[path] = tuple(parts)
+    return tuple(parts)
+
+
 def get_path(payload: Any, path: str) -> Any:
-    """The value at a dotted ``path`` (``a.b.0``) in ``payload``; ``$`` is the whole payload."""
+    """The value at ``path`` in ``payload`` (see ``parse_path``); ``$`` is the whole payload."""
     if path == "$":
         return payload
+    return get_parts(payload, parse_path(path))
+
+
+def get_parts(payload: Any, parts: tuple[str, ...]) -> Any:
     value = payload
-    for part in path.split("."):
+    for part in parts:
         if isinstance(value, dict):
             value = value.get(part, _MISSING)
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
@@ -96,22 +126,24 @@ def compile_conditions(when: Mapping[str, Any]) -> Predicate | None:
 
     Raises ValueError naming the field whose condition is wrong.
     """
-    checks: list[tuple[str, Callable[[Any], bool], bool]] = []
-    for path, spec in when.items():
+    checks: list[tuple[tuple[str, ...], Callable[[Any], bool], bool]] = []
+    for key, spec in when.items():
+        path = str(key)
         try:
+            parts = parse_path(path)
             if isinstance(spec, dict):
                 for op, operand in spec.items():
-                    checks.append((path, _compare(str(op), operand), op == "exists"))
+                    checks.append((parts, _compare(str(op), operand), op == "exists"))
             else:
-                checks.append((path, _compare("eq", spec), False))
+                checks.append((parts, _compare("eq", spec), False))
         except ValueError as exc:
             raise ValueError(f"when.{path}: {exc}") from None
     if not checks:
         return None
 
     def predicate(payload: Any) -> bool:
-        for path, check, sees_missing in checks:
-            value = get_path(payload, path)
+        for parts, check, sees_missing in checks:
+            value = get_parts(payload, parts)
             if value is _MISSING and not sees_missing:
                 return False
             if not check(value):

@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
-from rules.conditions import Predicate, as_number, compile_conditions, get_path
+from rules.conditions import MISSING, Predicate, as_number, compile_conditions, get_parts, parse_path
+from rules.cumulocity import Alarm, alarm_from_payload, alarms_from_smartrest
 from rules.event import Event, short_hash
+from rules.policy import Policy, compile_policy
 from rules.schema import Rule, Threshold
-from rules.templates import Template, compile_template
+from rules.templates import Expression, Template, compile_expression, compile_template
 from rules.topics import TopicFilter, TopicIndex, compile_filter, match_levels
 
 TransitionState = Literal["firing", "resolved"]
+Kind = Literal["event", "threshold", "absent", "change", "alarm"]
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(slots=True)
 class Transition:
-    """An alert opening or closing. ``alert_id`` and ``episode`` are the same on every instance."""
+    """An alert opening or closing. ``alert_id`` and ``episode`` are the same on every instance.
+
+    The fields after ``audience_users`` come from the rule's notification settings; they have defaults so
+    that code building transitions by hand keeps working."""
 
     alert_id: str
     episode: str
@@ -36,7 +44,25 @@ class Transition:
     time: float
     audience_tags: tuple[str, ...]
     audience_users: tuple[str, ...]
-    on_ambiguous: str = "resend"
+    audience_channels: tuple[str, ...] = ()
+    texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)
+    sound: str | None = None
+    category: str | None = None
+    priority: str = "normal"
+    collapse_key: str | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    policy: Policy | None = None  # the rule's noise control, read by the notify stages
+    on_ambiguous: str = "resend"  # after a failover: resend or skip a send the old leader never confirmed
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """The optional parts of a rule's notification, compiled; None when a rule uses none of them."""
+
+    locales: tuple[tuple[str, Template, Template], ...]
+    resolved: tuple[Template, Template] | None
+    collapse_key: Template | None
+    data: tuple[tuple[str, Template], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +72,22 @@ class CompiledRule:
     condition: Predicate | None
     title: Template
     body: Template
-
-    @property
-    def id(self) -> str:
-        return self.rule.id
+    kind: Kind = "event"
+    role: Literal["main", "availability"] = "main"
+    expr: Expression | None = None
+    value: tuple[str, ...] = ()  # the payload path a threshold, change or availability reads
+    states: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())  # (from|online, to|offline)
+    rendering: Rendering | None = None
+    policy: Policy | None = None
+    id: str = ""  # the rule's id (a field, not a property: read on every event)
+    priority: str = "normal"
 
 
 @dataclass(slots=True)
 class AlertState:
     rule: str
     labels: dict[str, str]
-    status: Literal["pending", "firing", "watching"]
+    status: Literal["pending", "firing", "watching", "clearing"]
     episode: str
     since: float
     deadline: float | None
@@ -69,6 +100,7 @@ class EngineState:
     alerts: dict[str, AlertState] = field(default_factory=dict)
     timers: list[tuple[float, str]] = field(default_factory=list)  # heap of (deadline, alert_id)
     value_errors: int = 0  # threshold events whose value was missing or not a number
+    values: dict[str, str] = field(default_factory=dict)  # last state seen by change rules, per alert id
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,21 +115,103 @@ class RuleSet:
         return self.index.lookup(topic.split("/"))
 
 
+def state_text(value: Any) -> str:
+    """States compare as lower-case text: ``1``, ``1.0`` and ``"1"`` are one state, ``ON`` and ``on`` too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).lower()
+
+
+def _state_set(values: tuple[Any, ...]) -> frozenset[str]:
+    """YAML reads on/off/yes/no as booleans; a rule saying ``to: [off]`` means the text too."""
+    out: set[str] = set()
+    for v in values:
+        out.add(state_text(v))
+        if isinstance(v, bool):
+            out.update(("on", "yes") if v else ("off", "no"))
+    return frozenset(out)
+
+
+def _rendering(rule: Rule) -> Rendering | None:
+    if not (rule.locales or rule.resolved or rule.collapse_key or rule.data):
+        return None
+    locales = tuple(
+        (name, compile_template(lt.title or rule.title), compile_template(lt.body or rule.body))
+        for name, lt in rule.locales.items()
+    )
+    resolved = None
+    if rule.resolved is not None:
+        resolved = (
+            compile_template(rule.resolved.title or rule.title),
+            compile_template(rule.resolved.body if rule.resolved.body is not None else rule.body),
+        )
+    return Rendering(
+        locales,
+        resolved,
+        compile_template(rule.collapse_key) if rule.collapse_key else None,
+        tuple((k, compile_template(v)) for k, v in rule.data.items()),
+    )
+
+
+def compile_rule(rule: Rule) -> list[CompiledRule]:
+    """The compiled rule, and a second entry for its availability topic when it has one."""
+    value: tuple[str, ...] = ()
+    states: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
+    if rule.threshold is not None:
+        value = parse_path(rule.threshold.value)
+    elif rule.change is not None:
+        value = parse_path(rule.change.value)
+        states = (
+            _state_set(rule.change.from_),
+            _state_set(rule.change.to),
+        )
+    main = CompiledRule(
+        rule=rule,
+        filter=compile_filter(rule.topic_filter),
+        condition=compile_conditions(rule.when),
+        title=compile_template(rule.title),
+        body=compile_template(rule.body),
+        kind=rule.kind,
+        expr=compile_expression(rule.expr) if rule.expr else None,
+        value=value,
+        states=states,
+        rendering=_rendering(rule),
+        policy=compile_policy(rule),
+        id=rule.id,
+        priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
+    )
+    out = [main]
+    avail = rule.absent.availability if rule.absent is not None else None
+    if avail is not None:
+        out.append(
+            replace(
+                main,
+                filter=compile_filter(avail.topic),
+                condition=None,
+                expr=None,
+                role="availability",
+                value=parse_path(avail.value),
+                states=(
+                    _state_set(avail.online),
+                    _state_set(avail.offline),
+                ),
+            )
+        )
+    return out
+
+
 def compile_rules(rules: list[Rule]) -> RuleSet:
     index: TopicIndex[CompiledRule] = TopicIndex()
     compiled = []
     for rule in rules:
         if not rule.enabled:
             continue
-        c = CompiledRule(
-            rule=rule,
-            filter=compile_filter(rule.topic),
-            condition=compile_conditions(rule.when),
-            title=compile_template(rule.title),
-            body=compile_template(rule.body),
-        )
-        index.add(c.filter, c)
-        compiled.append(c)
+        entries = compile_rule(rule)
+        for c in entries:
+            index.add(c.filter, c)
+        compiled.append(entries[0])
     return RuleSet(tuple(compiled), index)
 
 
@@ -114,11 +228,13 @@ class RuleEngine:
         self._by_id = {c.id: c for c in ruleset.rules}
         # Devices publish on the same topics again and again: remember which rules (and labels) each topic
         # matches, and each alert's id, instead of walking the index and hashing per event.
-        self._topic_cache: dict[str, list[tuple[CompiledRule, dict[str, str]]]] = {}
-        self._aid_cache: dict[tuple[str, str], str] = {}
+        self._topic_cache: dict[str, list[tuple[CompiledRule, dict[str, str], str]]] = {}
+        self._alarm_ids: dict[tuple[str, str, str], str] = {}
         self._cache_size = cache_size
 
-    def _candidates(self, topic: str) -> list[tuple[CompiledRule, dict[str, str]]]:
+    def _candidates(self, topic: str) -> list[tuple[CompiledRule, dict[str, str], str]]:
+        """The rules matching ``topic``, with their labels and alert id (alarm rules add the alarm type to
+        their labels, so their id is made per alarm)."""
         found = self._topic_cache.get(topic)
         if found is None:
             levels = topic.split("/")
@@ -126,34 +242,39 @@ class RuleEngine:
             for c in self.ruleset.index.lookup(levels):
                 labels = match_levels(c.filter, levels)
                 if labels is not None:
-                    found.append((c, labels))
+                    found.append((c, labels, "" if c.kind == "alarm" else alert_id(c.id, labels)))
             if len(self._topic_cache) >= self._cache_size:
                 self._topic_cache.clear()
-                self._aid_cache.clear()
+                self._alarm_ids.clear()
             self._topic_cache[topic] = found
         return found
-
-    def _alert_id(self, c: CompiledRule, topic: str, labels: dict[str, str]) -> str:
-        key = (c.id, topic)
-        aid = self._aid_cache.get(key)
-        if aid is None:
-            aid = self._aid_cache[key] = alert_id(c.id, labels)
-        return aid
 
     # -- events -------------------------------------------------------------------------------------------
     def evaluate(self, event: Event, state: EngineState, now: float) -> tuple[EngineState, list[Transition]]:
         out: list[Transition] = []
-        for c, labels in self._candidates(event.topic):
+        found = self._topic_cache.get(event.topic)
+        if found is None:
+            found = self._candidates(event.topic)
+        for c, labels, aid in found:
             if c.condition is not None and not c.condition(event.payload):
                 continue
-            aid = self._alert_id(c, event.topic, labels)
-            kind = c.rule.kind
+            if c.expr is not None and not c.expr(_context(c, labels, "firing", event, now, None)):
+                continue
+            kind = c.kind
+            if kind == "alarm":
+                self._alarms(c, labels, event, state, now, out)
+                continue
             if kind == "event":
                 out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
             elif kind == "threshold":
                 self._threshold(c, aid, labels, event, state, now, out)
+            elif kind == "absent":
+                if c.role == "availability":
+                    self._availability(c, aid, labels, event, state, now, out)
+                else:
+                    self._seen(c, aid, labels, event, state, now, out)
             else:
-                self._seen(c, aid, labels, event, state, now, out)
+                self._change(c, aid, labels, event, state, now, out)
         return state, out
 
     def _threshold(
@@ -168,7 +289,7 @@ class RuleEngine:
     ) -> None:
         th = c.rule.threshold
         assert th is not None
-        value = as_number(get_path(event.payload, th.value))
+        value = as_number(get_parts(event.payload, c.value))
         if value is None:
             state.value_errors += 1
             return
@@ -193,9 +314,15 @@ class RuleEngine:
                 alert.status, alert.deadline = "firing", None
                 out.append(self._transition(c, aid, alert.episode, labels, "firing", event, now, value))
         elif alert.status == "firing" and _cleared(th, value):
+            if th.keep_firing_for > 0:  # stays firing a while, so that a flapping level does not flap alerts
+                alert.status, alert.deadline = "clearing", now + th.keep_firing_for
+                heapq.heappush(state.timers, (alert.deadline, aid))
+                return
             del state.alerts[aid]
             if c.rule.resolve_notice:
                 out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, value))
+        elif alert.status == "clearing" and beyond:
+            alert.status, alert.deadline = "firing", None
 
     def _seen(
         self,
@@ -215,6 +342,100 @@ class RuleEngine:
         deadline = now + ab.for_
         state.alerts[aid] = AlertState(c.id, labels, "watching", event.id, now, deadline, event)
         heapq.heappush(state.timers, (deadline, aid))
+
+    def _availability(
+        self,
+        c: CompiledRule,
+        aid: str,
+        labels: dict[str, str],
+        event: Event,
+        state: EngineState,
+        now: float,
+        out: list[Transition],
+    ) -> None:
+        """Online/offline from an availability topic or MQTT last will: offline fires at once, online counts
+        as a sign of life."""
+        value = get_parts(event.payload, c.value)
+        if value is MISSING:
+            return
+        text = state_text(value)
+        online, offline = c.states
+        if text in offline:
+            alert = state.alerts.get(aid)
+            if alert is None or alert.status != "firing":
+                state.alerts[aid] = AlertState(c.id, labels, "firing", event.id, now, None, event)
+                out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
+        elif text in online:
+            self._seen(c, aid, labels, event, state, now, out)
+
+    def _change(
+        self,
+        c: CompiledRule,
+        aid: str,
+        labels: dict[str, str],
+        event: Event,
+        state: EngineState,
+        now: float,
+        out: list[Transition],
+    ) -> None:
+        value = get_parts(event.payload, c.value)
+        if value is MISSING:
+            state.value_errors += 1
+            return
+        text = state_text(value)
+        before = state.values.get(aid)
+        state.values[aid] = text
+        from_, to = c.states
+        alert = state.alerts.get(aid)
+        if text in to:
+            if alert is None and before is not None and before != text and (not from_ or before in from_):
+                state.alerts[aid] = AlertState(c.id, labels, "firing", event.id, now, None, event)
+                out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
+        elif alert is not None:
+            del state.alerts[aid]
+            if c.rule.resolve_notice:
+                out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, None))
+
+    def _alarms(
+        self,
+        c: CompiledRule,
+        labels: dict[str, str],
+        event: Event,
+        state: EngineState,
+        now: float,
+        out: list[Transition],
+    ) -> None:
+        match = c.rule.alarm
+        assert match is not None
+        if match.smartrest:
+            alarms: list[Alarm] = list(alarms_from_smartrest(event.payload))
+        else:
+            one = alarm_from_payload(event.payload)
+            alarms = [one] if one is not None else []
+        for a in alarms:
+            if match.types and a.type not in match.types:
+                continue
+            own = labels if "type" in labels else {**labels, "type": a.type}
+            key = (c.id, event.topic, a.type)
+            aid = self._alarm_ids.get(key)
+            if aid is None:
+                if len(self._alarm_ids) >= self._cache_size:
+                    self._alarm_ids.clear()
+                aid = self._alarm_ids[key] = alert_id(c.id, own)
+            alert = state.alerts.get(aid)
+            severity_ok = not match.severity or a.severity in match.severity
+            if a.status == "CLEARED" or (alert is not None and a.severity is not None and not severity_ok):
+                if alert is not None:
+                    del state.alerts[aid]
+                    if c.rule.resolve_notice:
+                        out.append(
+                            self._transition(c, aid, alert.episode, own, "resolved", event, now, None, a)
+                        )
+            elif alert is None and a.status in match.status and severity_ok:
+                state.alerts[aid] = AlertState(c.id, own, "firing", event.id, now, None, event)
+                out.append(self._transition(c, aid, event.id, own, "firing", event, now, None, a))
+            elif alert is not None:
+                alert.last_event = event
 
     # -- time ---------------------------------------------------------------------------------------------
     def next_deadline(self, state: EngineState) -> float | None:
@@ -239,8 +460,24 @@ class RuleEngine:
             if c is None:
                 del state.alerts[aid]
                 continue
+            # Transitions happen at the deadline, not when the tick ran late.
+            if alert.status == "clearing":
+                del state.alerts[aid]
+                if c.rule.resolve_notice:
+                    out.append(
+                        self._transition(
+                            c,
+                            aid,
+                            alert.episode,
+                            alert.labels,
+                            "resolved",
+                            alert.last_event,
+                            deadline,
+                            alert.last_value,
+                        )
+                    )
+                continue
             alert.status, alert.deadline = "firing", None
-            # The transition happens at the deadline, not when the tick ran late.
             out.append(
                 self._transition(
                     c,
@@ -266,34 +503,96 @@ class RuleEngine:
         event: Event | None,
         now: float,
         value: float | None,
+        alarm: Alarm | None = None,
     ) -> Transition:
-        ctx: dict[str, Any] = {
-            **labels,
-            "labels": labels,
-            "rule": c.id,
-            "severity": c.rule.severity,
-            "state": st,
-            "value": value,
-            "payload": event.payload if event else None,
-            "topic": event.topic if event else None,
-            "device": event.device if event else None,
-            "time": now,
-        }
-        aud = c.rule.audience
-        return Transition(
+        ctx = _context(c, labels, st, event, now, value)
+        if alarm is not None:
+            ctx["alarm"] = {
+                "type": alarm.type,
+                "severity": alarm.severity,
+                "status": alarm.status,
+                "text": alarm.text,
+            }
+        rule = c.rule
+        aud = rule.audience
+        title_t, body_t = c.title, c.body
+        r = c.rendering
+        if r is None:
+            return Transition(
+                aid,
+                episode,
+                c.id,
+                labels,
+                rule.severity,
+                st,
+                title_t.render(ctx),
+                body_t.render(ctx),
+                now,
+                aud.tags,
+                aud.users,
+                aud.channels,
+                {},
+                rule.sound,
+                rule.category,
+                c.priority,
+                None,
+                {},
+                c.policy,
+                rule.on_ambiguous,
+            )
+        t = Transition(
             alert_id=aid,
             episode=episode,
             rule=c.id,
             labels=labels,
-            severity=c.rule.severity,
+            severity=rule.severity,
             state=st,
-            title=c.title.render(ctx),
-            body=c.body.render(ctx),
+            title="",
+            body="",
             time=now,
             audience_tags=aud.tags,
             audience_users=aud.users,
-            on_ambiguous=c.rule.on_ambiguous,
+            audience_channels=aud.channels,
+            sound=rule.sound,
+            category=rule.category,
+            priority=c.priority,
+            policy=c.policy,
+            on_ambiguous=rule.on_ambiguous,
         )
+        if r is not None:
+            if st == "resolved" and r.resolved is not None:
+                title_t, body_t = r.resolved
+            if r.locales:
+                t.texts = {name: (lt.render(ctx), lb.render(ctx)) for name, lt, lb in r.locales}
+            if r.collapse_key is not None:
+                t.collapse_key = r.collapse_key.render(ctx)
+            if r.data:
+                t.data = {k: v.render(ctx) for k, v in r.data}
+        t.title, t.body = title_t.render(ctx), body_t.render(ctx)
+        return t
+
+
+def _context(
+    c: CompiledRule,
+    labels: Mapping[str, str],
+    st: TransitionState,
+    event: Event | None,
+    now: float,
+    value: float | None,
+) -> dict[str, Any]:
+    return {
+        **labels,
+        "labels": labels,
+        "rule": c.id,
+        "severity": c.rule.severity,
+        "state": st,
+        "value": value,
+        "payload": event.payload if event else None,
+        "topic": event.topic if event else None,
+        "device": (event.device if event else None) or labels.get("device"),
+        "attributes": event.attributes if event else _EMPTY,
+        "time": now,
+    }
 
 
 def _beyond(th: Threshold, value: float) -> bool:

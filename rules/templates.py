@@ -6,7 +6,7 @@ Templates are compiled once when rules load; text without ``{`` skips Jinja enti
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from jinja2 import TemplateSyntaxError, Undefined
@@ -99,3 +99,26 @@ def compile_template(source: str) -> Template:
     except TemplateSyntaxError as exc:
         raise ValueError(f"template syntax error on its line {exc.lineno}: {exc.message}") from None
     return _substitution(source) or jinja
+
+
+Expression = Callable[[Mapping[str, Any]], Any]
+
+
+def compile_expression(source: str) -> Expression:
+    """A sandboxed Jinja2 expression (``payload.temp > 30 and room == 'cellar'``), for conditions that plain
+    ``when:`` operators cannot say. Raises ValueError on bad syntax; at run time an error counts as false."""
+    text = source.strip()
+    if text.startswith("{{") and text.endswith("}}"):
+        text = text[2:-2].strip()
+    try:
+        compiled = _ENV.compile_expression(text, undefined_to_none=True)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"expression syntax error: {exc.message}") from None
+
+    def evaluate(context: Mapping[str, Any]) -> Any:
+        try:
+            return compiled(**context)
+        except Exception:  # a broken expression on one payload must not stop the others
+            return None
+
+    return evaluate

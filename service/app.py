@@ -16,8 +16,11 @@ from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
-from rules.loader import EXAMPLES_DIR, load_rules
+from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
+from rules.state_codec import restore
 from service import __version__
+from service.alert_store import AlertStore
+from service.alerts_api import add_alert_routes
 from service.api import build_app
 from service.clock import Clock, SystemClock
 from service.cluster.gate import ClusterGate
@@ -28,10 +31,14 @@ from service.config import Config
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
+from service.notify.model import Delivery
+from service.notify.noise import NoiseControl, QuietHours, RateLimit, Silence
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
+from service.notify.webhook import WebhookDecider
 from service.providers.base import Provider
 from service.providers.log import LogProvider
+from service.reload import watch
 from service.sources.mqtt import MqttSource
 
 log = logging.getLogger("tocsin")
@@ -56,7 +63,10 @@ class Service:
         self.metrics = Metrics()
         self.ruleset = ruleset or load_rules(rule_paths(config))
         self.engine = RuleEngine(self.ruleset)
-        self.state = EngineState()
+        # Open alerts and pending timers survive a restart (service/alert_store.py).
+        self.alert_store = AlertStore(config.data_dir / "alerts.db")
+        self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
+        self._state_dirty = False
         self.store = SqliteRegistrationStore(config.store_path)
         self.providers: dict[str, Provider] = providers or {"log": LogProvider(config.providers.log)}
         self.dispatcher = Dispatcher(
@@ -67,11 +77,25 @@ class Service:
             config.notify.queue_size,
             config.notify.max_attempts,
         )
+        self.webhook = WebhookDecider()
+        self._noise_changed = asyncio.Event()
+        qh, rl = config.notify.quiet_hours, config.notify.rate_limit
+        self.noise = NoiseControl(
+            QuietHours(qh.start, qh.end, qh.timezone) if qh else None,
+            RateLimit(rl.max, rl.per_s) if rl else None,
+            on_schedule=self._noise_changed.set,
+            on_held=self.metrics.suppressed.inc,
+        )
+        for stored in self.alert_store.load_silences():  # silences survive a restart too
+            self.noise.silences.add(Silence.from_json(stored))
+        self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
             TargetStage(self.store),
             self.dispatcher,
             self.metrics,
+            self.noise,
+            self.webhook,
         )
         self.source = MqttSource(
             config.mqtt,
@@ -127,6 +151,7 @@ class Service:
     # -- the event path -----------------------------------------------------------------------------------
     async def on_event(self, event: Event) -> None:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
+        self._state_dirty = True
         self.state, transitions = self.engine.evaluate(event, self.state, event.time)
         for t in transitions:
             await self._route(t)
@@ -172,15 +197,76 @@ class Service:
             deadline = self.engine.next_deadline(self.state)
             wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
             self._timer_changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just as the
+            # event is set, and the service then never stops
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_changed.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._timer_changed.wait()
             self.state, transitions = self.engine.tick(self.state, self.clock.time())
+            self._state_dirty = True
             for t in transitions:
                 try:
                     await self._route(t)
                 except Exception:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
+
+    async def _persist(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.rules.persist_s)
+            self.save_state()
+
+    def save_state(self) -> None:
+        if self._state_dirty:
+            self._state_dirty = False
+            try:
+                self.alert_store.save(self.state)
+            except Exception:
+                self.metrics.internal_errors.inc("alert_store")
+                log.exception("saving open alerts failed")
+
+    def _close_alert_store(self) -> None:
+        self.save_state()
+        self.alert_store.close()
+
+    async def _noise_timers(self) -> None:
+        """Sends what noise control scheduled: group flushes, repeats, escalations, rate-limit summaries."""
+        while True:
+            deadline = self.noise.next_deadline()
+            wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
+            self._noise_changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just as the
+            # event is set, and the service then never stops
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._noise_changed.wait()
+            now = self.clock.time()
+            due = self.noise.due(now)
+            try:
+                for n in due.notifications:
+                    await self.pipeline.send(n, now)
+                for n, registration in due.deliveries:
+                    await self.dispatcher.submit(Delivery(n, registration))
+            except Exception:
+                self.metrics.internal_errors.inc("noise_timers")
+                log.exception("sending scheduled notifications failed")
+
+    # -- rule reloads -------------------------------------------------------------------------------------
+    def reload_rules(self) -> list[str]:
+        """Load the rule files again; on errors keep the running rules and return the errors."""
+        try:
+            ruleset = load_rules(rule_paths(self.config))
+        except RuleLoadError as exc:
+            self.metrics.rule_reloads.inc("refused")
+            log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
+            return [str(e) for e in exc.errors]
+        # Alerts of rules that stay keep their state; those of removed rules are dropped at their next timer.
+        self.ruleset, self.engine = ruleset, RuleEngine(ruleset)
+        self.source.set_topics(ruleset.subscriptions())
+        self._timer_changed.set()
+        self.metrics.rule_reloads.inc("loaded")
+        log.info("rules reloaded: %d rules", len(ruleset.rules))
+        return []
 
     # -- health -------------------------------------------------------------------------------------------
     @property
@@ -223,6 +309,7 @@ class Service:
         self._stack.callback(self.store.close)
         if self.cluster is not None:
             self._stack.callback(self.ledger_store.close)
+        self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -233,9 +320,12 @@ class Service:
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
         self.dispatcher.start()
         self._stack.push_async_callback(self._close_providers)
+        self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
         if cfg.http.enabled:
-            runner = web.AppRunner(build_app(self, self.metrics), access_log=None)
+            app = build_app(self, self.metrics)
+            add_alert_routes(app, self.noise, self.clock)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
@@ -248,9 +338,14 @@ class Service:
         self._tasks = [
             asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
+            asyncio.create_task(self._noise_timers(), name="noise-timers"),
+            asyncio.create_task(self._persist(), name="alert-persist"),
         ]
         if self.cluster is not None:
             self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+        if cfg.rules.watch_s > 0 and cfg.rules.paths:
+            watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)
+            self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
             self._stack.push_async_callback(self._leave_cluster)  # runs first on exit: hand over, then stop
@@ -272,8 +367,14 @@ class Service:
             log.warning("could not hand over leadership cleanly: %s", exc)
 
     async def _cancel_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        # Cancel again while a task keeps running: on Python 3.11 asyncio.wait_for (used inside aiomqtt's
+        # connect) can swallow a cancel that arrives as the connection completes, and stopping then hung.
+        pending = [t for t in self._tasks if not t.done()]
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, still = await asyncio.wait(pending, timeout=1.0)
+            pending = list(still)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _close_providers(self) -> None:

@@ -14,6 +14,7 @@ from rules.loader import RuleLoadError, load_rules
 from service import __version__
 from service.app import Service, rule_paths
 from service.config import Config, ConfigError, load_config
+from service.rules_cli import add_rules_commands
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -68,6 +69,7 @@ async def _run(config: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop)
+        loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
         await service.wait()
         logging.getLogger("tocsin").info("stopping")
     return 0
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a configuration and its rules without starting")
     check.add_argument("config", nargs="?", help="YAML configuration file (or TOCSIN_CONFIG)")
     check.set_defaults(func=cmd_check)
+    add_rules_commands(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -85,12 +87,47 @@ class RegistrationsConfig(_Section):
 
 class RulesConfig(_Section):
     paths: list[Path] = Field(default_factory=list, description="rule files or directories; empty: examples")
+    watch_s: float = Field(
+        2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
+    )
+    persist_s: float = Field(1.0, gt=0, description="how often open alerts and timers are written to disk")
+
+
+class QuietHoursConfig(_Section):
+    start: str = Field(description="local time quiet hours begin, e.g. 22:00")
+    end: str = Field(description="local time they end, e.g. 07:00")
+    timezone: str = Field("UTC", description="for registrations that carry no time zone")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, v: str) -> str:
+        try:
+            time.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a time of day such as 22:00") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
+
+class RateLimitConfig(_Section):
+    max: int = Field(ge=1, description="notifications per recipient per window")
+    per_s: float = Field(gt=0, description="the window, in seconds")
 
 
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
     queue_size: int = Field(100_000, ge=100)
     max_attempts: int = Field(5, ge=1)
+    quiet_hours: QuietHoursConfig | None = None
+    rate_limit: RateLimitConfig | None = None
 
 
 class ClusterConfig(_Section):

@@ -47,6 +47,9 @@ class Metrics(Collector):
         )
         self.mqtt_connects = Counter("tocsin_mqtt_connects", "Successful connections to the MQTT broker.")
         self.mqtt_disconnects = Counter("tocsin_mqtt_disconnects", "Lost or failed MQTT connections.")
+        self.rule_reloads = Counter(
+            "tocsin_rule_reloads", "Rule reloads, by outcome (loaded, refused).", ("outcome",)
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )

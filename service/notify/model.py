@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from registrations.model import Audience, Registration
 from rules.event import short_hash
+from rules.policy import Policy
 
 
 @dataclass(slots=True)
@@ -25,6 +26,22 @@ class Notification:
     expires: float
     data: Mapping[str, str] = field(default_factory=dict)
     on_ambiguous: str = "resend"
+    # From the rule (see rules/schema.py); defaults keep notifications built elsewhere valid.
+    texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)
+    sound: str | None = None
+    category: str | None = None
+    priority: str = "normal"
+    collapse_key: str | None = None
+    policy: Policy | None = None
+    count: int = 1  # alerts this notification stands for (grouping, rate-limit summaries)
+
+    def text_for(self, locale: str | None) -> tuple[str, str]:
+        """Title and body for a locale: exact (``de-AT``), then language (``de``), then the default."""
+        if locale and self.texts:
+            found = self.texts.get(locale) or self.texts.get(locale.replace("_", "-").split("-")[0])
+            if found is not None:
+                return found
+        return self.title, self.body
 
 
 def notification_key(alert_id: str, episode: str, state: str) -> str:

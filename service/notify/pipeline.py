@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from registrations.model import Audience
@@ -9,21 +10,25 @@ from rules.engine import Transition
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification, notification_key
+from service.notify.noise import NoiseControl
 from service.notify.stages import DedupStage, TargetStage
+from service.notify.webhook import WebhookDecider
 
 log = logging.getLogger("tocsin.notify")
 DEFAULT_EXPIRY_S = 3600.0
 
 
-_audiences: dict[tuple[tuple[str, ...], tuple[str, ...]], Audience] = {}
+_audiences: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], Audience] = {}
+CHANNEL_TAG = "channel:"  # a rule's audience channel <name> reaches registrations tagged channel:<name>
 
 
-def _audience(tags: tuple[str, ...], users: tuple[str, ...]) -> Audience:
-    found = _audiences.get((tags, users))
+def _audience(tags: tuple[str, ...], users: tuple[str, ...], channels: tuple[str, ...] = ()) -> Audience:
+    found = _audiences.get((tags, users, channels))
     if found is None:
         if len(_audiences) > 10_000:
             _audiences.clear()
-        found = _audiences[(tags, users)] = Audience(tags=tags, users=users)
+        all_tags = tags + tuple(CHANNEL_TAG + c for c in channels)
+        found = _audiences[(tags, users, channels)] = Audience(tags=all_tags, users=users)
     return found
 
 
@@ -38,18 +43,34 @@ def to_notification(t: Transition, now: float) -> Notification:
         title=t.title,
         body=t.body,
         labels=t.labels,
-        audience=_audience(t.audience_tags, t.audience_users),
+        audience=_audience(t.audience_tags, t.audience_users, t.audience_channels),
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
+        data=t.data,
+        texts=t.texts,
+        sound=t.sound,
+        category=t.category,
+        priority=t.priority,
+        collapse_key=t.collapse_key,
+        policy=t.policy,
         on_ambiguous=t.on_ambiguous,
     )
 
 
 class Pipeline:
     def __init__(
-        self, dedup: DedupStage, target: TargetStage, dispatcher: Dispatcher, metrics: Metrics
+        self,
+        dedup: DedupStage,
+        target: TargetStage,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        noise: NoiseControl | None = None,
+        webhook: WebhookDecider | None = None,
     ) -> None:
         self.dedup, self.target, self.dispatcher, self.metrics = dedup, target, dispatcher, metrics
+        self.noise = noise
+        self.webhook = webhook
+        self._asking: set[asyncio.Task[int]] = set()
 
     async def handle(self, transition: Transition, now: float, dedup: bool = True) -> int:
         """Hand the transition's deliveries to the dispatcher; returns how many there were.
@@ -62,12 +83,41 @@ class Pipeline:
         if dedup and not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
             return 0
+        if self.noise is None:
+            return await self.send(n, now)
         count = 0
+        for admitted in self.noise.before_target(n, now):
+            count += await self.send(admitted, now)
+        return count
+
+    async def send(self, n: Notification, now: float) -> int:
+        """Target, per-recipient noise control (quiet hours, rate limit), dispatch. A rule with a webhook asks
+        the user's server first, in a task of its own so that the event path does not wait."""
+        if self.webhook is not None and n.policy is not None and n.policy.webhook is not None:
+            task = asyncio.get_running_loop().create_task(self._ask(self.webhook, n, now))
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
+            return 0
+        return await self._send(n, now)
+
+    async def _ask(self, webhook: WebhookDecider, n: Notification, now: float) -> int:
+        decided = await webhook.decide(n)
+        if decided is None:
+            self.metrics.suppressed.inc("webhook")
+            return 0
+        return await self._send(decided, now)
+
+    async def _send(self, n: Notification, now: float) -> int:
+        count, held = 0, 0
+        noise = self.noise
         for batch in self.target.batches(n.audience):
             for registration in batch:
+                if noise is not None and not noise.for_recipient(n, registration, now):
+                    held += 1
+                    continue
                 await self.dispatcher.submit(Delivery(n, registration))
                 count += 1
-        if count == 0:
+        if count == 0 and held == 0:
             self.metrics.suppressed.inc("no_audience")
             log.info("notification %s (%s) has no registration in its audience %s", n.nid, n.rule, n.audience)
         return count

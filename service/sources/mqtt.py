@@ -82,6 +82,28 @@ class MqttSource:
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self._bad_payload_log = RateLimitedLog(log, clock, 60.0)
+        self._live: aiomqtt.Client | None = None
+        self.subscribed: list[str] = []  # what the broker acknowledged on the live connection
+        self._resubscribe: asyncio.Task[None] | None = None
+
+    def set_topics(self, topics: list[str]) -> None:
+        """New subscriptions (after a rule reload): applied now when connected, else at the next connect."""
+        old, self.topics = self.topics, topics
+        client = self._live
+        if client is not None and self.is_connected and old != topics:
+            self._resubscribe = asyncio.get_running_loop().create_task(self._apply(client, old, topics))
+
+    async def _apply(self, client: aiomqtt.Client, old: list[str], new: list[str]) -> None:
+        try:
+            for topic in new:
+                if topic not in old:
+                    await client.subscribe(topic, qos=1)
+            gone = [t for t in old if t not in new]
+            if gone:
+                await client.unsubscribe(gone)
+            self.subscribed = list(new)
+        except aiomqtt.MqttError as exc:  # the reconnect subscribes to self.topics anyway
+            log.warning("could not change subscriptions now (%s); they apply at the next connect", exc)
 
     @property
     def is_connected(self) -> bool:
@@ -112,6 +134,8 @@ class MqttSource:
                 async with self._client(queue) as client:
                     for topic in self.topics:
                         await client.subscribe(topic, qos=1)
+                    self._live = client
+                    self.subscribed = list(self.topics)
                     self.connected.set()
                     self.last_error = None
                     self.metrics.mqtt_connects.inc()
@@ -132,6 +156,7 @@ class MqttSource:
                         queue.close()
                         await consumer  # finishes what was received (and acknowledged) before the loss
             except aiomqtt.MqttError as exc:
+                self._live = None
                 was = self.connected.is_set()
                 self.connected.clear()
                 self.metrics.mqtt_disconnects.inc()

@@ -1,0 +1,78 @@
+"""The engine's state as plain JSON-able data, so that pending ``for`` timers and open alerts survive a
+restart."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Container
+from typing import Any
+
+from rules.engine import AlertState, EngineState
+from rules.event import Event
+
+FORMAT = 1
+
+
+def _event(e: Event | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    return {
+        "id": e.id,
+        "source": e.source,
+        "topic": e.topic,
+        "device": e.device,
+        "time": e.time,
+        "payload": e.payload,
+        "attributes": dict(e.attributes),
+    }
+
+
+def _event_from(d: dict[str, Any] | None) -> Event | None:
+    if d is None:
+        return None
+    return Event(d["id"], d["source"], d["topic"], d["device"], d["time"], d["payload"], d["attributes"])
+
+
+def dump_alert(a: AlertState) -> dict[str, Any]:
+    return {
+        "rule": a.rule,
+        "labels": a.labels,
+        "status": a.status,
+        "episode": a.episode,
+        "since": a.since,
+        "deadline": a.deadline,
+        "last_event": _event(a.last_event),
+        "last_value": a.last_value,
+    }
+
+
+def load_alert(d: dict[str, Any]) -> AlertState:
+    return AlertState(
+        d["rule"],
+        dict(d["labels"]),
+        d["status"],
+        d["episode"],
+        d["since"],
+        d["deadline"],
+        _event_from(d["last_event"]),
+        d["last_value"],
+    )
+
+
+def restore(
+    alerts: dict[str, dict[str, Any]], values: dict[str, str], rules: Container[str] | None = None
+) -> EngineState:
+    """An engine state from stored alerts and change-rule values; alerts of rules not in ``rules`` are
+    dropped. Timers come back from the alerts' deadlines (a deadline that passed while the service was down
+    fires at the next tick, with the time of the deadline)."""
+    state = EngineState()
+    for aid, d in alerts.items():
+        alert = load_alert(d)
+        if rules is not None and alert.rule not in rules:
+            continue
+        state.alerts[aid] = alert
+        if alert.deadline is not None:
+            state.timers.append((alert.deadline, aid))
+    heapq.heapify(state.timers)
+    state.values = dict(values)
+    return state

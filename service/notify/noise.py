@@ -1,0 +1,494 @@
+"""Noise control: the notify stages that keep people from being flooded.
+
+Each stage is a pure decision over a notification and the time it is given, plus one side effect on its own
+state. Stages that act later (grouping, repeats, escalation, rate-limit summaries) say when with
+``next_deadline()`` and hand over what is due with ``due(now)``; the service runs one timer for all of them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from registrations.model import Audience, Registration
+from rules.event import short_hash
+from service.notify.model import Notification
+
+_CHANNEL_TAG = "channel:"
+
+
+# -- silences ------------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Silence:
+    """Mutes notifications whose fields match every matcher between ``start`` and ``end``.
+
+    A matcher names ``rule``, ``severity``, ``alert_id``, ``state`` or a label; its value is the exact text,
+    or a regular expression when it starts with ``~`` (``{"room": "~^cell"}``)."""
+
+    matchers: dict[str, str]
+    start: float
+    end: float
+    comment: str = ""
+    created_by: str = ""
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _compiled: tuple[tuple[str, Callable[[str], bool]], ...] = ()
+
+    def __post_init__(self) -> None:
+        checks = []
+        for name, value in self.matchers.items():
+            if value.startswith("~"):
+                rx = re.compile(value[1:])
+                checks.append((name, lambda v, rx=rx: rx.search(v) is not None))
+            else:
+                checks.append((name, lambda v, want=value: v == want))
+        self._compiled = tuple(checks)
+
+    def active(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def matches(self, n: Notification) -> bool:
+        for name, check in self._compiled:
+            value = _field(n, name)
+            if value is None or not check(value):
+                return False
+        return True
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Silence:
+        return cls(dict(d["matchers"]), d["start"], d["end"], d["comment"], d["created_by"], d["id"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "matchers": self.matchers,
+            "start": self.start,
+            "end": self.end,
+            "comment": self.comment,
+            "created_by": self.created_by,
+        }
+
+
+def _field(n: Notification, name: str) -> str | None:
+    if name in ("rule", "severity", "alert_id", "state"):
+        return str(getattr(n, name))
+    return n.labels.get(name)
+
+
+class Silences:
+    def __init__(self) -> None:
+        self._by_id: dict[str, Silence] = {}
+        self.on_change: Callable[[list[Silence]], None] | None = None  # e.g. to store them
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(list(self._by_id.values()))
+
+    def add(self, silence: Silence) -> Silence:
+        self._by_id[silence.id] = silence
+        self._changed()
+        return silence
+
+    def remove(self, silence_id: str) -> bool:
+        found = self._by_id.pop(silence_id, None) is not None
+        if found:
+            self._changed()
+        return found
+
+    def list(self, now: float) -> list[Silence]:
+        for s in [s for s in self._by_id.values() if s.end <= now]:
+            del self._by_id[s.id]  # expired
+        return sorted(self._by_id.values(), key=lambda s: s.start)
+
+    def silencing(self, n: Notification, now: float) -> Silence | None:
+        for s in self._by_id.values():
+            if s.active(now) and s.matches(n):
+                return s
+        return None
+
+
+# -- acknowledgements ----------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ack:
+    alert_id: str
+    episode: str
+    by: str
+    comment: str
+    time: float
+
+
+class Acks:
+    """Acknowledged alerts (per episode): an acknowledged alert is not repeated or escalated."""
+
+    def __init__(self) -> None:
+        self._acks: dict[str, Ack] = {}
+        self.open: dict[str, Notification] = {}  # firing alerts by id: what can be acknowledged
+
+    def ack(self, alert_id: str, by: str, comment: str, now: float) -> Ack | None:
+        n = self.open.get(alert_id)
+        if n is None:
+            return None
+        a = self._acks[alert_id] = Ack(alert_id, n.episode, by, comment, now)
+        return a
+
+    def acked(self, n: Notification) -> bool:
+        a = self._acks.get(n.alert_id)
+        return a is not None and a.episode == n.episode
+
+    def opened(self, n: Notification) -> None:
+        self.open.pop(n.alert_id, None)
+        self.open[n.alert_id] = n
+        if len(self.open) > 100_000:  # event alerts (a doorbell) never resolve: forget the oldest
+            del self.open[next(iter(self.open))]
+
+    def closed(self, alert_id: str) -> None:
+        self.open.pop(alert_id, None)
+        self._acks.pop(alert_id, None)
+
+
+# -- cooldown ------------------------------------------------------------------------------------------------
+class Cooldown:
+    """After a notification of an alert, hold back its new firing notifications for the rule's cooldown."""
+
+    name = "cooldown"
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def admit(self, n: Notification, now: float) -> bool:
+        p = n.policy
+        if p is None or p.cooldown <= 0 or n.state != "firing":
+            return True
+        last = self._last.get(n.alert_id)
+        if last is not None and now - last < p.cooldown:
+            return False
+        self._last[n.alert_id] = now
+        if len(self._last) > 100_000:
+            self._last = {k: v for k, v in self._last.items() if now - v < 86_400}
+        return True
+
+
+# -- grouping ------------------------------------------------------------------------------------------------
+class Grouping:
+    """Collects a rule's notifications with the same ``group.by`` labels for ``group.wait``, then sends one,
+    such as "3 sensors offline in the cellar"."""
+
+    name = "group"
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, ...], tuple[float, list[Notification]]] = {}
+        self._heap: list[tuple[float, tuple[str, ...]]] = []
+
+    def admit(self, n: Notification, now: float) -> bool:
+        """False when the notification was taken into a group (it comes out of ``due`` later)."""
+        p = n.policy
+        if p is None or p.group_by is None:
+            return True
+        key = (n.rule, n.state, *(n.labels.get(k, "") for k in p.group_by))
+        found = self._groups.get(key)
+        if found is None:
+            deadline = now + p.group_wait
+            self._groups[key] = (deadline, [n])
+            heapq.heappush(self._heap, (deadline, key))
+        else:
+            found[1].append(n)
+        return False
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list[Notification]:
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            _, key = heapq.heappop(self._heap)
+            _, members = self._groups.pop(key)
+            out.append(members[0] if len(members) == 1 else _combine(members))
+        return out
+
+
+def _combine(members: list[Notification]) -> Notification:
+    first = members[0]
+    assert first.policy is not None and first.policy.group_by is not None
+    labels = {k: first.labels.get(k, "") for k in first.policy.group_by}
+    ctx: dict[str, Any] = {
+        "count": len(members),
+        "labels": labels,
+        **labels,
+        "rule": first.rule,
+        "state": first.state,
+        "severity": first.severity,
+        "alerts": [{"labels": dict(m.labels), "title": m.title, "body": m.body} for m in members],
+    }
+    p = first.policy
+    title = p.group_title.render(ctx) if p.group_title is not None else f"{len(members)} alerts"
+    body = p.group_body.render(ctx) if p.group_body is not None else ""
+    return replace(
+        first,
+        nid=short_hash("group", *(m.nid for m in members)),
+        alert_id=short_hash("group", first.rule, *labels.values()),
+        title=title,
+        body=body,
+        labels=labels,
+        texts={},
+        count=len(members),
+    )
+
+
+# -- repeats and escalation ----------------------------------------------------------------------------------
+class FollowUps:
+    """Repeats a firing alert every ``repeat`` and escalates along its chain until it is resolved or
+    acknowledged."""
+
+    def __init__(self, acks: Acks) -> None:
+        self.acks = acks
+        self._heap: list[tuple[float, int, str, str, int]] = []  # (at, seq, alert_id, episode, step)
+        self._seq = itertools.count()
+
+    def opened(self, n: Notification, now: float) -> None:
+        p = n.policy
+        if p is None:
+            return
+        if p.repeat > 0:
+            heapq.heappush(self._heap, (now + p.repeat, next(self._seq), n.alert_id, n.episode, -1))
+        for i, step in enumerate(p.escalate):
+            heapq.heappush(self._heap, (now + step.after, next(self._seq), n.alert_id, n.episode, i))
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list[Notification]:
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, aid, episode, step = heapq.heappop(self._heap)
+            n = self.acks.open.get(aid)
+            if n is None or n.episode != episode or self.acks.acked(n) or n.policy is None:
+                continue  # resolved, a new episode, or acknowledged: nothing more to say
+            if step < 0:
+                k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
+                out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
+                heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
+            else:
+                s = n.policy.escalate[step]
+                audience = Audience(tags=s.tags + tuple(_CHANNEL_TAG + c for c in s.channels), users=s.users)
+                out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
+        return out
+
+
+# -- per recipient: quiet hours and rate limit ---------------------------------------------------------------
+def _clock_time(text: str) -> time:
+    return time.fromisoformat(text)
+
+
+class QuietHours:
+    """No notifications between ``start`` and ``end`` in the recipient's time zone (its registration's, else
+    ``default_tz``), unless the rule overrides quiet hours (for critical alerts)."""
+
+    name = "quiet_hours"
+
+    def __init__(self, start: str, end: str, default_tz: str = "UTC") -> None:
+        self.start, self.end = _clock_time(start), _clock_time(end)
+        self.default = ZoneInfo(default_tz)
+        self._zones: dict[str, ZoneInfo] = {}
+
+    def _zone(self, name: str | None) -> ZoneInfo:
+        if not name:
+            return self.default
+        z = self._zones.get(name)
+        if z is None:
+            try:
+                z = ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                z = self.default
+            self._zones[name] = z
+        return z
+
+    def quiet(self, reg: Registration, now: float, window: tuple[time, time] | None = None) -> bool:
+        start, end = window or (self.start, self.end)
+        if start == end:
+            return False
+        local = datetime.fromtimestamp(now, self._zone(reg.timezone)).time()
+        if start < end:
+            return start <= local < end
+        return local >= start or local < end  # across midnight
+
+    def allows(self, n: Notification, reg: Registration, now: float) -> bool:
+        """A rule's own quiet hours replace the configured ones; ``override`` ignores both."""
+        p = n.policy
+        if p is not None and p.quiet_override:
+            return True
+        return not self.quiet(reg, now, p.quiet_window if p is not None else None)
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    reg: Registration
+    sent: int = 0
+    held: int = 0
+    last: Notification | None = None
+
+
+class RateLimit:
+    """At most ``limit`` notifications per recipient per ``per`` seconds; what is held back is summed up in
+    one "and N more" notification when the window ends."""
+
+    name = "rate_limit"
+
+    def __init__(self, limit: int, per: float) -> None:
+        self.limit, self.per = limit, per
+        self._windows: dict[str, _Window] = {}
+        self._ended: dict[tuple[str, float], _Window] = {}  # windows whose summary is due
+        self._heap: list[tuple[float, str, float]] = []  # (end, registration id, window start)
+
+    def allows(self, n: Notification, reg: Registration, now: float) -> bool:
+        w = self._windows.get(reg.id)
+        if w is None or now >= w.start + self.per:
+            if w is not None and w.held:
+                self._ended[(reg.id, w.start)] = w
+            w = self._windows[reg.id] = _Window(now, reg)
+        if w.sent < self.limit:
+            w.sent += 1
+            return True
+        if w.held == 0:
+            heapq.heappush(self._heap, (w.start + self.per, reg.id, w.start))
+        w.held += 1
+        w.last = n
+        return False
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def due(self, now: float) -> list[tuple[Notification, Registration]]:
+        out = []
+        while self._heap and self._heap[0][0] <= now:
+            at, reg_id, start = heapq.heappop(self._heap)
+            w = self._ended.pop((reg_id, start), None)
+            if w is None:
+                current = self._windows.get(reg_id)
+                if current is not None and current.start == start:
+                    w = self._windows.pop(reg_id)
+            if w is None or w.last is None or not w.held:
+                continue
+            summary = replace(
+                w.last,
+                nid=short_hash("summary", reg_id, str(w.start)),
+                title=f"… and {w.held} more",
+                body=f"{w.held} more notifications were held back (at most {self.limit} per {self.per:g} s).",
+                texts={},
+                count=w.held,
+                created=at,
+            )
+            out.append((summary, w.reg))
+        return out
+
+
+# -- all together --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Due:
+    notifications: list[Notification]  # to target and deliver
+    deliveries: list[tuple[Notification, Registration]]  # already addressed (rate-limit summaries)
+
+
+class NoiseControl:
+    """The stages in their order: silences → cooldown → grouping (before targeting); quiet hours → rate
+    limit (per recipient); repeats, escalation, group flushes and summaries when due."""
+
+    def __init__(
+        self,
+        quiet_hours: QuietHours | None = None,
+        rate_limit: RateLimit | None = None,
+        on_schedule: Callable[[], None] | None = None,
+        on_held: Callable[[str], None] | None = None,
+    ) -> None:
+        self.silences = Silences()
+        self.acks = Acks()
+        self.cooldown = Cooldown()
+        self.grouping = Grouping()
+        self.followups = FollowUps(self.acks)
+        # Without configured quiet hours, rules may still have their own (an empty window otherwise).
+        self.quiet_hours = quiet_hours or QuietHours("00:00", "00:00")
+        self.rate_limit = rate_limit
+        self.on_schedule = on_schedule
+        self.on_held = on_held
+        self.suppressed: dict[str, int] = {}
+
+    def _held(self, stage: str) -> None:
+        self.suppressed[stage] = self.suppressed.get(stage, 0) + 1
+        if self.on_held is not None:
+            self.on_held(stage)
+
+    def before_target(self, n: Notification, now: float) -> list[Notification]:
+        """What to send now for this notification (nothing, or it): silence, cooldown, grouping."""
+        if n.state == "resolved":
+            self.acks.closed(n.alert_id)
+        elif n.state == "firing":
+            self.acks.opened(n)  # open (and acknowledgeable) even when silenced or cooled down
+        if self.silences.silencing(n, now) is not None:
+            self._held("silence")
+            return []
+        if not self.cooldown.admit(n, now):
+            self._held(self.cooldown.name)
+            return []
+        if n.state == "firing" and n.policy is not None:
+            before = self.next_deadline()
+            self.followups.opened(n, now)
+            grouped = not self.grouping.admit(n, now)
+            if self.on_schedule is not None and self.next_deadline() != before:
+                self.on_schedule()
+            if grouped:
+                return []
+        elif n.policy is not None and n.policy.group_by is not None and not self.grouping.admit(n, now):
+            if self.on_schedule is not None:
+                self.on_schedule()
+            return []
+        return [n]
+
+    def for_recipient(self, n: Notification, reg: Registration, now: float) -> bool:
+        if n.policy is not None and not self.quiet_hours.allows(n, reg, now):
+            self._held(self.quiet_hours.name)
+            return False
+        if n.policy is None and self.quiet_hours.quiet(reg, now):
+            self._held(self.quiet_hours.name)
+            return False
+        if self.rate_limit is not None:
+            before = self.rate_limit.next_deadline()
+            if not self.rate_limit.allows(n, reg, now):
+                self._held(self.rate_limit.name)
+                if self.on_schedule is not None and self.rate_limit.next_deadline() != before:
+                    self.on_schedule()  # a summary is due at the end of the window
+                return False
+        return True
+
+    def next_deadline(self) -> float | None:
+        times = [
+            t
+            for t in (
+                self.grouping.next_deadline(),
+                self.followups.next_deadline(),
+                self.rate_limit.next_deadline() if self.rate_limit else None,
+            )
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    def due(self, now: float) -> Due:
+        notes = self.grouping.due(now)
+        for n in self.followups.due(now):
+            if self.silences.silencing(n, now) is None:
+                notes.append(n)
+            else:
+                self._held("silence")
+        deliveries = self.rate_limit.due(now) if self.rate_limit else []
+        return Due(notes, deliveries)
+
+    def ack(self, alert_id: str, by: str, comment: str, now: float) -> Ack | None:
+        return self.acks.ack(alert_id, by, comment, now)
+
+    def open_alerts(self) -> Mapping[str, Notification]:
+        return self.acks.open
