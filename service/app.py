@@ -189,6 +189,9 @@ class Service:
             "ledger_entries": len(self.cluster.ledger),
             "buffered_transitions": len(self.gate.buffer) if self.gate else 0,
             "takeovers": e.takeovers,
+            "leader_since": None
+            if e.leader_since is None or e.role != "leader"
+            else round(self.clock.time() - (now - e.leader_since), 3),
         }
 
     async def _timers(self) -> None:

@@ -68,6 +68,7 @@ class ServiceProcess:
         )
         self.deliveries: list[dict[str, Any]] = []
         self.unreadable: list[str] = []
+        self.exited_at: float | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -78,6 +79,7 @@ class ServiceProcess:
                 self.deliveries.append(json.loads(line))
             except json.JSONDecodeError:
                 self.unreadable.append(line)  # kept, so a test can show it rather than the reader dying
+        self.exited_at = time.time()  # the end of its output: when the process died
 
     def get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=1) as r:

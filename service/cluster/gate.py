@@ -136,12 +136,10 @@ class ClusterGate:
         if state == "sent":
             self.events.inc("already_sent")
             return "skip"
-        if state == "intent" and key not in self._mine:
-            if d.notification.on_ambiguous == "skip":
-                self.events.inc("ambiguous_skipped")
-                return "skip"
-            self.events.inc("ambiguous_resent")
-            log.info("resending %s: the previous leader began it and never confirmed it", key)
+        ambiguous = state == "intent" and key not in self._mine
+        if ambiguous and d.notification.on_ambiguous == "skip":
+            self.events.inc("ambiguous_skipped")
+            return "skip"
         if not self.node.may_send():
             self.events.inc("later_fenced")
             e = self.node.election
@@ -169,6 +167,9 @@ class ClusterGate:
             self._sending.discard(key)
             self.events.inc("later_fenced")
             return "later"
+        if ambiguous:  # counted once, when the resend really goes ahead
+            self.events.inc("ambiguous_resent")
+            log.info("resending %s: the previous leader began it and never confirmed it", key)
         d.term = self.node.election.term
         self._in_flight += 1
         self._idle.clear()

@@ -110,9 +110,9 @@ class Campaign:
         victim = self.live.get(old)
         if self.fault in ("kill9", "preferred_returns"):
             assert victim is not None
-            t0 = time.monotonic()
+            t0 = time.time()
             victim.proc.kill()
-            took = self._since(t0, lambda n: n != old)
+            took = self._new_leader_after(t0, old)
             if self.fault == "preferred_returns":
                 for nid in self.priorities:  # the one coming back is the preferred one
                     self.priorities[nid] = 1 if nid != old else 0
@@ -131,16 +131,16 @@ class Campaign:
                 old, victim = "a", armed
             assert victim is not None
             crashed = victim
-            wait_until_sync(lambda: not crashed.alive(), 120, "the injected crash")
-            t0 = time.monotonic()  # detected within ~20 ms of the crash by the poll above
-            took = self._since(t0, lambda n: n != old)
+            wait_until_sync(lambda: crashed.exited_at is not None, 120, "the injected crash")
+            assert crashed.exited_at is not None
+            took = self._new_leader_after(crashed.exited_at, old)
             self.rejoin(old)
         elif self.fault == "stop_cont":
             assert victim is not None
-            t0 = time.monotonic()
+            t0 = time.time()
             victim.proc.send_signal(signal.SIGSTOP)
             self.paused.add(old)
-            took = self._since(t0, lambda n: n != old)
+            took = self._new_leader_after(t0, old)
             victim.proc.send_signal(signal.SIGCONT)
             self.paused.discard(old)
             wait_until_sync(
@@ -148,9 +148,9 @@ class Campaign:
             )
         elif self.fault == "graceful":
             assert victim is not None
-            t0 = time.monotonic()
+            t0 = time.time()
             victim.proc.send_signal(signal.SIGTERM)
-            took = self._since(t0, lambda n: n != old)
+            took = self._new_leader_after(t0, old)
             victim.proc.wait(30)
             self.rejoin(old)
         else:
@@ -164,8 +164,18 @@ class Campaign:
         return took
 
     def _since(self, t0: float, accept: Callable[[str], bool]) -> float:
+        """From the fault (monotonic ``t0``) to a sender that ``accept`` admits."""
         self.wait_sender(accept)
         return time.monotonic() - t0
+
+    def _new_leader_after(self, fault_wall: float, old: str) -> float:
+        """From a fault at wall time ``fault_wall`` to when the new leader won: read from the leader itself,
+        so a late look does not shorten or lengthen the figure."""
+        self.wait_sender(lambda n: n != old)
+        new = self.leader()
+        assert new is not None
+        since = self.live[new].cluster().get("leader_since")
+        return max(0.0, float(since) - fault_wall) if since is not None else 0.0
 
     def finish(self) -> dict[str, Any]:
         published = self.sim.stop()

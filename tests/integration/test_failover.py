@@ -127,7 +127,11 @@ def test_kill9_inside_a_send_is_bounded_by_the_ambiguous_count(tmp_path: Path, p
         duplicates = check_no_loss_no_duplicate(services, sent, [b, c])
         ambiguous = b.metric('tocsin_cluster_sends_total{kind="ambiguous_resent"}')
         assert ambiguous >= 1  # the crashed send is seen as begun and never confirmed
-        assert duplicates == (1 if point == "after_send" else 0)  # only a push that really went out repeats
+        if point == "after_send":
+            assert duplicates >= 1  # it went out before the crash, and is resent: one of the ambiguous
+        else:
+            # it never went out: resent once, no duplicate; only other sends caught in flight may repeat
+            assert duplicates <= ambiguous - 1
     finally:
         for s in services:
             s.stop()
