@@ -67,7 +67,11 @@ def restore(
     fires at the next tick, with the time of the deadline)."""
     state = EngineState()
     for aid, d in alerts.items():
-        alert = load_alert(d)
+        try:
+            alert = load_alert(d)
+        except (KeyError, TypeError, ValueError, IndexError):
+            state.value_errors += 1  # a damaged or foreign record: skipped, counted
+            continue
         if rules is not None and alert.rule not in rules:
             continue
         state.alerts[aid] = alert

@@ -4,12 +4,15 @@ at shutdown, read at start."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from rules.engine import EngineState
 from rules.state_codec import FORMAT, dump_alert
+
+log = logging.getLogger("tocsin.alerts")
 
 
 class AlertStore:
@@ -35,7 +38,13 @@ class AlertStore:
             raise
 
     def load_silences(self) -> list[dict[str, Any]]:
-        return [json.loads(data) for (data,) in self._db.execute("SELECT data FROM silences")]
+        out = []
+        for (data,) in self._db.execute("SELECT data FROM silences"):
+            try:
+                out.append(json.loads(data))
+            except ValueError:
+                log.warning("skipping a damaged stored silence")
+        return out
 
     def save(self, state: EngineState) -> None:
         """Replaces what is stored with ``state`` in one transaction."""
@@ -57,7 +66,17 @@ class AlertStore:
             raise
 
     def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-        alerts = {aid: json.loads(data) for aid, data in self._db.execute("SELECT id, data FROM alerts")}
+        """What was stored; rows that do not read as JSON objects are skipped (and logged)."""
+        alerts: dict[str, dict[str, Any]] = {}
+        for aid, data in self._db.execute("SELECT id, data FROM alerts"):
+            try:
+                record = json.loads(data)
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                alerts[aid] = record
+            else:
+                log.warning("skipping a damaged stored alert %s", aid)
         values = dict(self._db.execute("SELECT id, value FROM state_values").fetchall())
         return alerts, values
 

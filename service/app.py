@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from pathlib import Path
 from types import TracebackType
@@ -87,7 +88,10 @@ class Service:
             on_held=self.metrics.suppressed.inc,
         )
         for stored in self.alert_store.load_silences():  # silences survive a restart too
-            self.noise.silences.add(Silence.from_json(stored))
+            try:
+                self.noise.silences.add(Silence.from_json(stored))
+            except (KeyError, TypeError, ValueError, re.error):
+                log.warning("skipping a damaged stored silence")
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),

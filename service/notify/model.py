@@ -44,6 +44,9 @@ class Notification:
         return self.title, self.body
 
 
+CHANNEL_TAG = "channel:"  # a rule's audience channel <name> reaches registrations tagged channel:<name>
+
+
 def notification_key(alert_id: str, episode: str, state: str) -> str:
     return short_hash(alert_id, episode, state)
 

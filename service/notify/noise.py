@@ -19,9 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from registrations.model import Audience, Registration
 from rules.event import short_hash
-from service.notify.model import Notification
-
-_CHANNEL_TAG = "channel:"
+from service.notify.model import CHANNEL_TAG, Notification
 
 
 # -- silences ------------------------------------------------------------------------------------------------
@@ -275,7 +273,7 @@ class FollowUps:
                 heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
             else:
                 s = n.policy.escalate[step]
-                audience = Audience(tags=s.tags + tuple(_CHANNEL_TAG + c for c in s.channels), users=s.users)
+                audience = Audience(tags=s.tags + tuple(CHANNEL_TAG + c for c in s.channels), users=s.users)
                 out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
         return out
 

@@ -9,7 +9,7 @@ from registrations.model import Audience
 from rules.engine import Transition
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
-from service.notify.model import Delivery, Notification, notification_key
+from service.notify.model import CHANNEL_TAG, Delivery, Notification, notification_key
 from service.notify.noise import NoiseControl
 from service.notify.stages import DedupStage, TargetStage
 from service.notify.webhook import WebhookDecider
@@ -19,7 +19,6 @@ DEFAULT_EXPIRY_S = 3600.0
 
 
 _audiences: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], Audience] = {}
-CHANNEL_TAG = "channel:"  # a rule's audience channel <name> reaches registrations tagged channel:<name>
 
 
 def _audience(tags: tuple[str, ...], users: tuple[str, ...], channels: tuple[str, ...] = ()) -> Audience:
