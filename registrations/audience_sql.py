@@ -1,0 +1,157 @@
+"""Audiences compiled to SQL over the ``registrations r`` and ``registration_tags`` tables.
+
+Resolving is a list of plans, each a bounded, index-driven query paged by key: explicit tokens, then users,
+then the tag part driven by the tag index on the rarest tags that every match must carry. Each plan excludes
+what an earlier one returned, so a registration is yielded once without remembering what was sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from registrations import tagexpr
+from registrations.model import Audience
+
+ESTIMATE_CAP = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    sql: str  # "FROM ... WHERE ..." selecting r.*; the caller appends "AND <key> > ? ORDER BY <key> LIMIT ?"
+    params: tuple[object, ...]
+    key: str
+
+
+def tag_node(audience: Audience) -> tagexpr.Node | None:
+    nodes: list[tagexpr.Node] = []
+    if audience.tags:
+        nodes.append(tagexpr.any_of(audience.tags))
+    if audience.expression:
+        nodes.append(tagexpr.parse(audience.expression))
+    if not nodes:
+        return None
+    return nodes[0] if len(nodes) == 1 else tagexpr.Or(tuple(nodes))
+
+
+def _marks(values: tuple[str, ...], params: list[object]) -> str:
+    params.extend(values)
+    return ", ".join("?" * len(values))
+
+
+def _has_tag(tag: str, params: list[object]) -> str:
+    params.append(tag)
+    return "EXISTS (SELECT 1 FROM registration_tags x WHERE x.tag = ? AND x.registration_id = r.id)"
+
+
+def compile_node(node: tagexpr.Node, params: list[object], known: dict[str, bool] | None = None) -> str:
+    """SQL true for a registration ``r`` whose tags satisfy ``node``; ``known`` tags are constants."""
+    known = known or {}
+    if isinstance(node, tagexpr.Tag):
+        if node.name in known:
+            return "1" if known[node.name] else "0"
+        return _has_tag(node.name, params)
+    if isinstance(node, tagexpr.Not):
+        return f"NOT {compile_node(node.item, params, known)}"
+    joiner = " AND " if isinstance(node, tagexpr.And) else " OR "
+    return "(" + joiner.join(compile_node(n, params, known) for n in node.items) + ")"
+
+
+def _filters(audience: Audience, params: list[object], states: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    if states:
+        out.append(f"r.state IN ({_marks(states, params)})")
+    if audience.platforms:
+        out.append(f"r.provider IN ({_marks(audience.platforms, params)})")
+    if audience.apps:
+        out.append(f"r.app IN ({_marks(audience.apps, params)})")
+    if audience.channels:
+        out.append(
+            "EXISTS (SELECT 1 FROM json_each(r.channels) c "
+            f"WHERE c.value IN ({_marks(audience.channels, params)}))"
+        )
+    if audience.where:
+        out.append(compile_node(tagexpr.parse(audience.where), params))
+    return out
+
+
+def _selectors(audience: Audience, params: list[object]) -> list[str]:
+    out: list[str] = []
+    if audience.tokens:
+        out.append(f"r.token IN ({_marks(audience.tokens, params)})")
+    if audience.users:
+        out.append(f"r.user_id IN ({_marks(audience.users, params)})")
+    node = tag_node(audience)
+    if node is not None:
+        out.append(compile_node(node, params))
+    return out
+
+
+def predicate(audience: Audience, params: list[object], states: tuple[str, ...] = ()) -> str:
+    """One WHERE clause for listing: selectors OR-ed (none: everyone), filters AND-ed."""
+    parts = []
+    selectors = _selectors(audience, params)
+    if selectors:
+        parts.append("(" + " OR ".join(selectors) + ")")
+    parts.extend(_filters(audience, params, states))
+    return " AND ".join(parts) or "1"
+
+
+def plans(audience: Audience, tag_rows: Callable[[str, int], int]) -> list[Plan]:
+    """The queries that together yield each active registration of ``audience`` once."""
+    if audience.empty:
+        return []
+    active = ("active",)
+    if not audience.has_selector:
+        params: list[object] = []
+        only = " AND ".join(_filters(audience, params, active))
+        return [Plan(f"FROM registrations r WHERE {only}", tuple(params), "r.id")]
+    out: list[Plan] = []
+    earlier: list[tuple[str, tuple[object, ...]]] = []  # selectors already planned, to exclude
+
+    def exclusions(params: list[object]) -> list[str]:
+        for _, p in earlier:
+            params.extend(p)
+        return [f"NOT ({sql})" for sql, _ in earlier]
+
+    for column, values in (("r.token", audience.tokens), ("r.user_id", audience.users)):
+        if not values:
+            continue
+        params = []
+        selector = f"{column} IN ({_marks(values, params)})"
+        own = tuple(params)
+        where = [selector, *exclusions(params), *_filters(audience, params, active)]
+        out.append(Plan(f"FROM registrations r WHERE {' AND '.join(where)}", tuple(params), "r.id"))
+        earlier.append((selector, own))
+
+    node = tag_node(audience)
+    if node is None:
+        return out
+    options = tagexpr.driver_options(node)
+    if not options:  # nothing every match must carry: scan (a negation alone, for instance)
+        params = []
+        where = [compile_node(node, params), *exclusions(params), *_filters(audience, params, active)]
+        out.append(Plan(f"FROM registrations r WHERE {' AND '.join(where)}", tuple(params), "r.id"))
+        return out
+    if len(options) == 1:
+        driver = options[0]
+    else:
+        driver = min(options, key=lambda tags: sum(tag_rows(t, ESTIMATE_CAP) for t in tags))
+    for i, tag in enumerate(driver):
+        params = [tag]
+        known = {t: False for t in driver[:i]}
+        known[tag] = True
+        conds = ["d.tag = ?"]
+        conds += [f"NOT {_has_tag(t, params)}" for t in driver[:i]]
+        conds.append(compile_node(node, params, known))
+        conds += exclusions(params)
+        conds += _filters(audience, params, active)
+        out.append(
+            Plan(
+                "FROM registration_tags d CROSS JOIN registrations r ON r.id = d.registration_id "
+                f"WHERE {' AND '.join(conds)}",
+                tuple(params),
+                "d.registration_id",
+            )
+        )
+    return out
