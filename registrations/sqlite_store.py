@@ -6,18 +6,18 @@ Throughput comes from committing many registrations in one transaction (see ``wr
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
 from registrations import audience_sql
 from registrations.model import Audience, Registration
 
+# In the order of Registration's fields, so a row builds one positionally (resolving makes 100,000s).
 _COLUMNS = (
-    "id",
     "provider",
     "token",
     "user_id",
@@ -28,6 +28,7 @@ _COLUMNS = (
     "locale",
     "timezone",
     "state",
+    "id",
     "created",
     "updated",
     "channels",
@@ -36,9 +37,10 @@ _COLUMNS = (
     "last_success",
     "state_since",
 )
-_SELECT = ", ".join(f"r.{c}" for c in _COLUMNS)
+_TAGS, _CHANNELS = _COLUMNS.index("tags"), _COLUMNS.index("channels")
+_SELECT = "r.rid, " + ", ".join(f"r.{c}" for c in _COLUMNS)
 _INSERT = f"INSERT INTO registrations ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_UPDATE = f"UPDATE registrations SET {', '.join(f'{c} = ?' for c in _COLUMNS[1:])} WHERE id = ?"
+_UPDATE = f"UPDATE registrations SET {', '.join(f'{c} = ?' for c in _COLUMNS)} WHERE rid = ?"
 
 
 def _m1_registrations(db: sqlite_utils.Database) -> None:
@@ -68,17 +70,57 @@ def _m1_registrations(db: sqlite_utils.Database) -> None:
 
 
 def _m2_full_model(db: sqlite_utils.Database) -> None:
-    """Channels, quiet hours, badge, last success and since when the state holds; lookups by bare token
-    (the Cumulocity API deletes by token alone) and by app."""
-    table = db["registrations"]
-    table.add_column("channels", str)  # type: ignore[union-attr]
-    table.add_column("quiet_hours", str)  # type: ignore[union-attr]
-    table.add_column("badge", int)  # type: ignore[union-attr]
-    table.add_column("last_success", float)  # type: ignore[union-attr]
-    table.add_column("state_since", float)  # type: ignore[union-attr]
-    db.execute("UPDATE registrations SET channels = '[]', state_since = updated")
+    """The full model (channels, quiet hours, badge, last success, since when the state holds) and a layout
+    for resolving at a million registrations: an integer key ``rid`` that the tag index (WITHOUT ROWID,
+    ``(tag, rid)``) refers to, so a tag's registrations are read in table order; tags and channels as
+    space-separated text (neither may contain a space), cheaper to read than JSON."""
+    db.execute(
+        """CREATE TABLE registrations_v2 (
+            rid INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            provider TEXT NOT NULL,
+            token TEXT NOT NULL,
+            user_id TEXT,
+            app TEXT,
+            environment TEXT NOT NULL,
+            device_name TEXT,
+            tags TEXT NOT NULL DEFAULT '',
+            locale TEXT,
+            timezone TEXT,
+            state TEXT NOT NULL,
+            created REAL,
+            updated REAL,
+            channels TEXT NOT NULL DEFAULT '',
+            quiet_hours TEXT,
+            badge INTEGER,
+            last_success REAL,
+            state_since REAL
+        )"""
+    )
+    db.execute(
+        """INSERT INTO registrations_v2 (id, provider, token, user_id, app, environment, device_name, tags,
+               locale, timezone, state, created, updated, state_since)
+           SELECT id, provider, token, user_id, app, environment, device_name,
+               coalesce((SELECT group_concat(value, ' ') FROM json_each(coalesce(tags, '[]'))), ''),
+               locale, timezone, state, created, updated, updated
+           FROM registrations ORDER BY rowid"""
+    )
+    db.execute(
+        "CREATE TABLE tags_v2 (tag TEXT NOT NULL, rid INTEGER NOT NULL, PRIMARY KEY (tag, rid)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO tags_v2 SELECT t.tag, r.rid "
+        "FROM registration_tags t JOIN registrations_v2 r ON r.id = t.registration_id"
+    )
+    db.execute("DROP TABLE registration_tags")
+    db.execute("DROP TABLE registrations")
+    db.execute("ALTER TABLE registrations_v2 RENAME TO registrations")
+    db.execute("ALTER TABLE tags_v2 RENAME TO registration_tags")
+    db.execute("CREATE UNIQUE INDEX idx_registrations_token ON registrations(provider, token)")
+    db.execute("CREATE INDEX idx_registrations_user ON registrations(user_id)")
     db.execute("CREATE INDEX idx_registrations_bare_token ON registrations(token)")
     db.execute("CREATE INDEX idx_registrations_app ON registrations(app)")
+    db.execute("CREATE INDEX idx_registration_tags_rid ON registration_tags(rid)")
 
 
 # Append only: each entry runs once per database, in order, inside a transaction.
@@ -137,33 +179,31 @@ class SqliteRegistrationStore:
 
     def _upsert_one(self, conn: sqlite3.Connection, reg: Registration, now: float) -> None:
         found = conn.execute(
-            "SELECT id, created, state, state_since, last_success, tags FROM registrations "
+            "SELECT rid, id, created, state, state_since, last_success, tags FROM registrations "
             "WHERE provider = ? AND token = ?",
             (reg.provider, reg.token),
         ).fetchone()
-        tags = json.dumps(list(dict.fromkeys(reg.tags)))
+        tags = list(dict.fromkeys(reg.tags))
         reg.updated = now
         if found is not None:
-            reg.id, reg.created = found[0], found[1]
-            reg.state_since = found[3] if found[2] == reg.state and found[3] is not None else now
+            reg.id, reg.created = found[1], found[2]
+            reg.state_since = found[4] if found[3] == reg.state and found[4] is not None else now
             if reg.last_success is None:
-                reg.last_success = found[4]
+                reg.last_success = found[5]
         else:
             reg.created, reg.state_since = now, now
         row = [getattr(reg, c) for c in _COLUMNS]
-        row[_COLUMNS.index("tags")] = tags
-        row[_COLUMNS.index("channels")] = json.dumps(list(dict.fromkeys(reg.channels)))
+        row[_TAGS] = " ".join(tags)
+        row[_CHANNELS] = " ".join(dict.fromkeys(reg.channels))
         if found is None:
-            conn.execute(_INSERT, row)
+            rid = conn.execute(_INSERT, row).lastrowid
         else:
-            conn.execute(_UPDATE, [*row[1:], reg.id])
-            if found[5] == tags:
+            rid = found[0]
+            conn.execute(_UPDATE, [*row, rid])
+            if found[6] == row[_TAGS]:
                 return
-            conn.execute("DELETE FROM registration_tags WHERE registration_id = ?", (reg.id,))
-        conn.executemany(
-            "INSERT INTO registration_tags (registration_id, tag) VALUES (?, ?)",
-            [(reg.id, t) for t in dict.fromkeys(reg.tags)],
-        )
+            conn.execute("DELETE FROM registration_tags WHERE rid = ?", (rid,))
+        conn.executemany("INSERT INTO registration_tags (tag, rid) VALUES (?, ?)", [(t, rid) for t in tags])
 
     def remove(self, provider: str | None, token: str) -> bool:
         """Delete the registration of ``token`` (for any provider when ``provider`` is None)."""
@@ -173,13 +213,13 @@ class SqliteRegistrationStore:
             ids = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM registrations WHERE token = ? AND (? IS NULL OR provider = ?)",
+                    "SELECT rid FROM registrations WHERE token = ? AND (? IS NULL OR provider = ?)",
                     (token, provider, provider),
                 )
             ]
             for rid in ids:
-                conn.execute("DELETE FROM registration_tags WHERE registration_id = ?", (rid,))
-                conn.execute("DELETE FROM registrations WHERE id = ?", (rid,))
+                conn.execute("DELETE FROM registration_tags WHERE rid = ?", (rid,))
+                conn.execute("DELETE FROM registrations WHERE rid = ?", (rid,))
         if ids:
             self._version += 1
         return bool(ids)
@@ -200,20 +240,22 @@ class SqliteRegistrationStore:
 
     def query(
         self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
-    ) -> list[Registration]:
-        """One page, ordered by id, of the registrations matching ``where`` (everyone if it is empty)."""
+    ) -> tuple[list[Registration], str | None]:
+        """One page of the registrations matching ``where`` (everyone if it is empty), and the cursor of the
+        next page (None on the last)."""
         params: list[object] = []
         sql = audience_sql.predicate(where, params, states=tuple(states))
+        start = int(after) if after.isdigit() else 0
         rows = self.db.execute(
-            f"SELECT {_SELECT} FROM registrations r WHERE {sql} AND r.id > ? ORDER BY r.id LIMIT ?",
-            [*params, after, limit],
+            f"SELECT {_SELECT} FROM registrations r WHERE {sql} AND r.rid > ? ORDER BY r.rid LIMIT ?",
+            [*params, start, limit],
         ).fetchall()
-        return [_from_row(r) for r in rows]
+        return [_from_row(r) for r in rows], str(rows[-1][0]) if len(rows) == limit else None
 
     def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:
         """Active registrations in the audience, in batches of fresh bounded queries (keyset paging)."""
         for plan in audience_sql.plans(audience, self._tag_rows):
-            last = ""
+            last = 0
             query = f"SELECT {_SELECT} {plan.sql} AND {plan.key} > ? ORDER BY {plan.key} LIMIT ?"
             while True:
                 rows = self.db.execute(query, [*plan.params, last, batch_size]).fetchall()
@@ -236,8 +278,9 @@ class SqliteRegistrationStore:
         self.db.conn.close()
 
 
-def _from_row(row: tuple[object, ...]) -> Registration:
-    d = dict(zip(_COLUMNS, row, strict=True))
-    d["tags"] = tuple(json.loads(str(d["tags"] or "[]")))
-    d["channels"] = tuple(json.loads(str(d["channels"] or "[]")))
-    return Registration(**d)  # type: ignore[arg-type]
+def _from_row(row: tuple[Any, ...]) -> Registration:
+    """``row`` is (rid, *_COLUMNS)."""
+    values = list(row[1:])
+    values[_TAGS] = tuple(values[_TAGS].split()) if values[_TAGS] else ()
+    values[_CHANNELS] = tuple(values[_CHANNELS].split()) if values[_CHANNELS] else ()
+    return Registration(*values)

@@ -32,8 +32,9 @@ class RegistrationStore(Protocol):
 
     def query(
         self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
-    ) -> list[Registration]:
-        """One page of registrations matching ``where`` (everyone when it is empty), ordered by id."""
+    ) -> tuple[list[Registration], str | None]:
+        """One page of registrations matching ``where`` (everyone when it is empty), and the cursor to pass
+        as ``after`` for the next page (None after the last)."""
         ...
 
     def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -19,6 +21,7 @@ class HealthSource(Protocol):
 
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)
+OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -39,11 +42,21 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     return web.json_response(
-        {"service": "tocsin", "version": __version__, "endpoints": ["/health", "/health/ready", "/metrics"]}
+        {
+            "service": "tocsin",
+            "version": __version__,
+            "endpoints": ["/health", "/health/ready", "/metrics", "/openapi.json"],
+        }
     )
 
 
-def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application:
+def build_app(
+    health_source: HealthSource,
+    metrics_: Metrics,
+    routes: Sequence[web.RouteDef] = (),
+    openapi: dict[str, Any] | None = None,
+) -> web.Application:
+    """``routes``: the API routes of the other parts (registrations, push), wired by the service."""
     app = web.Application(client_max_size=1024 * 1024)
     app[HEALTH_KEY] = health_source
     app[METRICS_KEY] = metrics_
@@ -51,4 +64,12 @@ def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application
     app.router.add_get("/health", health)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
+    if openapi is not None:
+        app[OPENAPI_KEY] = json.dumps(openapi, indent=1).encode()
+        app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_routes(routes)
     return app
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")

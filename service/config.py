@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rules import yaml_source
 
@@ -82,6 +90,36 @@ class RegistrationsConfig(_Section):
     )
 
 
+class ApiKeyConfig(_Section):
+    """One API key: ``role: admin`` for everything, or ``role: app`` with ``app`` for that app's tokens only.
+
+    Give the key itself as ``api_key`` (or ``api_key_file``), or only its SHA-256 hex digest as
+    ``api_key_sha256``; the service keeps nothing but the digest."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["admin", "app"]
+    app: str | None = None
+    api_key: SecretStr | None = None
+    api_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApiKeyConfig:
+        if (self.api_key is None) == (self.api_key_sha256 is None):
+            raise ValueError("give exactly one of api_key, api_key_file or api_key_sha256")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError("an API key is at least 16 characters")
+        if (self.role == "app") != (self.app is not None):
+            raise ValueError("an app key names its app; an admin key names none")
+        return self
+
+
+class ApiConfig(_Section):
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="none: callers on the loopback interface are admin while http.host is loopback",
+    )
+
+
 class RulesConfig(_Section):
     paths: list[Path] = Field(default_factory=list, description="rule files or directories; empty: examples")
 
@@ -104,6 +142,7 @@ class Config(_Section):
     providers: ProvidersConfig = ProvidersConfig()
     registrations: RegistrationsConfig = RegistrationsConfig()
     rules: RulesConfig = RulesConfig()
+    api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     logging: LoggingConfig = LoggingConfig()
 
@@ -209,6 +248,10 @@ def _read_secret_files(
         value = node[key]
         if isinstance(value, dict):
             _read_secret_files(value, (*path, key), where, problems)
+        elif isinstance(value, list):  # e.g. api.keys[i].api_key_file
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _read_secret_files(item, (*path, key, i), where, problems)
         elif isinstance(key, str) and key.endswith("_file") and key.removesuffix("_file") in SECRET_FIELDS:
             loc = (*path, key)
             field = ".".join(str(p) for p in loc)

@@ -47,6 +47,11 @@ class Metrics(Collector):
         )
         self.mqtt_connects = Counter("tocsin_mqtt_connects", "Successful connections to the MQTT broker.")
         self.mqtt_disconnects = Counter("tocsin_mqtt_disconnects", "Lost or failed MQTT connections.")
+        self.api_rejected = Counter(
+            "tocsin_api_rejected",
+            "API requests refused with a 4xx, by route and status.",
+            ("route", "status"),
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )

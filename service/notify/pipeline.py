@@ -53,7 +53,10 @@ class Pipeline:
     async def handle(self, transition: Transition, now: float) -> int:
         """Hand the transition's deliveries to the dispatcher; returns how many there were."""
         self.metrics.rule_matches.inc(transition.rule, transition.state)
-        n = to_notification(transition, now)
+        return await self.send(to_notification(transition, now), now)
+
+    async def send(self, n: Notification, now: float) -> int:
+        """A ready-made notification (``POST /v1/push``, a test push): dedup, target, dispatch."""
         if not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
             return 0

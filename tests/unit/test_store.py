@@ -99,11 +99,12 @@ def test_filters_narrow_and_alone_select_everyone_passing(tmp_path: Path) -> Non
     assert tokens(Audience(channels=("alarms",))) == {"a1", "f2"}
     assert tokens(Audience(apps=("com.y",), channels=("news",))) == {"f2"}
     assert tokens(Audience()) == set()
-    page = s.query(Audience(apps=("com.y",)), limit=1)
-    assert [r.token for r in page] == sorted(["f2", "f3"], key=lambda t: s.get("fcm", t).id)[:1]  # type: ignore[union-attr]
-    rest = s.query(Audience(apps=("com.y",)), after=page[0].id, limit=10)
-    assert {r.token for r in page + rest} == {"f2", "f3"}
-    assert [r.token for r in s.query(Audience(), states=("suspect",))] == ["f3"]
+    page, cursor = s.query(Audience(apps=("com.y",)), limit=1)
+    assert [r.token for r in page] == ["f2"] and cursor is not None  # in registration order
+    rest, end = s.query(Audience(apps=("com.y",)), after=cursor, limit=10)
+    assert [r.token for r in rest] == ["f3"] and end is None
+    assert [r.token for r in s.query(Audience(), states=("suspect",))[0]] == ["f3"]
+    assert [r.token for r in s.query(Audience(channels=("ne",)))[0]] == []  # whole channel names only
 
 
 def test_full_model_round_trips_and_state_since_moves_only_on_change(tmp_path: Path) -> None:
@@ -177,11 +178,26 @@ def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None:
         }
     )
     db.execute("INSERT INTO registration_tags VALUES ('r1', 'x')")
+    db["registrations"].insert(  # type: ignore[union-attr]
+        {
+            "id": "r2",
+            "provider": "log",
+            "token": "two",
+            "environment": "production",
+            "tags": '["x", "y"]',
+            "state": "active",
+            "created": 1.0,
+            "updated": 2.0,
+        }
+    )
+    db.execute("INSERT INTO registration_tags VALUES ('r2', 'x'), ('r2', 'y')")
     db.conn.commit()
     db.conn.close()
     s = SqliteRegistrationStore(path)
     assert s.schema_version == len(MIGRATIONS)
     got = s.get("log", "old")
     assert got is not None and got.channels == () and got.state_since == 2.0
-    assert [r.token for b in s.resolve(Audience(tags=("x",))) for r in b] == ["old"]
-    assert s.remove(None, "old") and s.count() == 0
+    assert [r.token for b in s.resolve(Audience(tags=("x",))) for r in b] == ["old", "two"]
+    assert [r.token for b in s.resolve(Audience(expression="x && y")) for r in b] == ["two"]
+    assert s.get("log", "two").tags == ("x", "y")  # type: ignore[union-attr]
+    assert s.remove(None, "old") and s.count() == 1
