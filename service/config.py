@@ -23,6 +23,7 @@ from pydantic import (
 from rules import yaml_source
 
 ENV_PREFIX = "TOCSIN_"
+NOT_SETTINGS = frozenset({"TOCSIN_CONFIG", "TOCSIN_API_KEY"})  # read by the CLI, not configuration
 # A field named like this may instead be given as <name>_file: the path of a file holding the secret.
 SECRET_FIELDS = frozenset({"password", "token", "api_key", "private_key", "credentials"})
 
@@ -191,7 +192,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
 
     problems: list[str] = []
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == "TOCSIN_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):
