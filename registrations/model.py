@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,7 +34,7 @@ class Registration:
     locale: str | None = None
     timezone: str | None = None
     state: str = "active"
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: new_id())
     created: float = 0.0
     updated: float = 0.0
     channels: tuple[str, ...] = ()
@@ -41,6 +42,14 @@ class Registration:
     badge: int | None = None
     last_success: float | None = None
     state_since: float | None = None  # when ``state`` last changed
+
+
+def new_id() -> str:
+    """32 hex digits: 48 bits of milliseconds, then 80 random bits (the layout of UUIDv7).
+
+    Ids made one after another sort together, so inserting them touches the end of the index, not a random
+    page of it: at a million registrations that is most of the cost of a write."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
 
 
 def check_tag(tag: str) -> str:
