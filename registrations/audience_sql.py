@@ -39,22 +39,25 @@ def _marks(values: tuple[str, ...], params: list[object]) -> str:
     return ", ".join("?" * len(values))
 
 
-def _has_tag(tag: str, params: list[object]) -> str:
+def _has_tag(tag: str, params: list[object], key: str = "r.rid") -> str:
     params.append(tag)
-    return "EXISTS (SELECT 1 FROM registration_tags x WHERE x.tag = ? AND x.rid = r.rid)"
+    return f"EXISTS (SELECT 1 FROM registration_tags x WHERE x.tag = ? AND x.rid = {key})"
 
 
-def compile_node(node: tagexpr.Node, params: list[object], known: dict[str, bool] | None = None) -> str:
-    """SQL true for a registration ``r`` whose tags satisfy ``node``; ``known`` tags are constants."""
+def compile_node(
+    node: tagexpr.Node, params: list[object], known: dict[str, bool] | None = None, key: str = "r.rid"
+) -> str:
+    """SQL true for the registration whose rid is ``key`` if its tags satisfy ``node``; ``known`` tags are
+    constants. Driven by the tag index, ``key`` is ``d.rid``: the tags are checked before the row is read."""
     known = known or {}
     if isinstance(node, tagexpr.Tag):
         if node.name in known:
             return "1" if known[node.name] else "0"
-        return _has_tag(node.name, params)
+        return _has_tag(node.name, params, key)
     if isinstance(node, tagexpr.Not):
-        return f"NOT {compile_node(node.item, params, known)}"
+        return f"NOT {compile_node(node.item, params, known, key)}"
     joiner = " AND " if isinstance(node, tagexpr.And) else " OR "
-    return "(" + joiner.join(compile_node(n, params, known) for n in node.items) + ")"
+    return "(" + joiner.join(compile_node(n, params, known, key) for n in node.items) + ")"
 
 
 def _filters(audience: Audience, params: list[object], states: tuple[str, ...]) -> list[str]:
@@ -142,8 +145,8 @@ def plans(audience: Audience, tag_rows: Callable[[str, int], int]) -> list[Plan]
         known = {t: False for t in driver[:i]}
         known[tag] = True
         conds = ["d.tag = ?"]
-        conds += [f"NOT {_has_tag(t, params)}" for t in driver[:i]]
-        conds.append(compile_node(node, params, known))
+        conds += [f"NOT {_has_tag(t, params, 'd.rid')}" for t in driver[:i]]
+        conds.append(compile_node(node, params, known, "d.rid"))
         conds += exclusions(params)
         conds += _filters(audience, params, active)
         out.append(

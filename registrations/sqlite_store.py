@@ -129,15 +129,13 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_registrations, 
 
 class SqliteRegistrationStore:
     def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._writer: sqlite3.Connection | None = None
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
+        self.db = sqlite_utils.Database(_connect(self.path))
         if str(path) != ":memory:":
             self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=FULL")  # an acknowledged registration survives a power cut
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the hot index pages of a million
         self._version = 0
         self.migrate()
 
@@ -170,7 +168,19 @@ class SqliteRegistrationStore:
 
         Re-registering keeps the id and creation time; a token registered by another user moves to that user.
         """
-        conn = self.db.conn
+        return self._upsert_many(self.db.conn, registrations, now)
+
+    def upsert_many_in_thread(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
+        """``upsert_many`` on a connection of its own, for the one writer thread (``writer.BatchWriter``)."""
+        if self.path == ":memory:":
+            return self.upsert_many(registrations, now)
+        if self._writer is None:
+            self._writer = _connect(self.path)
+        return self._upsert_many(self._writer, registrations, now)
+
+    def _upsert_many(
+        self, conn: sqlite3.Connection, registrations: Sequence[Registration], now: float
+    ) -> list[Registration]:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for reg in registrations:
@@ -278,7 +288,17 @@ class SqliteRegistrationStore:
         )
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self.db.conn.close()
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA synchronous=FULL")  # an acknowledged registration survives a power cut
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA cache_size=-32768")  # 32 MiB of pages: the hot index pages of a million
+    return conn
 
 
 def _from_row(row: tuple[Any, ...]) -> Registration:

@@ -82,7 +82,7 @@ class Service:
             self.metrics,
         )
         self.keys = keyring(config)
-        self.writer = BatchWriter(self.store, self.clock.time)
+        self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time)
         rejected = self.metrics.api_rejected
         self.registration_api = RegistrationApi(
             self.store, self.writer, self.keys, lambda route, status: rejected.inc(route, str(status))
@@ -182,6 +182,7 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._stack.callback(self.store.close)
+        self._stack.callback(self.writer.close)
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(

@@ -62,7 +62,7 @@ def test_bad_key_entries_name_the_problem_and_never_the_key(tmp_path: Path, entr
 
 async def test_writer_commits_a_turn_at_once_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
     store = SqliteRegistrationStore(tmp_path / "r.db")
-    writer = BatchWriter(store, lambda: 5.0)
+    writer = BatchWriter(store.upsert_many_in_thread, lambda: 5.0)
     bad = Registration("log", "bad")
     bad.state = None  # type: ignore[assignment]  # violates NOT NULL
     results = await asyncio.gather(
@@ -75,3 +75,5 @@ async def test_writer_commits_a_turn_at_once_and_a_bad_one_fails_alone(tmp_path:
     assert store.count() == 10
     await asyncio.gather(*(writer.upsert(Registration("log", f"u{i}")) for i in range(20)))
     assert writer.batches == 1  # the twenty shared one transaction (the failed batch was retried one by one)
+    writer.close()
+    store.close()
