@@ -72,9 +72,11 @@ def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Han
 
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
     too_big = ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_big
-    data = bytearray()
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_big
+        return await request.read()  # bounded by the declared length
+    data = bytearray()  # chunked: count as it comes
     async for chunk in request.content.iter_any():
         data += chunk
         if len(data) > limit:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,14 @@ async def test_malformed_json_oversized_bodies_and_bad_parameters(api: Api) -> N
     assert status == 400 and "not valid JSON" in body["message"]
     status, body = await api.call("POST", "/v1/registrations", raw=b"{" + b" " * 70_000 + b"}")
     assert status == 413 and body["error"] == "body_too_large"
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b" " * 5000
+
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with api.http.post(api.base + "/v1/registrations", data=chunks(), headers=headers) as r:
+        assert r.status == 413 and (await r.json())["error"] == "body_too_large"
     status, body = await api.call("GET", "/v1/registrations?tags=severity:critical%20%26%26%20(a%20||")
     assert status == 400 and body["error"] == "bad_tag_expression" and body["position"] == 27
     assert "position 27" in body["message"]
@@ -156,7 +165,7 @@ async def test_malformed_json_oversized_bodies_and_bad_parameters(api: Api) -> N
     assert api.service.store.count() == 2
     async with api.http.get(api.base + "/metrics") as r:
         text = await r.text()
-    assert 'tocsin_api_rejected_total{route="register",status="413"} 1.0' in text
+    assert 'tocsin_api_rejected_total{route="register",status="413"} 2.0' in text
     assert 'tocsin_api_rejected_total{route="list",status="400"} 4.0' in text
 
 
