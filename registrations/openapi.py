@@ -122,21 +122,35 @@ PATHS: dict[str, Any] = {
             "responses": {"200": answer("Registrations", "C8yRegistrationList"), **C8Y_ERRORS},
         },
     },
-    "/registrations/{userId}": {
+    # One template for both (OpenAPI forbids two that differ only in a parameter's name): GET takes a user
+    # id, DELETE a device token, as in the gateway's API.
+    "/registrations/{id}": {
         "get": {
-            "summary": "Cumulocity push gateway: a user's registrations (admin)",
-            "parameters": [{"name": "userId", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": answer("Registrations", "C8yRegistrationList"), **C8Y_ERRORS},
-        }
-    },
-    "/registrations/{deviceToken}": {
-        "delete": {
-            "summary": "Cumulocity push gateway: unregister a device token",
+            "summary": "Cumulocity push gateway: a user's registrations (admin); id is the user id",
             "parameters": [
-                {"name": "deviceToken", "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "the Cumulocity user id",
+                }
+            ],
+            "responses": {"200": answer("Registrations", "C8yRegistrationList"), **C8Y_ERRORS},
+        },
+        "delete": {
+            "summary": "Cumulocity push gateway: unregister a device token; id is the device token",
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "the device token",
+                }
             ],
             "responses": {"204": answer("Unregistered"), **C8Y_ERRORS},
-        }
+        },
     },
 }
 
