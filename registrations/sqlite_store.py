@@ -302,8 +302,26 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _from_row(row: tuple[Any, ...]) -> Registration:
-    """``row`` is (rid, *_COLUMNS)."""
-    values = list(row[1:])
-    values[_TAGS] = tuple(values[_TAGS].split()) if values[_TAGS] else ()
-    values[_CHANNELS] = tuple(values[_CHANNELS].split()) if values[_CHANNELS] else ()
-    return Registration(*values)
+    """``row`` is (rid, *_COLUMNS); unpacked by name, as this runs for every registration resolved."""
+    (_, provider, token, user_id, app, environment, device_name, tags, locale, timezone, state, id_, created,
+     updated, channels, quiet_hours, badge, last_success, state_since) = row  # fmt: skip
+    return Registration(
+        provider,
+        token,
+        user_id,
+        app,
+        environment,
+        device_name,
+        tuple(tags.split()) if tags else (),
+        locale,
+        timezone,
+        state,
+        id_,
+        created,
+        updated,
+        tuple(channels.split()) if channels else (),
+        quiet_hours,
+        badge,
+        last_success,
+        state_since,
+    )
