@@ -40,7 +40,8 @@ class KeyRing:
     """``keys`` maps SHA-256 hex digests to who holds them.
 
     With no keys at all and ``open_loopback``, callers on the loopback interface are admin: the embedded
-    defaults then work without setup (the service only listens on 127.0.0.1 by default).
+    defaults then work without setup (the service only listens on 127.0.0.1 by default). Requests that a
+    reverse proxy forwarded (``Forwarded``, ``X-Forwarded-For``) do not count as local.
     """
 
     def __init__(self, keys: dict[str, Principal], open_loopback: bool = False) -> None:
@@ -50,7 +51,8 @@ class KeyRing:
     def authenticate(self, request: web.Request) -> Principal:
         key = presented_key(request)
         if key is None:
-            if self.open_loopback and _loopback(request.remote):
+            proxied = "Forwarded" in request.headers or "X-Forwarded-For" in request.headers
+            if self.open_loopback and _loopback(request.remote) and not proxied:
                 return Principal("loopback", admin=True)
             raise AuthError(401, "an API key is required (Authorization: Bearer <key>)")
         found = self.keys.get(digest(key))

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from service.cli import main
 from tests.conftest import RunningService
 from tests.integration.conftest import ADMIN, APNS, APP, Api
@@ -99,3 +101,9 @@ async def test_no_keys_configured_loopback_is_admin(running: RunningService, tmp
     assert code == 0, err
     await wait_until(lambda: running.printed.count() == 1, 10, "the push to the console")
     assert running.printed.lines()[0]["title"] == "Hello"
+    base = f"http://127.0.0.1:{running.service.http_port}/v1/registrations"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base) as r:
+            assert r.status == 200
+        async with http.get(base, headers={"X-Forwarded-For": "203.0.113.9"}) as r:
+            assert r.status == 401  # through a reverse proxy on this host: not local
