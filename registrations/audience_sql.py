@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from registrations import tagexpr
-from registrations.model import Audience
+from registrations.model import PROVIDERS, Audience
 
 ESTIMATE_CAP = 20_000  # counting a tag's index range costs time before the first batch
 
@@ -60,6 +60,11 @@ def compile_node(
     return "(" + joiner.join(compile_node(n, params, known, key) for n in node.items) + ")"
 
 
+def _tokens(tokens: tuple[str, ...], params: list[object]) -> str:
+    """Tokens of any provider, through the (provider, token) index rather than a scan."""
+    return f"r.provider IN ({_marks(PROVIDERS, params)}) AND r.token IN ({_marks(tokens, params)})"
+
+
 def _filters(audience: Audience, params: list[object], states: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     if states:
@@ -81,7 +86,7 @@ def _filters(audience: Audience, params: list[object], states: tuple[str, ...]) 
 def _selectors(audience: Audience, params: list[object]) -> list[str]:
     out: list[str] = []
     if audience.tokens:
-        out.append(f"r.token IN ({_marks(audience.tokens, params)})")
+        out.append(_tokens(audience.tokens, params))
     if audience.users:
         out.append(f"r.user_id IN ({_marks(audience.users, params)})")
     node = tag_node(audience)
@@ -121,7 +126,9 @@ def plans(audience: Audience, tag_rows: Callable[[str, int], int]) -> list[Plan]
         if not values:
             continue
         params = []
-        selector = f"{column} IN ({_marks(values, params)})"
+        selector = (
+            _tokens(values, params) if column == "r.token" else f"{column} IN ({_marks(values, params)})"
+        )
         own = tuple(params)
         where = [selector, *exclusions(params), *_filters(audience, params, active)]
         out.append(Plan(f"FROM registrations r WHERE {' AND '.join(where)}", tuple(params), "r.rid"))
