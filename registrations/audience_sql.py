@@ -165,3 +165,25 @@ def plans(audience: Audience, tag_rows: Callable[[str, int], int]) -> list[Plan]
             )
         )
     return out
+
+
+def page_plan(
+    audience: Audience, states: tuple[str, ...], tag_rows: Callable[[str, int], int]
+) -> Plan | None:
+    """For listing by a tag expression alone: one query driven by the tag index, in rid order (so it pages),
+    when the expression has a single tag every match carries. None: list with ``predicate`` instead."""
+    if audience.tags or audience.users or audience.tokens or not audience.expression:
+        return None
+    node = tagexpr.parse(audience.expression)
+    singles = [option[0] for option in tagexpr.driver_options(node) if len(option) == 1]
+    if not singles:
+        return None
+    tag = min(singles, key=lambda t: tag_rows(t, ESTIMATE_CAP)) if len(singles) > 1 else singles[0]
+    params: list[object] = [tag]
+    conds = [
+        "d.tag = ?",
+        compile_node(node, params, {tag: True}, "d.rid"),
+        *_filters(audience, params, states),
+    ]
+    sql = f"FROM registration_tags d CROSS JOIN registrations r ON r.rid = d.rid WHERE {' AND '.join(conds)}"
+    return Plan(sql, tuple(params), "d.rid")

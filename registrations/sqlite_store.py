@@ -256,12 +256,15 @@ class SqliteRegistrationStore:
     ) -> tuple[list[Registration], str | None]:
         """One page of the registrations matching ``where`` (everyone if it is empty), and the cursor of the
         next page (None on the last)."""
-        params: list[object] = []
-        sql = audience_sql.predicate(where, params, states=tuple(states))
         start = int(after) if after.isdigit() else 0
+        plan = audience_sql.page_plan(where, tuple(states), self._tag_rows)
+        if plan is None:
+            params: list[object] = []
+            sql = audience_sql.predicate(where, params, states=tuple(states))
+            plan = audience_sql.Plan(f"FROM registrations r WHERE {sql}", tuple(params), "r.rid")
         rows = self.db.execute(
-            f"SELECT {_SELECT} FROM registrations r WHERE {sql} AND r.rid > ? ORDER BY r.rid LIMIT ?",
-            [*params, start, limit],
+            f"SELECT {_SELECT} {plan.sql} AND {plan.key} > ? ORDER BY {plan.key} LIMIT ?",
+            [*plan.params, start, limit],
         ).fetchall()
         return [_from_row(r) for r in rows], str(rows[-1][0]) if len(rows) == limit else None
 

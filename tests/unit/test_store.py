@@ -75,6 +75,13 @@ def test_tag_expressions_in_sql_agree_with_the_reference_evaluation(tmp_path: Pa
         ]
         assert len(got) == len(set(got)), text
         assert set(got) == expected, text
+        listed, cursor = s.query(Audience(expression=text), limit=7)
+        while cursor is not None:
+            more, cursor = s.query(Audience(expression=text), after=cursor, limit=7)
+            listed += more
+        assert [r.token for r in listed] == [r.token for r in regs if r.token in expected], (
+            text
+        )  # pages, in order
         users = ("u1", "u3")
         mixed = [
             r.token for b in s.resolve(Audience(expression=text, users=users, tokens=("t2",)), 5) for r in b
