@@ -217,12 +217,25 @@ class RegistrationApi:
         principal = self.keys.authenticate(request)
         body = await parse(request, RegistrationIn)
         app = body.app if body.app is not None or principal.admin else principal.app
-        current = self.store.get(body.provider, body.token)
-        self._may_write(principal, app, current)
-        fields = body.model_dump(exclude={"tags", "channels", "app"})
-        reg = Registration(**fields, app=app, tags=tuple(body.tags), channels=tuple(body.channels))
+        known, current_app = self.store.app_of(body.provider, body.token)
+        if not principal.may_write(app) or (known and not principal.may_write(current_app)):
+            raise AuthError(403, f"the key of app {principal.app!r} may only change that app's registrations")
+        reg = Registration(
+            body.provider,
+            body.token,
+            user_id=body.user_id,
+            app=app,
+            environment=body.environment,
+            device_name=body.device_name,
+            tags=tuple(body.tags),
+            locale=body.locale,
+            timezone=body.timezone,
+            channels=tuple(body.channels),
+            quiet_hours=body.quiet_hours,
+            badge=body.badge,
+        )
         saved = await self._save(reg)
-        return web.json_response(to_json(saved), status=201 if current is None else 200)
+        return web.json_response(to_json(saved), status=200 if known else 201)
 
     def _path_token(self, request: web.Request) -> tuple[str, str]:
         provider, token = request.match_info["provider"], request.match_info["token"]

@@ -241,6 +241,13 @@ class SqliteRegistrationStore:
         ).fetchone()
         return _from_row(row) if row else None
 
+    def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
+        """Whether the token is registered, and to which app: what authorising a registration needs."""
+        row = self.db.execute(
+            "SELECT app FROM registrations WHERE provider = ? AND token = ?", (provider, token)
+        ).fetchone()
+        return (False, None) if row is None else (True, row[0])
+
     def by_token(self, token: str) -> list[Registration]:
         rows = self.db.execute(
             f"SELECT {_SELECT} FROM registrations r WHERE provider IN ({_PROVIDERS}) AND token = ?",
