@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,7 +12,14 @@ Provider = Literal["apns", "fcm", "log"]
 Environment = Literal["production", "sandbox"]
 State = Literal["active", "suspect", "invalid"]
 PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log")
+STATES: tuple[str, ...] = ("active", "suspect", "invalid")
 _TAG = re.compile(r"^[A-Za-z0-9_@#.:\-]{1,120}$")
+# APNs device tokens are 32 bytes, written as 64 hex digits (specs/push-providers.md).
+_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
+# FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
+_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?$")
+FCM_TOKEN_LENGTH = (32, 4096)
+_LOG_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 @dataclass(slots=True)
@@ -19,16 +27,29 @@ class Registration:
     provider: str
     token: str
     user_id: str | None = None
-    app: str | None = None
-    environment: str = "production"
+    app: str | None = None  # iOS bundle id or Android package name
+    environment: str = "production"  # APNs sandbox or production
     device_name: str | None = None
     tags: tuple[str, ...] = ()
     locale: str | None = None
     timezone: str | None = None
     state: str = "active"
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: new_id())
     created: float = 0.0
     updated: float = 0.0
+    channels: tuple[str, ...] = ()
+    quiet_hours: str | None = None  # "HH:MM-HH:MM" in the registration's time zone
+    badge: int | None = None
+    last_success: float | None = None
+    state_since: float | None = None  # when ``state`` last changed
+
+
+def new_id() -> str:
+    """32 hex digits: 48 bits of milliseconds, then 80 random bits (the layout of UUIDv7).
+
+    Ids made one after another sort together, so inserting them touches the end of the index, not a random
+    page of it: at a million registrations that is most of the cost of a write."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
 
 
 def check_tag(tag: str) -> str:
@@ -38,9 +59,66 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def check_token(provider: str, token: str) -> str:
+    """The token in the shape its provider issues; returns it normalised (APNs: lower-case hex)."""
+    if provider == "apns":
+        if not _APNS_TOKEN.match(token):
+            raise ValueError("an APNs device token is 64 hexadecimal characters")
+        return token.lower()
+    if provider == "fcm":
+        low, high = FCM_TOKEN_LENGTH
+        if not (low <= len(token) <= high) or not _FCM_TOKEN.match(token):
+            raise ValueError(
+                f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
+                "with at most one ':'"
+            )
+        return token
+    if provider == "log":
+        if not _LOG_TOKEN.match(token):
+            raise ValueError("a log token is 1-200 printable characters without spaces")
+        return token
+    raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
+
+
+_HHMM = r"([01]\d|2[0-3]):[0-5]\d"
+_QUIET = re.compile(rf"^{_HHMM}-{_HHMM}$")
+
+
+def check_quiet_hours(value: str) -> str:
+    if not _QUIET.match(value):
+        raise ValueError("quiet hours are 'HH:MM-HH:MM' (24 h clock, may wrap midnight, e.g. 22:00-07:00)")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Audience:
-    """Who a notification is for: registrations carrying any of ``tags`` or belonging to any of ``users``."""
+    """Who a notification is for.
+
+    Selectors add people: registrations carrying any of ``tags``, matching the tag ``expression``
+    (``severity:critical && (deviceId:all || deviceId:4711)``), of any of ``users``, or with any of
+    ``tokens``.
+    Filters narrow the result: ``channels`` (any of), ``platforms`` (providers), ``apps`` and the tag
+    expression ``where``. With filters but no selector, everyone passing the filters is in; an audience
+    with neither is empty.
+    """
 
     tags: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = ()
+    expression: str | None = None
+    channels: tuple[str, ...] = ()
+    platforms: tuple[str, ...] = ()
+    apps: tuple[str, ...] = ()
+    where: str | None = None  # a tag expression every member must also satisfy
+
+    @property
+    def has_selector(self) -> bool:
+        return bool(self.tags or self.users or self.tokens or self.expression)
+
+    @property
+    def has_filter(self) -> bool:
+        return bool(self.channels or self.platforms or self.apps or self.where)
+
+    @property
+    def empty(self) -> bool:
+        return not self.has_selector and not self.has_filter

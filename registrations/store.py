@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from registrations.model import Audience, Registration
@@ -16,11 +16,30 @@ class RegistrationStore(Protocol):
 
     def upsert(self, registration: Registration, now: float) -> Registration: ...
 
-    def remove(self, provider: str, token: str) -> bool: ...
+    def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
+        """All in one durable transaction: every registration is stored, or none is."""
+        ...
+
+    def remove(self, provider: str | None, token: str) -> bool:
+        """Delete ``token``'s registration (of any provider when ``provider`` is None)."""
+        ...
 
     def get(self, provider: str, token: str) -> Registration | None: ...
 
+    def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
+        """Whether the token is registered, and to which app."""
+        ...
+
+    def by_token(self, token: str) -> list[Registration]: ...
+
     def count(self) -> int: ...
+
+    def query(
+        self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
+    ) -> tuple[list[Registration], str | None]:
+        """One page of registrations matching ``where`` (everyone when it is empty), and the cursor to pass
+        as ``after`` for the next page (None after the last)."""
+        ...
 
     def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:
         """Active registrations in the audience, in batches, never all rows at once."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -21,6 +23,7 @@ class HealthSource(Protocol):
 
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 HEALTH_KEY: web.AppKey[HealthSource] = web.AppKey("health", HealthSource)
+OPENAPI_KEY: web.AppKey[bytes] = web.AppKey("openapi", bytes)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -49,12 +52,18 @@ async def index(request: web.Request) -> web.Response:
         {
             "service": "tocsin",
             "version": __version__,
-            "endpoints": ["/health", "/health/ready", "/metrics", "/v1/cluster"],
+            "endpoints": ["/health", "/health/ready", "/metrics", "/v1/cluster", "/openapi.json"],
         }
     )
 
 
-def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application:
+def build_app(
+    health_source: HealthSource,
+    metrics_: Metrics,
+    routes: Sequence[web.RouteDef] = (),
+    openapi: dict[str, Any] | None = None,
+) -> web.Application:
+    """``routes``: the API routes of the other parts (registrations, push), wired by the service."""
     app = web.Application(client_max_size=1024 * 1024)
     app[HEALTH_KEY] = health_source
     app[METRICS_KEY] = metrics_
@@ -63,4 +72,12 @@ def build_app(health_source: HealthSource, metrics_: Metrics) -> web.Application
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/cluster", cluster)
+    if openapi is not None:
+        app[OPENAPI_KEY] = json.dumps(openapi, indent=1).encode()
+        app.router.add_get("/openapi.json", openapi_document)
+    app.router.add_routes(routes)
     return app
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")

@@ -13,8 +13,11 @@ from types import TracebackType
 import aiomqtt
 from aiohttp import web
 
+from registrations.auth import KeyRing, Principal, digest
+from registrations.http import RegistrationApi
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.writer import BatchWriter
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
 from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
@@ -37,8 +40,10 @@ from service.notify.noise import NoiseControl, QuietHours, RateLimit, Silence
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
+from service.openapi import document
 from service.providers.base import Provider
 from service.providers.log import LogProvider
+from service.push_api import PushApi
 from service.reload import watch
 from service.sources.mqtt import MqttSource
 
@@ -47,6 +52,15 @@ log = logging.getLogger("tocsin")
 
 def rule_paths(config: Config) -> list[Path]:
     return list(config.rules.paths) or [EXAMPLES_DIR]
+
+
+def keyring(config: Config) -> KeyRing:
+    """API keys by SHA-256 digest; the plain keys are not kept."""
+    keys = {}
+    for k in config.api.keys:
+        hashed = k.api_key_sha256 or digest(k.api_key.get_secret_value())  # type: ignore[union-attr]
+        keys[hashed] = Principal(k.name, admin=k.role == "admin", app=k.app)
+    return KeyRing(keys, open_loopback=config.http.host in LOCAL_HOSTS)
 
 
 class Service:
@@ -101,6 +115,15 @@ class Service:
             self.noise,
             self.webhook,
         )
+        self.keys = keyring(config)
+        self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time)
+        rejected = self.metrics.api_rejected
+        self.registration_api = RegistrationApi(
+            self.store, self.writer, self.keys, lambda route, status: rejected.inc(route, str(status))
+        )
+        self.push_api = PushApi(
+            self.pipeline, self.keys, self.clock, lambda route, status: rejected.inc(route, str(status))
+        )
         self.source = MqttSource(
             config.mqtt,
             config.client_id,
@@ -134,6 +157,7 @@ class Service:
                 )
             self.dispatcher.guard = self.gate
         self.http_port: int | None = None
+        self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._timer_changed = asyncio.Event()
@@ -314,6 +338,7 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._stack.callback(self.store.close)
+        self._stack.callback(self.writer.close)
         if self.cluster is not None:
             self._stack.callback(self.ledger_store.close)
         self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
@@ -329,10 +354,14 @@ class Service:
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
+        self._stack.push_async_callback(self.push_api.close)
         if cfg.http.enabled:
-            app = build_app(self, self.metrics)
-            add_alert_routes(app, self.noise, self.clock)
-            runner = web.AppRunner(app, access_log=None)
+            if self.keys.open_loopback:
+                log.warning("no API keys configured (api.keys): callers on the loopback interface are admin")
+            routes = [*self.registration_api.routes(), *self.push_api.routes()]
+            self.http_app = build_app(self, self.metrics, routes, document())
+            add_alert_routes(self.http_app, self.noise, self.clock)
+            runner = web.AppRunner(self.http_app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)

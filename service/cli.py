@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules
-from service import __version__
+from service import __version__, cli_api
 from service.app import Service, rule_paths
 from service.config import Config, ConfigError, load_config
 from service.rules_cli import add_rules_commands
@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("config", nargs="?", help="YAML configuration file (or TOCSIN_CONFIG)")
     check.set_defaults(func=cmd_check)
     add_rules_commands(sub)
+    cli_api.add_commands(sub, _load)
     args = parser.parse_args(argv)
+    if args.command in ("registrations", "push"):
+        return cli_api.run(args)
     return int(args.func(args))
 
 

@@ -12,12 +12,21 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rules import yaml_source
 from service.cluster.timing import ClusterTiming
 
 ENV_PREFIX = "TOCSIN_"
+NOT_SETTINGS = frozenset({"TOCSIN_CONFIG", "TOCSIN_API_KEY"})  # read by the CLI, not configuration
 # A field named like this may instead be given as <name>_file: the path of a file holding the secret.
 SECRET_FIELDS = frozenset({"password", "token", "api_key", "private_key", "credentials"})
 
@@ -82,6 +91,36 @@ class RegistrationsConfig(_Section):
     path: Path | None = Field(None, description="default: <data_dir>/tocsin.db")
     seed: list[SeedRegistration] = Field(
         default_factory=_console, description="registrations created at start (the console one by default)"
+    )
+
+
+class ApiKeyConfig(_Section):
+    """One API key: ``role: admin`` for everything, or ``role: app`` with ``app`` for that app's tokens only.
+
+    Give the key itself as ``api_key`` (or ``api_key_file``), or only its SHA-256 hex digest as
+    ``api_key_sha256``; the service keeps nothing but the digest."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["admin", "app"]
+    app: str | None = None
+    api_key: SecretStr | None = None
+    api_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ApiKeyConfig:
+        if (self.api_key is None) == (self.api_key_sha256 is None):
+            raise ValueError("give exactly one of api_key, api_key_file or api_key_sha256")
+        if self.api_key is not None and len(self.api_key.get_secret_value()) < 16:
+            raise ValueError("an API key is at least 16 characters")
+        if (self.role == "app") != (self.app is not None):
+            raise ValueError("an app key names its app; an admin key names none")
+        return self
+
+
+class ApiConfig(_Section):
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="none: callers on the loopback interface are admin while http.host is loopback",
     )
 
 
@@ -156,6 +195,7 @@ class Config(_Section):
     providers: ProvidersConfig = ProvidersConfig()
     registrations: RegistrationsConfig = RegistrationsConfig()
     rules: RulesConfig = RulesConfig()
+    api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     cluster: ClusterConfig = ClusterConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -205,7 +245,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
 
     problems: list[str] = []
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == "TOCSIN_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
         if not all(keys):
@@ -262,6 +302,10 @@ def _read_secret_files(
         value = node[key]
         if isinstance(value, dict):
             _read_secret_files(value, (*path, key), where, problems)
+        elif isinstance(value, list):  # e.g. api.keys[i].api_key_file
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _read_secret_files(item, (*path, key, i), where, problems)
         elif isinstance(key, str) and key.endswith("_file") and key.removesuffix("_file") in SECRET_FIELDS:
             loc = (*path, key)
             field = ".".join(str(p) for p in loc)

@@ -50,6 +50,11 @@ class Metrics(Collector):
         self.rule_reloads = Counter(
             "tocsin_rule_reloads", "Rule reloads, by outcome (loaded, refused).", ("outcome",)
         )
+        self.api_rejected = Counter(
+            "tocsin_api_rejected",
+            "API requests refused with a 4xx, by route and status.",
+            ("route", "status"),
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )

@@ -78,7 +78,11 @@ class Pipeline:
         handed on before, decides what was already sent."""
         if dedup:
             self.metrics.rule_matches.inc(transition.rule, transition.state)
-        n = to_notification(transition, now)
+        return await self.submit(to_notification(transition, now), now, dedup)
+
+    async def submit(self, n: Notification, now: float, dedup: bool = True) -> int:
+        """A notification from a rule or ready-made (``POST /v1/push``, a test push): dedup, noise control,
+        then target and dispatch."""
         if dedup and not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
             return 0

@@ -1,0 +1,367 @@
+"""The registry's HTTP routes: the native API under ``/v1`` and the Cumulocity push gateway's API.
+
+Every refusal is a 4xx with a JSON body saying what is wrong: native routes answer
+``{"error", "message", "details"}``, the Cumulocity routes ``{"message"}`` as the gateway does. Nothing is
+written unless the whole request is valid; registrations are written through the group-commit writer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from registrations import tagexpr
+from registrations.auth import AuthError, KeyRing, Principal
+from registrations.model import STATES, Audience, Registration, check_tag, check_token
+from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
+from registrations.store import RegistrationStore
+from registrations.writer import BatchWriter
+
+log = logging.getLogger("tocsin.registrations")
+MAX_BODY = 64 * 1024
+MAX_PAGE = 1000
+C8Y_MAX_LIST = 10_000
+Style = Literal["native", "c8y"]
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RejectCounter = Callable[[str, int], None]
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, error: str, message: str, details: list[dict[str, Any]] | None = None, **extra: Any
+    ) -> None:
+        self.status, self.error, self.message = status, error, message
+        self.details, self.extra = details or [], extra
+        super().__init__(message)
+
+    def response(self, style: Style) -> web.Response:
+        if style == "c8y":
+            return web.json_response({"message": self.message}, status=self.status)
+        body: dict[str, Any] = {"error": self.error, "message": self.message, **self.extra}
+        if self.details:
+            body["details"] = self.details
+        return web.json_response(body, status=self.status)
+
+
+def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Handler], Handler]:
+    """Turns ApiError/AuthError into JSON answers, counting each refusal by route and status."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except AuthError as exc:
+                error = ApiError(
+                    exc.status, "unauthorized" if exc.status == 401 else "forbidden", exc.message
+                )
+            except ApiError as exc:
+                error = exc
+            on_reject(route, error.status)
+            return error.response(style)
+
+        return run
+
+    return wrap
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    too_big = ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise too_big
+        return await request.read()  # bounded by the declared length
+    data = bytearray()  # chunked: count as it comes
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise too_big
+    return bytes(data)
+
+
+def problems(exc: ValidationError) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(body)"
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif err["type"] == "json_invalid":
+            reason = f"not valid JSON: {err['ctx'].get('error', '')}".rstrip(": ")
+        else:
+            reason = err["msg"].removeprefix("Value error, ")
+        out.append({"field": field, "reason": reason})
+    return out
+
+
+async def parse(request: web.Request, model: type[M]) -> M:
+    body = await read_body(request)
+    try:
+        return model.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        details = problems(exc)
+        message = "; ".join(f"{d['field']}: {d['reason']}" for d in details)
+        raise ApiError(400, "invalid_body", message, details) from None
+
+
+def check_expression(text: str, field: str) -> str:
+    try:
+        tagexpr.parse(text)
+    except tagexpr.TagExpressionError as exc:
+        raise ApiError(
+            400,
+            "bad_tag_expression",
+            f"{field}: {exc}",
+            [{"field": field, "reason": str(exc)}],
+            position=exc.position,
+        ) from None
+    return text
+
+
+def timestamp(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_json(r: Registration) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "provider": r.provider,
+        "token": r.token,
+        "app": r.app,
+        "environment": r.environment,
+        "user_id": r.user_id,
+        "device_name": r.device_name,
+        "tags": list(r.tags),
+        "channels": list(r.channels),
+        "locale": r.locale,
+        "timezone": r.timezone,
+        "quiet_hours": r.quiet_hours,
+        "badge": r.badge,
+        "state": r.state,
+        "state_since": timestamp(r.state_since),
+        "created": timestamp(r.created),
+        "updated": timestamp(r.updated),
+        "last_success": timestamp(r.last_success),
+    }
+
+
+def c8y_user_tag(user_id: str) -> str:
+    """The gateway's tag for a user: ``userId:<id with @ written _at_>``."""
+    return "userId:" + user_id.replace("@", "_at_")
+
+
+def to_c8y(r: Registration) -> dict[str, Any]:
+    return {
+        "userId": r.user_id,
+        "bundleId": r.app,
+        "tags": list(r.tags),
+        "device": {
+            "deviceName": r.device_name,
+            "deviceToken": r.token,
+            "platform": "IOS" if r.provider == "apns" else "Android",
+        },
+    }
+
+
+_LIST_PARAMS = {"user_id", "app", "provider", "tags", "channel", "state", "token", "limit", "after"}
+
+
+class RegistrationApi:
+    def __init__(
+        self,
+        store: RegistrationStore,
+        writer: BatchWriter,
+        keys: KeyRing,
+        on_reject: RejectCounter = lambda route, status: None,
+    ) -> None:
+        self.store, self.writer, self.keys, self.on_reject = store, writer, keys, on_reject
+
+    def routes(self) -> list[web.RouteDef]:
+        def g(route: str, style: Style, handler: Handler) -> Handler:
+            return guarded(route, style, self.on_reject)(handler)
+
+        item = "/v1/registrations/{provider}/{token}"
+        return [
+            web.post("/v1/registrations", g("register", "native", self.register)),
+            web.get("/v1/registrations", g("list", "native", self.list)),
+            web.get(item, g("get", "native", self.get)),
+            web.patch(item, g("update", "native", self.update)),
+            web.delete(item, g("unregister", "native", self.unregister)),
+            web.post("/registrations", g("c8y_register", "c8y", self.c8y_register)),
+            web.get("/registrations", g("c8y_list", "c8y", self.c8y_list)),
+            web.get("/registrations/{userId}", g("c8y_user", "c8y", self.c8y_user)),
+            web.delete("/registrations/{deviceToken}", g("c8y_unregister", "c8y", self.c8y_unregister)),
+        ]
+
+    def admin(self, request: web.Request) -> Principal:
+        principal = self.keys.authenticate(request)
+        if not principal.admin:
+            raise AuthError(403, "this needs an admin key; app keys may only register and unregister")
+        return principal
+
+    def _may_write(self, principal: Principal, app: str | None, current: Registration | None) -> None:
+        if not principal.may_write(app) or (current is not None and not principal.may_write(current.app)):
+            raise AuthError(403, f"the key of app {principal.app!r} may only change that app's registrations")
+
+    async def _save(self, reg: Registration) -> Registration:
+        return await self.writer.upsert(reg)
+
+    # -- native ---------------------------------------------------------------------------------------------
+    async def register(self, request: web.Request) -> web.Response:
+        principal = self.keys.authenticate(request)
+        body = await parse(request, RegistrationIn)
+        app = body.app if body.app is not None or principal.admin else principal.app
+        known, current_app = self.store.app_of(body.provider, body.token)
+        if not principal.may_write(app) or (known and not principal.may_write(current_app)):
+            raise AuthError(403, f"the key of app {principal.app!r} may only change that app's registrations")
+        reg = Registration(
+            body.provider,
+            body.token,
+            user_id=body.user_id,
+            app=app,
+            environment=body.environment,
+            device_name=body.device_name,
+            tags=tuple(body.tags),
+            locale=body.locale,
+            timezone=body.timezone,
+            channels=tuple(body.channels),
+            quiet_hours=body.quiet_hours,
+            badge=body.badge,
+        )
+        saved = await self._save(reg)
+        return web.json_response(to_json(saved), status=200 if known else 201)
+
+    def _path_token(self, request: web.Request) -> tuple[str, str]:
+        provider, token = request.match_info["provider"], request.match_info["token"]
+        try:
+            return provider, check_token(provider, token)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
+
+    def _existing(self, provider: str, token: str) -> Registration:
+        found = self.store.get(provider, token)
+        if found is None:
+            raise ApiError(404, "not_found", f"no {provider} registration with this token")
+        return found
+
+    async def get(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        return web.json_response(to_json(self._existing(*self._path_token(request))))
+
+    async def update(self, request: web.Request) -> web.Response:
+        principal = self.keys.authenticate(request)
+        provider, token = self._path_token(request)
+        patch = await parse(request, RegistrationPatch)
+        current = self._existing(provider, token)
+        self._may_write(principal, current.app, current)
+        for name in patch.model_fields_set:
+            value = getattr(patch, name)
+            setattr(current, name, tuple(value) if isinstance(value, list) else value)
+        return web.json_response(to_json(await self._save(current)))
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        principal = self.keys.authenticate(request)
+        provider, token = self._path_token(request)
+        current = self._existing(provider, token)
+        self._may_write(principal, current.app, current)
+        self.store.remove(provider, token)
+        return web.Response(status=204)
+
+    async def list(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        q = request.query
+        unknown = sorted(set(q) - _LIST_PARAMS)
+        if unknown:
+            raise ApiError(
+                400,
+                "unknown_parameter",
+                f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(_LIST_PARAMS))}",
+                [{"field": u, "reason": "unknown query parameter"} for u in unknown],
+            )
+        try:
+            limit = int(q.get("limit", "100"))
+            if not 1 <= limit <= MAX_PAGE:
+                raise ValueError
+        except ValueError:
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                f"limit: a whole number from 1 to {MAX_PAGE}",
+                [{"field": "limit", "reason": f"a whole number from 1 to {MAX_PAGE}"}],
+            ) from None
+        states = tuple(q.getall("state", []))
+        for s in states:
+            if s not in STATES:
+                raise ApiError(
+                    400,
+                    "invalid_parameter",
+                    f"state: one of {', '.join(STATES)}",
+                    [{"field": "state", "reason": f"one of {', '.join(STATES)}"}],
+                )
+        expression = q.get("tags")
+        if expression is not None:
+            check_expression(expression, "tags")
+        where = Audience(
+            users=tuple(q.getall("user_id", [])),
+            tokens=tuple(q.getall("token", [])),
+            expression=expression,
+            apps=tuple(q.getall("app", [])),
+            platforms=tuple(q.getall("provider", [])),
+            channels=tuple(q.getall("channel", [])),
+        )
+        page, following = self.store.query(where, states=states, after=q.get("after", ""), limit=limit)
+        return web.json_response({"items": [to_json(r) for r in page], "next": following})
+
+    # -- Cumulocity push gateway ----------------------------------------------------------------------------
+    async def c8y_register(self, request: web.Request) -> web.Response:
+        principal = self.keys.authenticate(request)
+        body = await parse(request, C8yRegistration)
+        provider = "apns" if body.device.platform == "IOS" else "fcm"
+        try:
+            token = check_token(provider, body.device.deviceToken)
+            tags = (*body.tags, check_tag(c8y_user_tag(body.userId)), check_tag(f"bundleId:{body.bundleId}"))
+        except ValueError as exc:
+            raise ApiError(400, "invalid_body", str(exc)) from None
+        current = self.store.get(provider, token)
+        self._may_write(principal, body.bundleId, current)
+        reg = Registration(
+            provider,
+            token,
+            user_id=body.userId,
+            app=body.bundleId,
+            device_name=body.device.deviceName,
+            tags=tuple(dict.fromkeys(tags)),
+        )
+        await self._save(reg)
+        return web.Response(status=204)
+
+    async def c8y_list(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        tag = request.query.get("tag")
+        if tag is not None:
+            check_expression(tag, "tag")
+        page, _ = self.store.query(Audience(expression=tag), limit=C8Y_MAX_LIST)
+        return web.json_response([to_c8y(r) for r in page])
+
+    async def c8y_user(self, request: web.Request) -> web.Response:
+        self.admin(request)
+        page, _ = self.store.query(Audience(users=(request.match_info["userId"],)), limit=C8Y_MAX_LIST)
+        return web.json_response([to_c8y(r) for r in page])
+
+    async def c8y_unregister(self, request: web.Request) -> web.Response:
+        principal = self.keys.authenticate(request)
+        token = request.match_info["deviceToken"]
+        found = self.store.by_token(token) or self.store.by_token(token.lower())
+        if not found:
+            raise ApiError(400, "not_found", "The device token is not yet registered.")
+        for reg in found:
+            self._may_write(principal, reg.app, reg)
+        for reg in found:
+            self.store.remove(reg.provider, reg.token)
+        return web.Response(status=204)

@@ -1,0 +1,77 @@
+"""The OpenAPI document served at ``/openapi.json``: the service's own paths plus each module's fragment.
+
+tests/integration/test_openapi.py checks it against the routes the running app really has, both ways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registrations import openapi as reg
+from registrations.schemas import C8yNotification
+from service import __version__
+from service.push_api import PushIn
+
+_PLAIN = {"200": {"description": "OK"}}
+SERVICE_PATHS: dict[str, Any] = {
+    "/": {"get": {"summary": "Name, version and main endpoints", "security": [], "responses": _PLAIN}},
+    "/health": {
+        "get": {"summary": "Liveness; the body says what is degraded", "security": [], "responses": _PLAIN}
+    },
+    "/health/ready": {
+        "get": {
+            "summary": "Readiness: 503 until events can be received",
+            "security": [],
+            "responses": {**_PLAIN, "503": {"description": "Not ready"}},
+        }
+    },
+    "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": [], "responses": _PLAIN}},
+    "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": _PLAIN}},
+}
+PUSH_PATHS: dict[str, Any] = {
+    "/v1/push": {
+        "post": {
+            "summary": "Send a notification to an audience, now or at schedule_at (admin)",
+            "requestBody": reg.body(PushIn),
+            "responses": {
+                "202": {
+                    "description": "Accepted: id of the notification; fan-out runs in the background",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "scheduled_for": {"type": ["string", "null"], "format": "date-time"},
+                                    "expires": {"type": "string", "format": "date-time"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "413": reg.answer("Body larger than 64 KiB", "Error"),
+                **reg.NATIVE_ERRORS,
+            },
+        }
+    },
+    "/notification": {
+        "post": {
+            "summary": "Cumulocity: notify receivers, or registrations matching any of tags (admin)",
+            "requestBody": reg.body(C8yNotification),
+            "responses": {"204": {"description": "Accepted"}, **reg.C8Y_ERRORS},
+        }
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "tocsin", "version": __version__},
+        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS},
+        "components": {
+            "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn)},
+            "securitySchemes": reg.SECURITY_SCHEMES,
+        },
+        "security": [{"apiKey": []}, {"bearer": []}, {"basic": []}],
+    }

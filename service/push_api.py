@@ -1,0 +1,199 @@
+"""``POST /v1/push`` (native) and ``POST /notification`` (Cumulocity push gateway): a notification to an
+audience, handed to the notify pipeline. Answers at once (202 with the notification id); fan-out runs in the
+background, at ``schedule_at`` when given.
+
+Scheduled pushes wait in memory: a restart before their time loses them (the durable outbox is the
+push-delivery issue's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from typing import Literal
+
+from aiohttp import web
+from pydantic import Field, model_validator
+
+from registrations.auth import KeyRing
+from registrations.http import ApiError, RejectCounter, guarded, parse, timestamp
+from registrations.http import check_expression as checked
+from registrations.model import Audience
+from registrations.schemas import AudienceIn, C8yNotification, Strict
+from service.clock import Clock
+from service.notify.model import Notification
+from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
+
+log = logging.getLogger("tocsin.push")
+MAX_SCHEDULE_S = 30 * 86400
+MAX_EXPIRY_S = 28 * 86400  # APNs and FCM keep a message at most about four weeks
+
+
+class PushIn(Strict):
+    audience: AudienceIn
+    title: str = Field(min_length=1, max_length=1000)
+    body: str = Field(default="", max_length=4000)
+    data: dict[str, str] = Field(default_factory=dict, max_length=50)
+    severity: Literal["info", "warning", "minor", "major", "critical"] = "info"
+    schedule_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default now")
+    expires_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default 1 h")
+
+    @model_validator(mode="after")
+    def _zones(self) -> PushIn:
+        for name in ("schedule_at", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T08:00:00Z)")
+        return self
+
+
+def audience_of(a: AudienceIn) -> Audience:
+    return Audience(
+        users=tuple(a.users),
+        tokens=tuple(a.tokens),
+        expression=checked(a.tags, "audience.tags") if a.tags else None,
+        channels=tuple(a.channels),
+        platforms=tuple(a.platforms),
+        apps=tuple(a.apps),
+    )
+
+
+def c8y_audience(body: C8yNotification) -> Audience:
+    """Receivers select (users, tokens); ``tags`` (any of, each a tag expression) filter them, or with no
+    receiver select on their own; neither is a broadcast, as in the gateway."""
+    exprs = [checked(t, f"tags[{i}]") for i, t in enumerate(body.tags)]
+    either = " || ".join(f"({e})" for e in exprs) or None
+    receiver = body.receiver
+    if receiver is not None and (receiver.userIds or receiver.deviceTokens):
+        return Audience(users=tuple(receiver.userIds), tokens=tuple(receiver.deviceTokens), where=either)
+    if either:
+        return Audience(expression=either)
+    return Audience(platforms=("apns", "fcm"))
+
+
+class PushApi:
+    def __init__(
+        self, pipeline: Pipeline, keys: KeyRing, clock: Clock, on_reject: RejectCounter = lambda r, s: None
+    ) -> None:
+        self.pipeline, self.keys, self.clock, self.on_reject = pipeline, keys, clock, on_reject
+        self._tasks: set[asyncio.Task[int]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/push", guarded("push", "native", self.on_reject)(self.push)),
+            web.post(
+                "/notification", guarded("c8y_notification", "c8y", self.on_reject)(self.c8y_notification)
+            ),
+        ]
+
+    def _admin(self, request: web.Request) -> None:
+        if not self.keys.authenticate(request).admin:
+            raise ApiError(403, "forbidden", "sending needs an admin key")
+
+    async def push(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        body = await parse(request, PushIn)
+        now = self.clock.time()
+        audience = audience_of(body.audience)
+        at = body.schedule_at.timestamp() if body.schedule_at else now
+        expires = body.expires_at.timestamp() if body.expires_at else max(at, now) + DEFAULT_EXPIRY_S
+        if at > now + MAX_SCHEDULE_S:
+            raise ApiError(
+                400,
+                "invalid_body",
+                "schedule_at: at most 30 days ahead",
+                [{"field": "schedule_at", "reason": "at most 30 days ahead"}],
+            )
+        if expires <= max(at, now) or expires > max(at, now) + MAX_EXPIRY_S:
+            reason = "must be after schedule_at (or now) and at most 28 days after it"
+            raise ApiError(
+                400, "invalid_body", f"expires_at: {reason}", [{"field": "expires_at", "reason": reason}]
+            )
+        n = self.notification(audience, body.title, body.body, dict(body.data), body.severity, now, expires)
+        self.submit(n, at)
+        scheduled = timestamp(at) if at > now else None
+        return web.json_response(
+            {"id": n.nid, "scheduled_for": scheduled, "expires": timestamp(expires)}, status=202
+        )
+
+    async def c8y_notification(self, request: web.Request) -> web.Response:
+        self._admin(request)
+        body = await parse(request, C8yNotification)
+        now = self.clock.time()
+        alarm = body.message.body.alarmId
+        n = self.notification(
+            c8y_audience(body),
+            body.message.title,
+            "",
+            {"alarmId": alarm},
+            "info",
+            now,
+            now + DEFAULT_EXPIRY_S,
+        )
+        self.submit(n, now)
+        return web.Response(status=204)
+
+    def notification(
+        self,
+        audience: Audience,
+        title: str,
+        text: str,
+        data: dict[str, str],
+        severity: str,
+        now: float,
+        expires: float,
+    ) -> Notification:
+        nid = uuid.uuid4().hex
+        return Notification(
+            nid=nid,
+            alert_id=nid,
+            episode=nid,
+            rule="api:push",
+            state="firing",
+            severity=severity,
+            title=title,
+            body=text,
+            labels={},
+            audience=audience,
+            created=now,
+            expires=expires,
+            data=data,
+        )
+
+    def submit(self, n: Notification, at: float) -> None:
+        delay = at - self.clock.time()
+        if delay > 0:
+            loop = asyncio.get_running_loop()
+
+            def fire() -> None:
+                self._timers.discard(handle)
+                self._start(n)
+
+            handle = loop.call_later(delay, fire)
+            self._timers.add(handle)
+        else:
+            self._start(n)
+
+    def _start(self, n: Notification) -> None:
+        task = asyncio.create_task(self._send(n), name=f"push-{n.nid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, n: Notification) -> int:
+        try:
+            count = await self.pipeline.submit(n, self.clock.time())
+            log.info("push %s handed %d deliveries to the providers", n.nid, count)
+            return count
+        except Exception:
+            log.exception("push %s failed", n.nid)
+            return 0
+
+    async def close(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
