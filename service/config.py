@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from rules import yaml_source
+from service.push_config import ApnsConfig, DeliveryConfig, FcmConfig
 
 ENV_PREFIX = "TOCSIN_"
 # A field named like this may instead be given as <name>_file: the path of a file holding the secret.
@@ -61,6 +62,8 @@ class LogProviderConfig(_Section):
 
 class ProvidersConfig(_Section):
     log: LogProviderConfig = LogProviderConfig()
+    apns: ApnsConfig = ApnsConfig()
+    fcm: FcmConfig = FcmConfig()
 
 
 class SeedRegistration(_Section):
@@ -105,6 +108,7 @@ class Config(_Section):
     registrations: RegistrationsConfig = RegistrationsConfig()
     rules: RulesConfig = RulesConfig()
     notify: NotifyConfig = NotifyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("data_dir")

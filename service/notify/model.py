@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from registrations.model import Audience, Registration
 from rules.event import short_hash
+from service.notify.options import DEFAULT_OPTIONS, PushOptions
 
 
 @dataclass(slots=True)
@@ -24,6 +25,7 @@ class Notification:
     created: float
     expires: float
     data: Mapping[str, str] = field(default_factory=dict)
+    options: PushOptions = DEFAULT_OPTIONS  # push type, priority, badge, sound, ... (providers map them)
 
 
 def notification_key(alert_id: str, episode: str, state: str) -> str:
