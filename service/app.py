@@ -22,10 +22,13 @@ from service.config import Config
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
+from service.notify.model import Delivery
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
+from service.outbox import Outbox
 from service.providers.base import Provider
-from service.providers.log import LogProvider
+from service.providers.registry import build_providers
+from service.report_api import add_report_routes
 from service.sources.mqtt import MqttSource
 
 log = logging.getLogger("tocsin")
@@ -52,7 +55,8 @@ class Service:
         self.engine = RuleEngine(self.ruleset)
         self.state = EngineState()
         self.store = SqliteRegistrationStore(config.store_path)
-        self.providers: dict[str, Provider] = providers or {"log": LogProvider(config.providers.log)}
+        self.providers: dict[str, Provider] = providers or build_providers(config)
+        self.outbox = Outbox(config.store_path)
         self.dispatcher = Dispatcher(
             self.providers,
             self.store,
@@ -60,6 +64,10 @@ class Service:
             self.clock,
             config.notify.queue_size,
             config.notify.max_attempts,
+            outbox=self.outbox,
+            retry_base_s=config.delivery.retry_base_s,
+            retry_cap_s=config.delivery.retry_cap_s,
+            pause_probe_s=config.delivery.pause_probe_s,
         )
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
@@ -78,6 +86,7 @@ class Service:
         self.http_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
         self._timer_changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self.metrics.gauge(
@@ -89,6 +98,11 @@ class Service:
             "tocsin_dispatch_queue_depth",
             "Deliveries waiting for a provider.",
             lambda: float(self.dispatcher.queue.qsize()),
+        )
+        self.metrics.gauge(
+            "tocsin_deliveries_parked",
+            "Deliveries waiting for a paused provider credential.",
+            lambda: float(self.dispatcher.parked_count),
         )
         self.metrics.gauge(
             "tocsin_open_alerts", "Alerts pending, firing or watched.", lambda: float(len(self.state.alerts))
@@ -158,6 +172,7 @@ class Service:
     async def _start(self) -> None:
         cfg = self.config
         self._stack.callback(self.store.close)
+        self._stack.callback(self.outbox.close)
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -169,8 +184,15 @@ class Service:
         self.dispatcher.start()
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.dispatcher.stop)
+        self._background = [
+            asyncio.create_task(self._recover(), name="outbox-recovery"),
+            asyncio.create_task(self._purge_reports(), name="report-retention"),
+        ]
+        self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
-            runner = web.AppRunner(build_app(self, self.metrics), access_log=None)
+            app = build_app(self, self.metrics)
+            add_report_routes(app, self.outbox)
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
@@ -192,6 +214,39 @@ class Service:
             len(self.ruleset.rules),
             cfg.store_path,
         )
+
+    async def _recover(self) -> None:
+        """After a restart: send again every outbox row still pending (never sent, or never answered)."""
+        now = self.clock.time()
+        pending = list(self.outbox.pending())
+        resent = 0
+        for n, provider, token, attempts in pending:
+            reg = self.store.get(provider, token)
+            delivery = Delivery(n, reg or Registration(provider, token), attempts)
+            if reg is None or reg.state != "active":
+                self.outbox.finish(delivery, "failed", "registration_gone", now)
+                continue
+            await self.dispatcher.resubmit(delivery)
+            resent += 1
+        if pending:
+            log.info("outbox: %d pending deliveries from before the restart queued again", resent)
+
+    async def _purge_reports(self) -> None:
+        retention = self.config.delivery.report_retention_s
+        while True:
+            try:
+                removed = self.outbox.purge(self.clock.time() - retention)
+                if removed:
+                    log.info("forgot the delivery reports of %d notifications past retention", removed)
+            except Exception:
+                self.metrics.internal_errors.inc("outbox_purge")
+                log.exception("purging old delivery reports failed")
+            await asyncio.sleep(min(3600.0, retention / 10))
+
+    async def _cancel_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _cancel_tasks(self) -> None:
         for task in self._tasks:

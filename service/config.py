@@ -92,7 +92,7 @@ class RulesConfig(_Section):
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
     queue_size: int = Field(100_000, ge=100)
-    max_attempts: int = Field(5, ge=1)
+    max_attempts: int = Field(30, ge=1, description="sends per delivery; retries also stop at its expiry")
 
 
 class LoggingConfig(_Section):

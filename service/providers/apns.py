@@ -197,9 +197,10 @@ class ApnsProvider:
             apns_payload.check_size(n, body)
         except apns_payload.PayloadTooLarge as exc:
             return Rejected(str(exc))
-        ttl = int(n.expires - time.time())
-        if ttl <= 0:
+        remaining = n.expires - time.time()
+        if remaining <= 0:
             return Rejected("expired before it could be sent")
+        ttl = max(1, int(remaining))
         try:
             client = self._client(app, cfg, reg.environment)
         except (OSError, ValueError, ssl.SSLError) as exc:

@@ -125,9 +125,10 @@ class FcmProvider:
 
     async def send(self, delivery: Delivery) -> Outcome:
         n, reg = delivery.notification, delivery.registration
-        ttl = int(n.expires - time.time())
-        if ttl <= 0:
+        remaining = n.expires - time.time()
+        if remaining <= 0:
             return Rejected("expired before it could be sent")
+        ttl = max(1, int(remaining))
         body = json.dumps({"message": message(n, reg.token, ttl)}, separators=(",", ":"))
         if len(body) > MAX_MESSAGE + 1024:
             return Rejected(

@@ -115,6 +115,7 @@ class FakeFCM:
 
     def __post_init__(self) -> None:
         self.sent: list[Sent] = []
+        self.answers: list[tuple[float, str, int]] = []  # (time, token, status) of every answered send
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self.tokens_issued = 0
@@ -185,9 +186,12 @@ class FakeFCM:
     async def _send(self, request: web.Request) -> web.Response:
         if self.stall:
             await asyncio.Event().wait()
+        raw = await request.read()
         try:
-            sent = self._check(request, await request.read())
+            sent = self._check(request, raw)
         except _Error as e:
+            if self.record:
+                self.answers.append((time.monotonic(), _token_of(raw), e.status))
             reason = e.code or _STATUS.get(e.status, "ERROR")
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             headers = {"Retry-After": str(int(self._retry_after))} if self._retry_after is not None else {}
@@ -197,6 +201,7 @@ class FakeFCM:
         self.accepted += 1
         if self.record:
             self.sent.append(sent)
+            self.answers.append((time.monotonic(), sent.token, 200))
         name = f"projects/{sent.project}/messages/0:{time.time_ns()}%{secrets.token_hex(8)}"
         return web.json_response({"name": name})
 
@@ -278,6 +283,13 @@ class FakeFCM:
         if token in self.other_sender:
             raise _Error(403, "SenderId mismatch", "SENDER_ID_MISMATCH")
         return Sent(project, msg, bool(doc.get("validate_only")))
+
+
+def _token_of(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["message"]["token"])
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _grant_error(error: str, description: str) -> web.Response:
