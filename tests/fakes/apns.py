@@ -87,6 +87,7 @@ class FakeAPNs:
     fail_next: deque[tuple[int, str]] = field(default_factory=deque)
     outage: tuple[int, str] | None = None
     stall: bool = False
+    stall_after: int | None = None  # stall every request once this many were accepted
     max_token_age_s: float = 3600.0
     min_token_change_s: float = 20 * 60
     record: bool = True
@@ -96,6 +97,7 @@ class FakeAPNs:
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self.requests = 0
+        self.stalled = 0
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
@@ -312,7 +314,8 @@ class _Connection(asyncio.Protocol):
         headers, dup, body = self.streams.pop(stream_id)
         fake = self.fake
         fake.requests += 1
-        if fake.stall:
+        if fake.stall or (fake.stall_after is not None and fake.accepted >= fake.stall_after):
+            fake.stalled += 1
             return
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
         try:

@@ -110,6 +110,7 @@ class FakeFCM:
     outage: tuple[str, float | None] | None = None
     token_outage: bool = False
     stall: bool = False
+    stall_after: int | None = None  # stall every send once this many were accepted
     token_lifetime_s: int = 3600
     record: bool = True
 
@@ -121,6 +122,8 @@ class FakeFCM:
         self.tokens_issued = 0
         self._live: dict[str, tuple[str, float]] = {}  # access token -> (project, expiry)
         self._runner: web.AppRunner | None = None
+        self._release = asyncio.Event()
+        self.stalled = 0
 
     def add_account(self, key_id: str, email: str, project: str, public_pem: str) -> None:
         self.accounts[key_id] = Account(email, project, public_pem)
@@ -144,6 +147,7 @@ class FakeFCM:
         return self
 
     async def stop(self) -> None:
+        self._release.set()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -184,8 +188,10 @@ class FakeFCM:
 
     # -- FCM HTTP v1 ----------------------------------------------------------------------------------------
     async def _send(self, request: web.Request) -> web.Response:
-        if self.stall:
-            await asyncio.Event().wait()
+        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
+            self.stalled += 1
+            await self._release.wait()  # never answered while the fake runs
+            raise web.HTTPServiceUnavailable()
         raw = await request.read()
         try:
             sent = self._check(request, raw)
