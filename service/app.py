@@ -68,6 +68,7 @@ class Service:
             retry_base_s=config.delivery.retry_base_s,
             retry_cap_s=config.delivery.retry_cap_s,
             pause_probe_s=config.delivery.pause_probe_s,
+            workers=config.delivery.workers,
         )
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),

@@ -71,3 +71,6 @@ class DeliveryConfig(_Section):
     retry_base_s: float = Field(0.5, gt=0, description="first retry waits up to this (full jitter)")
     retry_cap_s: float = Field(60.0, gt=0, description="longest wait between retries")
     pause_probe_s: float = Field(30.0, gt=0, description="a paused credential is tried again this often")
+    workers: int = Field(
+        64, ge=1, le=10_000, description="deliveries in flight at once (HTTP/2 streams and HTTP connections)"
+    )

@@ -9,6 +9,7 @@ whose answer does not come: both are handled here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import ssl
@@ -62,12 +63,25 @@ async def _quiet(request: NotificationRequest, result: NotificationResult) -> No
     """aioapns logs every failure at ERROR; the dispatcher logs outcomes with their meaning instead."""
 
 
+class _LeanProtocol(APNsProductionClientProtocol):
+    """aioapns's protocol with cheaper header encoding: HPACK without Huffman coding (pure-Python Huffman
+    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.config.validate_outbound_headers = False
+        self.conn.config.normalize_outbound_headers = False
+        encoder = self.conn.encoder
+        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
+        super().connection_made(transport)
+
+
 def _endpoint(url: str) -> type[APNsProductionClientProtocol]:
+    """aioapns has no host option: a protocol class carrying the configured host and port (spec §2.3)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"APNs endpoint {url!r} must be https://host[:port]")
     attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
-    return type("ConfiguredAPNsEndpoint", (APNsProductionClientProtocol,), attrs)
+    return type("ConfiguredAPNsEndpoint", (_LeanProtocol,), attrs)
 
 
 def _credential_file(app: ApnsAppConfig) -> Path | None:
@@ -93,6 +107,8 @@ class ApnsProvider:
         self._checked: dict[str, float] = {}
         self.problems: dict[str, str] = {}  # app -> why its credential is paused
         self._renewed: set[str] = set()  # apps whose tokens were just regenerated after ExpiredProviderToken
+        self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
+        self._gates: dict[tuple[str, str], asyncio.Lock] = {}
 
     @property
     def degraded(self) -> str | None:
@@ -139,6 +155,7 @@ class ApnsProvider:
     def _drop(self, app: str) -> None:
         for key in [k for k in self._clients if k[0] == app]:
             self._clients.pop(key).pool.close()
+            self._warm.discard(key)
 
     def _build(self, app: str, cfg: ApnsAppConfig, environment: str) -> APNs:
         url = self.config.sandbox_url if environment == "sandbox" else self.config.production_url
@@ -217,6 +234,19 @@ class ApnsProvider:
             push_type=_push_type(n.options.push_type),
             apns_topic=apns_payload.topic(app, n.options.push_type),
         )
+        key = (app, reg.environment)
+        if key not in self._warm:
+            # Apple allows one stream until a request with a valid token was answered; aioapns would open
+            # hundreds on a fresh connection before the server's settings arrive. The first goes alone.
+            async with self._gates.setdefault(key, asyncio.Lock()):
+                if key not in self._warm:
+                    outcome = await self._send(app, reg.environment, client, request)
+                    if isinstance(outcome, Delivered | TokenInvalid | TokenSuspect | Rejected):
+                        self._warm.add(key)
+                    return outcome
+        return await self._send(app, reg.environment, client, request)
+
+    async def _send(self, app: str, environment: str, client: APNs, request: NotificationRequest) -> Outcome:
         try:
             result = await asyncio.wait_for(client.send_notification(request), self.config.timeout_s)
         except TimeoutError:
@@ -224,7 +254,10 @@ class ApnsProvider:
             return Retry("APNs did not answer in time")
         except (MaxAttemptsExceeded, ConnectionError, OSError) as exc:
             return Retry(f"cannot reach APNs: {exc.__class__.__name__}")
-        return self._outcome(app, reg.environment, result)
+        except Exception as exc:  # h2 protocol errors and the like: a new try on a fresh connection
+            log.warning("APNs client error for %s: %s: %s", app, exc.__class__.__name__, exc)
+            return Retry(f"APNs client error: {exc.__class__.__name__}")
+        return self._outcome(app, environment, result)
 
     def _abandon(self, client: APNs, notification_id: str) -> None:
         """A stalled connection holds its streams forever: close it, aioapns opens a fresh one."""

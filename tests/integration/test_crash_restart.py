@@ -55,6 +55,7 @@ def _config(
             },
             "fcm": {"credentials_path": str(sa), "send_url": fcm.url, "timeout_s": 120},
         },
+        "delivery": {"workers": 4},  # four requests in flight: all four stall, then the kill
         "registrations": {"seed": [{"provider": p, "token": t, "tags": ["home"]} for p, t in tokens]},
     }
     path = tmp / "tocsin.yaml"
