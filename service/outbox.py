@@ -119,10 +119,10 @@ class Outbox:
         if len(self._finals) >= FLUSH_ROWS:
             self.flush()
         elif not self._flush_scheduled:
-            self._flush_scheduled = True
             try:
                 asyncio.get_running_loop().call_soon(self._scheduled_flush)
-            except RuntimeError:
+                self._flush_scheduled = True
+            except RuntimeError:  # no loop (tools, tests): write at once
                 self.flush()
 
     def _scheduled_flush(self) -> None:
