@@ -36,8 +36,12 @@ def _m1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX idx_outbox_notifications_created ON outbox_notifications(created)")
 
 
+def _m2_badges(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE badges (registration_id TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID")
+
+
 # Append only, like the registry's: each runs once per database, in order, in a transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_badges]
 FLUSH_ROWS = 2000
 
 
@@ -153,6 +157,19 @@ class Outbox:
             db.execute("ROLLBACK")
             self._notifications, self._rows, self._finals = notifications, rows, finals
             raise
+
+    def next_badge(self, registration_id: str) -> int:
+        """Increment and return the registration's badge count (for ``badge_increment``)."""
+        row = self.db.execute(
+            "INSERT INTO badges VALUES (?, 1) ON CONFLICT(registration_id) DO UPDATE SET count = count + 1"
+            " RETURNING count",
+            [registration_id],
+        ).fetchone()
+        return int(row[0])
+
+    def reset_badge(self, registration_id: str) -> None:
+        """The app was opened and cleared its badge."""
+        self.db.execute("DELETE FROM badges WHERE registration_id = ?", [registration_id])
 
     # -- reads ----------------------------------------------------------------------------------------------
     def pending(self) -> Iterator[tuple[Notification, str, str, int]]:

@@ -10,6 +10,7 @@ probes it every ``pause_probe_s``; when a probe gets through, the parked ones go
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping
@@ -135,6 +136,8 @@ class Dispatcher:
             return
         if self.outbox is not None:
             self.outbox.written()
+            if delivery.attempt == 0 and delivery.notification.options.badge_increment:
+                self._badge(delivery, self.outbox)
         delivery.attempt += 1
         outcome: Outcome = await provider.send(delivery)
         self.metrics.notifications.inc(provider.name, outcome.name)
@@ -155,6 +158,14 @@ class Dispatcher:
                 "%s refused notification %s: %s", provider.name, delivery.notification.nid, outcome.reason
             )
             self._finish(delivery, "failed", "rejected")
+
+    @staticmethod
+    def _badge(delivery: Delivery, outbox: Outbox) -> None:
+        """This delivery's own copy of the notification, with the registration's next badge number."""
+        n = delivery.notification
+        count = outbox.next_badge(delivery.registration.id)
+        options = dataclasses.replace(n.options, badge=count, badge_increment=False)
+        delivery.notification = dataclasses.replace(n, options=options)
 
     def _token(self, delivery: Delivery, outcome: TokenInvalid | TokenSuspect) -> None:
         reg = delivery.registration

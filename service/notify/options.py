@@ -29,6 +29,7 @@ class PushOptions:
     interruption_level: str | None = None
     relevance_score: float | None = None
     badge: int | None = None
+    badge_increment: bool = False  # badge = the registration's stored count + 1 (kept in the outbox store)
     sound: str | None = None
     critical_sound: bool = False
     content_available: bool = False

@@ -207,3 +207,16 @@ async def test_outage_loses_nothing(rig: Rig) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+async def test_badge_increments_from_the_registrations_stored_count(rig: Rig) -> None:
+    [reg] = rig.register(1, 0)
+    rig.outbox.next_badge(reg.id)  # one unread already
+    for nid in ("nid-badge-0", "nid-badge-1"):
+        await rig.send(notification(nid, badge_increment=True), [reg])
+        await wait_until(lambda nid=nid: rig.report(nid)["delivered"] == 1, 10, "the delivery")  # type: ignore[misc]
+    assert [r.payload["aps"]["badge"] for r in rig.apns.received] == [2, 3]
+    rig.outbox.reset_badge(reg.id)
+    await rig.send(notification("nid-badge-after-reset", badge_increment=True), [reg])
+    await wait_until(lambda: rig.report("nid-badge-after-reset")["delivered"] == 1, 10, "the delivery")
+    assert rig.apns.received[-1].payload["aps"]["badge"] == 1
