@@ -139,7 +139,12 @@ class Dispatcher:
             if delivery.attempt == 0 and delivery.notification.options.badge_increment:
                 self._badge(delivery, self.outbox)
         delivery.attempt += 1
-        outcome: Outcome = await provider.send(delivery)
+        try:
+            outcome: Outcome = await provider.send(delivery)
+        except Exception as exc:  # a provider bug must not strand the delivery: it is retried like an outage
+            self.metrics.internal_errors.inc(f"provider_{provider.name}")
+            log.exception("provider %s failed on notification %s", provider.name, delivery.notification.nid)
+            outcome = Retry(f"internal error in provider {provider.name}: {exc.__class__.__name__}")
         self.metrics.notifications.inc(provider.name, outcome.name)
         if isinstance(outcome, ConfigError):
             delivery.attempt -= 1  # our fault, not the delivery's: it keeps its attempts

@@ -138,6 +138,8 @@ async def service_run(
     await fcm.close()
     outbox.close()
     store.close()
+    outcomes = {"/".join(k): int(v) for k, v in sorted(metrics.notifications.values.items())}
+    print(f"service: outcomes {outcomes}", flush=True)
     print(
         f"service: {count} deliveries, report: delivered {report['delivered']}, pending {report['pending']}, "
         f"failed {report['failed']}",
