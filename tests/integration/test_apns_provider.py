@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aioapns.connection import JWTAuthorizationHeaderProvider
 from cryptography.hazmat.primitives.serialization import (
     BestAvailableEncryption,
     load_pem_private_key,
@@ -283,3 +284,15 @@ async def test_rotated_key_file_is_picked_up(fake: FakeAPNs, tmp_path: Path) -> 
         assert p.degraded is None
     finally:
         await p.close()
+
+
+async def test_jwt_is_renewed_within_apples_window_and_the_fake_enforces_it(
+    fake: FakeAPNs, provider: ApnsProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aioapns signs one token per connection and renews it after TOKEN_TTL: Apple wants 20 to 60 minutes.
+    assert 20 * 60 <= JWTAuthorizationHeaderProvider.TOKEN_TTL <= 60 * 60
+    assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
+    monkeypatch.setattr(JWTAuthorizationHeaderProvider, "TOKEN_TTL", -1)  # a new token for every request
+    churn = await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE))
+    assert churn == Retry("APNs 429 TooManyProviderTokenUpdates")
+    assert fake.rejected == {"TooManyProviderTokenUpdates": 1}
