@@ -235,6 +235,8 @@ class ApnsProvider:
             apns_topic=apns_payload.topic(app, n.options.push_type),
         )
         key = (app, reg.environment)
+        if not client.pool.connections:  # idle connections close after 10 s: the next one starts cold
+            self._warm.discard(key)
         if key not in self._warm:
             # Apple allows one stream until a request with a valid token was answered; aioapns would open
             # hundreds on a fresh connection before the server's settings arrive. The first goes alone.
