@@ -7,7 +7,8 @@ in the future; answers ``{"access_token", "expires_in", "token_type"}`` or 400 `
 Send endpoint (``POST /v1/projects/<project>/messages:send``): bearer must be a live token of a service
 account of that project (else 401 UNAUTHENTICATED or 403); the body is checked as Google does it
 (exactly one target, string-only data, reserved data keys, 4096 bytes, ttl range, android priority) → 400
-INVALID_ARGUMENT with a BadRequest field violation. Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
+INVALID_ARGUMENT with a BadRequest field violation; a per-minute project quota (429 QUOTA_EXCEEDED).
+Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
 ``other_sender`` tokens (403 SENDER_ID_MISMATCH), ``fail_next`` and ``outage`` (429 QUOTA_EXCEEDED,
 503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
 
@@ -112,6 +113,7 @@ class FakeFCM:
     stall: bool = False
     stall_after: int | None = None  # stall every send once this many were accepted
     token_lifetime_s: int = 3600
+    quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
     record: bool = True
 
     def __post_init__(self) -> None:
@@ -123,6 +125,7 @@ class FakeFCM:
         self._live: dict[str, tuple[str, float]] = {}  # access token -> (project, expiry)
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
+        self._window: deque[float] = deque()  # times of accepted messages in the last minute
         self.stalled = 0
 
     def add_account(self, key_id: str, email: str, project: str, public_pem: str) -> None:
@@ -284,6 +287,14 @@ class FakeFCM:
         if scripted is not None:
             code, self._retry_after = scripted
             raise _Error(ERRORS[code], f"scripted {code}", code)
+        if self.quota_per_minute is not None:
+            now = time.monotonic()
+            while self._window and self._window[0] <= now - 60:
+                self._window.popleft()
+            if len(self._window) >= self.quota_per_minute:
+                self._retry_after = max(1.0, 60 - (now - self._window[0]))
+                raise _Error(429, "Quota exceeded for quota metric 'Messages per minute'", "QUOTA_EXCEEDED")
+            self._window.append(now)
         if token in self.unregistered:
             raise _Error(404, "Requested entity was not found.", "UNREGISTERED")
         if token in self.other_sender:

@@ -194,3 +194,12 @@ async def test_fake_checks_bodies_like_google(fake: FakeFCM) -> None:
         async with http.post(url, data=json.dumps(dry), headers=auth) as resp:
             assert resp.status == 200
     assert fake.accepted == 0
+
+
+async def test_project_quota_answers_429_with_retry_after(fake: FakeFCM, provider: FcmProvider) -> None:
+    fake.quota_per_minute = 3
+    for _ in range(3):
+        assert await provider.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    over = await provider.send(delivery(notification(), "fcm", TOKEN))
+    assert isinstance(over, Retry) and "QUOTA_EXCEEDED" in over.reason
+    assert over.after is not None and 50 <= over.after <= 60
