@@ -25,6 +25,7 @@ from aioapns import APNs, NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.connection import APNsProductionClientProtocol
 from aioapns.exceptions import MaxAttemptsExceeded
+from h2.events import ConnectionTerminated
 
 from registrations.model import Registration
 from service.notify.model import Delivery
@@ -73,6 +74,14 @@ class _LeanProtocol(APNsProductionClientProtocol):
         encoder = self.conn.encoder
         encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
         super().connection_made(transport)
+
+    def on_connection_terminated(self, event: ConnectionTerminated) -> None:
+        """After a GOAWAY, leave the pool at once: aioapns only does so when the transport is gone, and in
+        between it would hand the dead connection to the next request."""
+        super().on_connection_terminated(event)
+        discard, self.on_connection_lost = self.on_connection_lost, None
+        if discard is not None:
+            discard(self)
 
 
 def _endpoint(url: str) -> type[APNsProductionClientProtocol]:

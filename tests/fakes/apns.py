@@ -7,8 +7,9 @@ age, one token per connection changed at most every 20 minutes) or the client ce
 with one DATA frame ``{"reason": ...}`` (plus ``timestamp`` for 410).
 
 Scriptable failures: ``unregistered`` / ``bad_tokens`` / ``wrong_topic`` tokens, ``fail_next`` (e.g. a burst
-of 429s), ``outage`` (every request answered 500/503 while set), ``max_token_age_s`` (0 makes every provider
-token expired), ``stall`` (requests are read and never answered).
+of 429s; 503 ``Shutdown`` also sends GOAWAY), ``outage`` (every request answered 500/503 while set),
+``max_token_age_s`` (0 makes every provider token expired), ``stall`` / ``stall_after`` (requests are read
+and never answered).
 
 Run alone: ``python -m tests.fakes.apns --cert-dir DIR --key KID:TEAM:PUBLIC_PEM_FILE [--port N]``; it prints
 one JSON line ``{"port", "cert"}`` when it listens.
@@ -328,6 +329,8 @@ class _Connection(asyncio.Protocol):
             out = [(":status", str(r.status)), ("apns-id", apns_id), ("content-type", "application/json")]
             self.h2.send_headers(stream_id, out)
             self.h2.send_data(stream_id, json.dumps(doc).encode(), end_stream=True)
+            if r.reason == "Shutdown":  # Apple closes the connection with a GOAWAY carrying the reason
+                self.h2.close_connection(additional_data=json.dumps({"reason": "Shutdown"}).encode())
             return
         fake.accepted += 1
         if fake.record:

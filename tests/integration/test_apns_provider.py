@@ -296,3 +296,13 @@ async def test_jwt_is_renewed_within_apples_window_and_the_fake_enforces_it(
     churn = await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE))
     assert churn == Retry("APNs 429 TooManyProviderTokenUpdates")
     assert fake.rejected == {"TooManyProviderTokenUpdates": 1}
+
+
+async def test_shutdown_goaway_is_retried_on_a_new_connection(fake: FakeAPNs, provider: ApnsProvider) -> None:
+    assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
+    fake.fail_next.append((503, "Shutdown"))
+    assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Retry(
+        "APNs 503 Shutdown"
+    )
+    assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
+    assert fake.connections == 2
