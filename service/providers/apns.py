@@ -75,6 +75,12 @@ class _LeanProtocol(APNsProductionClientProtocol):
         encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
         super().connection_made(transport)
 
+    def on_data_received(self, data: bytes, stream_id: int) -> None:
+        """aioapns never returns flow-control credit for error bodies: after 64 KiB of them on a
+        connection APNs could not answer any more. Acknowledge each body (sent with the next flush)."""
+        super().on_data_received(data, stream_id)
+        self.conn.acknowledge_received_data(len(data), stream_id)
+
     def on_connection_terminated(self, event: ConnectionTerminated) -> None:
         """After a GOAWAY, leave the pool at once: aioapns only does so when the transport is gone, and in
         between it would hand the dead connection to the next request."""

@@ -24,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 from aioapns import APNs, NotificationRequest
 from pydantic import SecretStr
 
@@ -223,8 +224,16 @@ def main() -> None:
                 f"{args.workers} workers; fakes in their own processes",
                 flush=True,
             )
+            fakes = [psutil.Process(apns_proc.pid), psutil.Process(fcm_proc.pid)]
+            before = [sum(f.cpu_times()[:2]) for f in fakes]
             s = asyncio.run(
                 service_run(tmp, n, args.workers, key, apns_info["port"], apns_info["cert"], sa, fcm_url)
+            )
+            used = [sum(f.cpu_times()[:2]) - b for f, b in zip(fakes, before, strict=True)]
+            print(
+                f"fakes: APNs {used[0]:.1f} s CPU ({used[0] / s['total_s']:.0%} of a core), "
+                f"FCM {used[1]:.1f} s CPU ({used[1] / s['total_s']:.0%} of a core) during the service run",
+                flush=True,
             )
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             rate = s["n"] / s["total_s"]
@@ -234,7 +243,10 @@ def main() -> None:
                 f"{cpu_us:.0f} µs CPU per notification, peak RSS {peak_mb:.0f} MB",
                 flush=True,
             )
+            before_apns = sum(fakes[0].cpu_times()[:2])
             a = asyncio.run(aioapns_run(n // 2, args.workers, key, apns_info["port"], apns_info["cert"]))
+            fake_apns = sum(fakes[0].cpu_times()[:2]) - before_apns
+            print(f"fake APNs during the plain loop: {fake_apns / a['total_s']:.0%} of a core", flush=True)
             a_rate = a["n"] / a["total_s"]
             a_cpu = a["cpu_s"] / a["n"] * 1e6
             print(

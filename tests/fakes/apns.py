@@ -32,7 +32,14 @@ from typing import Any
 import jwt
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
@@ -99,6 +106,7 @@ class FakeAPNs:
         self.rejected: dict[str, int] = {}
         self.requests = 0
         self.stalled = 0
+        self.blocked = 0  # error bodies that had to wait for the client's flow-control credit
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
@@ -263,6 +271,7 @@ class _Connection(asyncio.Protocol):
         self.token_since = 0.0
         self.team: str | None = None
         self.verified: dict[str, tuple[str, Key, dict[str, Any]]] = {}
+        self.blocked: deque[tuple[int, bytes]] = deque()  # error bodies waiting for flow-control credit
         self.opened = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -305,6 +314,8 @@ class _Connection(asyncio.Protocol):
                 self._respond(ev.stream_id)
             elif isinstance(ev, StreamReset):
                 self.streams.pop(ev.stream_id, None)
+            elif isinstance(ev, WindowUpdated):
+                self._unblock()
             elif isinstance(ev, ConnectionTerminated):
                 assert self.transport is not None
                 self.transport.close()
@@ -328,7 +339,7 @@ class _Connection(asyncio.Protocol):
                 doc["timestamp"] = r.timestamp
             out = [(":status", str(r.status)), ("apns-id", apns_id), ("content-type", "application/json")]
             self.h2.send_headers(stream_id, out)
-            self.h2.send_data(stream_id, json.dumps(doc).encode(), end_stream=True)
+            self._send_body(stream_id, json.dumps(doc).encode())
             if r.reason == "Shutdown":  # Apple closes the connection with a GOAWAY carrying the reason
                 self.h2.close_connection(additional_data=json.dumps({"reason": "Shutdown"}).encode())
             return
@@ -339,6 +350,22 @@ class _Connection(asyncio.Protocol):
         if not self.opened:  # authenticated: open up to many concurrent streams, as Apple does
             self.opened = True
             self.h2.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+
+    def _send_body(self, stream_id: int, body: bytes) -> None:
+        """Like Apple, wait for flow-control credit when the client's window is spent."""
+        if self.blocked or self.h2.local_flow_control_window(stream_id) < len(body):
+            self.blocked.append((stream_id, body))
+            self.fake.blocked += 1
+            return
+        self.h2.send_data(stream_id, body, end_stream=True)
+
+    def _unblock(self) -> None:
+        while self.blocked:
+            stream_id, body = self.blocked[0]
+            if self.h2.local_flow_control_window(stream_id) < len(body):
+                return
+            self.blocked.popleft()
+            self.h2.send_data(stream_id, body, end_stream=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

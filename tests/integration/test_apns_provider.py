@@ -306,3 +306,23 @@ async def test_shutdown_goaway_is_retried_on_a_new_connection(fake: FakeAPNs, pr
     )
     assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
     assert fake.connections == 2
+
+
+async def test_many_error_answers_do_not_exhaust_the_connection_window(fake: FakeAPNs) -> None:
+    """Each error body uses flow-control credit: 64 KiB of them block APNs unless the client returns it."""
+    provider = ApnsProvider(apns_config(fake, {BUNDLE: token_app(trusted_key(fake))}, timeout_s=30))
+    try:
+        assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
+        bad = [apns_token() for _ in range(2500)]  # ~2,500 x 30-byte bodies: more than the 65,535-byte window
+        fake.bad_tokens.update(bad)
+        for chunk in range(0, len(bad), 250):
+            sends = (
+                provider.send(delivery(notification(), "apns", t, app=BUNDLE))
+                for t in bad[chunk : chunk + 250]
+            )
+            outcomes = await asyncio.gather(*sends)
+            assert {type(o) for o in outcomes} == {TokenSuspect}, {str(o) for o in outcomes}
+        assert fake.blocked == 0 and fake.connections == 1
+        assert await provider.send(delivery(notification(), "apns", apns_token(), app=BUNDLE)) == Delivered()
+    finally:
+        await provider.close()
