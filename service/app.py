@@ -41,10 +41,12 @@ from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
 from service.openapi import document
+from service.outbox import Outbox
 from service.providers.base import Provider
-from service.providers.log import LogProvider
+from service.providers.registry import build_providers
 from service.push_api import PushApi
 from service.reload import watch
+from service.report_api import add_report_routes
 from service.sources.mqtt import MqttSource
 
 log = logging.getLogger("tocsin")
@@ -83,7 +85,8 @@ class Service:
         self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
         self._state_dirty = False
         self.store = SqliteRegistrationStore(config.store_path)
-        self.providers: dict[str, Provider] = providers or {"log": LogProvider(config.providers.log)}
+        self.providers: dict[str, Provider] = providers or build_providers(config)
+        self.outbox = Outbox(config.store_path)
         self.dispatcher = Dispatcher(
             self.providers,
             self.store,
@@ -91,6 +94,11 @@ class Service:
             self.clock,
             config.notify.queue_size,
             config.notify.max_attempts,
+            outbox=self.outbox,
+            retry_base_s=config.delivery.retry_base_s,
+            retry_cap_s=config.delivery.retry_cap_s,
+            pause_probe_s=config.delivery.pause_probe_s,
+            workers=config.delivery.workers,
         )
         self.webhook = WebhookDecider()
         self._noise_changed = asyncio.Event()
@@ -160,6 +168,7 @@ class Service:
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
         self._timer_changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self.metrics.gauge(
@@ -171,6 +180,11 @@ class Service:
             "tocsin_dispatch_queue_depth",
             "Deliveries waiting for a provider.",
             lambda: float(self.dispatcher.queue.qsize()),
+        )
+        self.metrics.gauge(
+            "tocsin_deliveries_parked",
+            "Deliveries waiting for a paused provider credential.",
+            lambda: float(self.dispatcher.parked_count),
         )
         self.metrics.gauge(
             "tocsin_open_alerts", "Alerts pending, firing or watched.", lambda: float(len(self.state.alerts))
@@ -342,6 +356,7 @@ class Service:
         if self.cluster is not None:
             self._stack.callback(self.ledger_store.close)
         self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
+        self._stack.callback(self.outbox.close)
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -355,12 +370,18 @@ class Service:
         self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
         self._stack.push_async_callback(self.push_api.close)
+        self._background = [
+            asyncio.create_task(self._recover(), name="outbox-recovery"),
+            asyncio.create_task(self._purge_reports(), name="report-retention"),
+        ]
+        self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
             if self.keys.open_loopback:
                 log.warning("no API keys configured (api.keys): callers on the loopback interface are admin")
             routes = [*self.registration_api.routes(), *self.push_api.routes()]
             self.http_app = build_app(self, self.metrics, routes, document())
             add_alert_routes(self.http_app, self.noise, self.clock)
+            add_report_routes(self.http_app, self.outbox)
             runner = web.AppRunner(self.http_app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
@@ -401,6 +422,39 @@ class Service:
             await asyncio.wait_for(self.cluster.leave(), 5)
         except (TimeoutError, aiomqtt.MqttError) as exc:
             log.warning("could not hand over leadership cleanly: %s", exc)
+
+    async def _recover(self) -> None:
+        """After a restart: send again every outbox row still pending (never sent, or never answered)."""
+        now = self.clock.time()
+        pending = list(self.outbox.pending())
+        resent = 0
+        for n, provider, token, attempts in pending:
+            reg = self.store.get(provider, token)
+            delivery = Delivery(n, reg or Registration(provider, token), attempts)
+            if reg is None or reg.state != "active":
+                self.outbox.finish(delivery, "failed", "registration_gone", now)
+                continue
+            await self.dispatcher.resubmit(delivery)
+            resent += 1
+        if pending:
+            log.info("outbox: %d pending deliveries from before the restart queued again", resent)
+
+    async def _purge_reports(self) -> None:
+        retention = self.config.delivery.report_retention_s
+        while True:
+            try:
+                removed = self.outbox.purge(self.clock.time() - retention)
+                if removed:
+                    log.info("forgot the delivery reports of %d notifications past retention", removed)
+            except Exception:
+                self.metrics.internal_errors.inc("outbox_purge")
+                log.exception("purging old delivery reports failed")
+            await asyncio.sleep(min(3600.0, retention / 10))
+
+    async def _cancel_background(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _cancel_tasks(self) -> None:
         # Cancel again while a task keeps running: on Python 3.11 asyncio.wait_for (used inside aiomqtt's

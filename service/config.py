@@ -24,6 +24,7 @@ from pydantic import (
 
 from rules import yaml_source
 from service.cluster.timing import ClusterTiming
+from service.push_config import ApnsConfig, DeliveryConfig, FcmConfig
 
 ENV_PREFIX = "TOCSIN_"
 NOT_SETTINGS = frozenset({"TOCSIN_CONFIG", "TOCSIN_API_KEY"})  # read by the CLI, not configuration
@@ -73,6 +74,8 @@ class LogProviderConfig(_Section):
 
 class ProvidersConfig(_Section):
     log: LogProviderConfig = LogProviderConfig()
+    apns: ApnsConfig = ApnsConfig()
+    fcm: FcmConfig = FcmConfig()
 
 
 class SeedRegistration(_Section):
@@ -164,7 +167,7 @@ class RateLimitConfig(_Section):
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
     queue_size: int = Field(100_000, ge=100)
-    max_attempts: int = Field(5, ge=1)
+    max_attempts: int = Field(30, ge=1, description="sends per delivery; retries also stop at its expiry")
     quiet_hours: QuietHoursConfig | None = None
     rate_limit: RateLimitConfig | None = None
 
@@ -198,6 +201,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     cluster: ClusterConfig = ClusterConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("data_dir")

@@ -55,6 +55,16 @@ class Metrics(Collector):
             "API requests refused with a 4xx, by route and status.",
             ("route", "status"),
         )
+        self.registrations_changed = Counter(
+            "tocsin_registrations_changed",
+            "Registrations disabled (invalid) or marked suspect by a provider's answer.",
+            ("provider", "state"),
+        )
+        self.config_errors = Counter(
+            "tocsin_provider_config_errors",
+            "Times a provider credential was paused for a configuration error (the log says why).",
+            ("provider", "credential"),
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )

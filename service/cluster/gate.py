@@ -135,11 +135,11 @@ class ClusterGate:
         state = self.node.ledger.status(key)
         if state == "sent":
             self.events.inc("already_sent")
-            return "skip"
+            return "skip_sent"
         ambiguous = state == "intent" and key not in self._mine
         if ambiguous and d.notification.on_ambiguous == "skip":
             self.events.inc("ambiguous_skipped")
-            return "skip"
+            return "skip_ambiguous"
         if not self.node.may_send():
             self.events.inc("later_fenced")
             e = self.node.election

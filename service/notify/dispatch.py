@@ -1,12 +1,16 @@
 """Hands deliveries to their providers from a bounded queue, and acts on each outcome.
 
-Full retry policy, the durable outbox and token hygiene deepen here (push delivery issue); the seam is this
-class: ``submit`` a delivery, a worker sends it and records the outcome.
+``submit`` writes the delivery's outbox row (committed before its first send) and queues it; a worker sends
+it and records the outcome: delivered; retry with backoff and jitter (or the provider's Retry-After) while
+the notification has not expired; token invalid or suspect (the registration is disabled or marked);
+rejected; configuration error: the credential pauses, its deliveries are parked (not burned) and one of them
+probes it every ``pause_probe_s``; when a probe gets through, the parked ones go out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping
@@ -16,11 +20,13 @@ from registrations.store import RegistrationStore
 from service.clock import Clock
 from service.metrics import Metrics
 from service.notify.model import Delivery
+from service.outbox import Outbox
 from service.providers.base import (
     ConfigError,
     Delivered,
     Outcome,
     Provider,
+    Rejected,
     Retry,
     TokenInvalid,
     TokenSuspect,
@@ -28,8 +34,10 @@ from service.providers.base import (
 
 log = logging.getLogger("tocsin.dispatch")
 
-
-Verdict = Literal["send", "skip", "later"]
+# What the send guard (the cluster gate) says of a delivery: send it; try again shortly; or leave it: the
+# cluster already delivered it, the rule says not to resend what a deposed leader may have sent, or another
+# instance (or another worker here) has it.
+Verdict = Literal["send", "later", "skip_sent", "skip_ambiguous", "skip"]
 
 
 class SendGuard(Protocol):
@@ -60,17 +68,33 @@ class Dispatcher:
         queue_size: int = 100_000,
         max_attempts: int = 5,
         workers: int = 4,
+        outbox: Outbox | None = None,
+        retry_base_s: float = 0.5,
+        retry_cap_s: float = 60.0,
+        pause_probe_s: float = 30.0,
     ) -> None:
         self.providers, self.store, self.metrics, self.clock = providers, store, metrics, clock
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(queue_size)
         self.max_attempts = max_attempts
+        self.outbox = outbox
+        self.retry_base_s, self.retry_cap_s, self.pause_probe_s = retry_base_s, retry_cap_s, pause_probe_s
         self._workers = workers
         self._tasks: list[asyncio.Task[None]] = []
         self._delayed: set[asyncio.TimerHandle] = set()
         self.config_errors: dict[str, str] = {}
+        # (provider, credential) -> why it is paused; its parked deliveries; the delivery probing it
+        self.paused: dict[tuple[str, str], str] = {}
+        self.parked: dict[tuple[str, str], list[Delivery]] = {}
+        self._probes: dict[tuple[str, str], Delivery] = {}
         self.guard: SendGuard | None = None
 
     async def submit(self, delivery: Delivery) -> None:
+        if self.outbox is not None:
+            self.outbox.add(delivery, self.clock.time())
+        await self.resubmit(delivery)
+
+    async def resubmit(self, delivery: Delivery) -> None:
+        """Queue a delivery whose outbox row exists already (recovery after a restart)."""
         if self.queue.full():
             await self.queue.put(delivery)  # backpressure: the source waits rather than drop
         else:
@@ -88,6 +112,12 @@ class Dispatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.outbox is not None:
+            self.outbox.flush()
+
+    @property
+    def parked_count(self) -> int:
+        return sum(len(v) for v in self.parked.values())
 
     async def _work(self) -> None:
         while True:
@@ -100,42 +130,154 @@ class Dispatcher:
             finally:
                 self.queue.task_done()
 
+    def _finish(self, delivery: Delivery, state: str, reason: str | None = None) -> None:
+        if self.outbox is not None:
+            self.outbox.finish(delivery, state, reason, self.clock.time())
+
     async def _deliver(self, delivery: Delivery) -> None:
         reg = delivery.registration
         provider = self.providers.get(reg.provider)
         if provider is None:
             self.metrics.notifications.inc(reg.provider, "no_provider")
             log.warning("no provider %r is configured for registration %s", reg.provider, reg.id)
+            self._finish(delivery, "failed", "no_provider")
             return
+        credential_for = getattr(provider, "credential_for", None)
+        key = (provider.name, credential_for(reg) if credential_for is not None else "")
+        if key in self.paused and self._probes.get(key) is not delivery:
+            self.parked.setdefault(key, []).append(delivery)
+            return
+        if self.clock.time() >= delivery.notification.expires:
+            self.metrics.notifications.inc(provider.name, "expired")
+            self._finish(delivery, "failed", "expired")
+            return
+        if self.outbox is not None:
+            self.outbox.written()
+            if delivery.attempt == 0 and delivery.notification.options.badge_increment:
+                self._badge(delivery, self.outbox)
         if self.guard is not None:
             verdict = await self.guard.before_send(delivery)
             if verdict == "later":
                 self._later(asyncio.get_running_loop(), 0.05, delivery)
-            if verdict != "send":
                 return
+            if verdict == "skip_sent":
+                self._finish(delivery, "delivered")  # by this cluster, under an earlier term
+                return
+            if verdict == "skip_ambiguous":
+                self._finish(delivery, "failed", "ambiguous_skipped")
+                return
+            if verdict == "skip":
+                return  # the leader sends it; its row stays pending here until purged
         delivery.attempt += 1
         outcome: Outcome | None = None
         try:
             outcome = await provider.send(delivery)
+        except Exception as exc:  # a provider bug must not strand the delivery: it is retried like an outage
+            self.metrics.internal_errors.inc(f"provider_{provider.name}")
+            log.exception("provider %s failed on notification %s", provider.name, delivery.notification.nid)
+            outcome = Retry(f"internal error in provider {provider.name}: {exc.__class__.__name__}")
         finally:
             if self.guard is not None:
                 await self.guard.after_send(delivery, outcome)
         self.metrics.notifications.inc(provider.name, outcome.name)
-        if isinstance(outcome, Delivered):
+        if isinstance(outcome, ConfigError):
+            delivery.attempt -= 1  # our fault, not the delivery's: it keeps its attempts
+            self._pause(key, delivery, outcome)
             return
-        if isinstance(outcome, Retry):
+        if key in self.paused:
+            self._resume(key)
+        if isinstance(outcome, Delivered):
+            self._finish(delivery, "delivered")
+        elif isinstance(outcome, Retry):
             self._retry(delivery, outcome)
         elif isinstance(outcome, TokenInvalid | TokenSuspect):
+            self._token(delivery, outcome)
+        elif isinstance(outcome, Rejected):
+            log.warning(
+                "%s refused notification %s: %s", provider.name, delivery.notification.nid, outcome.reason
+            )
+            self._finish(delivery, "failed", "rejected")
+
+    @staticmethod
+    def _badge(delivery: Delivery, outbox: Outbox) -> None:
+        """This delivery's own copy of the notification, with the registration's next badge number."""
+        n = delivery.notification
+        count = outbox.next_badge(delivery.registration.id)
+        options = dataclasses.replace(n.options, badge=count, badge_increment=False)
+        delivery.notification = dataclasses.replace(n, options=options)
+
+    def _token(self, delivery: Delivery, outcome: TokenInvalid | TokenSuspect) -> None:
+        reg = delivery.registration
+        if isinstance(outcome, TokenInvalid) and outcome.since is not None and reg.updated > outcome.since:
+            log.info("registration %s was renewed after its token died (%s): kept", reg.id, outcome.reason)
+        else:
             reg.state = "invalid" if isinstance(outcome, TokenInvalid) else "suspect"
             self.store.upsert(reg, self.clock.time())
+            self.metrics.registrations_changed.inc(reg.provider, reg.state)
             log.info("registration %s is now %s: %s", reg.id, reg.state, outcome.reason)
-        elif isinstance(outcome, ConfigError):
-            self.config_errors[provider.name] = outcome.reason
-            log.error("provider %s has a configuration error: %s", provider.name, outcome.reason)
+        self._finish(delivery, "failed", outcome.name)
+
+    def _pause(self, key: tuple[str, str], delivery: Delivery, outcome: ConfigError) -> None:
+        provider, credential = key
+        first = key not in self.paused
+        self.paused[key] = outcome.reason
+        self.config_errors[provider] = outcome.reason
+        self.parked.setdefault(key, []).append(delivery)
+        self._probes.pop(key, None)
+        if first:
+            self.metrics.config_errors.inc(provider, credential)
+            log.error(
+                "provider %s paused%s: configuration error: %s; its deliveries wait (probing every %.0f s)",
+                provider,
+                f" for {credential}" if credential else "",
+                outcome.reason,
+                self.pause_probe_s,
+            )
+            self._probe_later(key)
+
+    def _probe_later(self, key: tuple[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+
+        def probe() -> None:
+            self._delayed.discard(handle)
+            waiting = self.parked.get(key)
+            if key not in self.paused:
+                return
+            if not waiting:
+                self._probe_later(key)
+                return
+            delivery = waiting.pop(0)
+            self._probes[key] = delivery
+            self._requeue(loop, delivery)
+            self._probe_later(key)  # if the probe is lost in retries, the next one still comes
+
+        handle = loop.call_later(self.pause_probe_s, probe)
+        self._delayed.add(handle)
+
+    def _resume(self, key: tuple[str, str]) -> None:
+        provider, credential = key
+        self.paused.pop(key, None)
+        self._probes.pop(key, None)
+        waiting = self.parked.pop(key, [])
+        if not any(k[0] == provider for k in self.paused):
+            self.config_errors.pop(provider, None)
+        log.warning(
+            "provider %s%s works again: sending the %d deliveries that waited",
+            provider,
+            f" for {credential}" if credential else "",
+            len(waiting),
+        )
+        loop = asyncio.get_running_loop()
+        for delivery in waiting:
+            self._requeue(loop, delivery)
 
     def _retry(self, delivery: Delivery, outcome: Retry) -> None:
         n = delivery.notification
-        delay = outcome.after if outcome.after is not None else backoff_delay(delivery.attempt)
+        delay = (
+            outcome.after
+            if outcome.after is not None
+            else backoff_delay(delivery.attempt, self.retry_base_s, self.retry_cap_s)
+        )
         if delivery.attempt >= self.max_attempts or self.clock.time() + delay > n.expires:
             self.metrics.notifications.inc(delivery.registration.provider, "gave_up")
             log.warning(
@@ -145,10 +287,17 @@ class Dispatcher:
                 delivery.attempt,
                 outcome.reason,
             )
+            self._finish(delivery, "failed", "gave_up")
             return
         loop = asyncio.get_running_loop()
 
         self._later(loop, delay, delivery)
+
+    def _requeue(self, loop: asyncio.AbstractEventLoop, delivery: Delivery) -> None:
+        try:
+            self.queue.put_nowait(delivery)
+        except asyncio.QueueFull:
+            self._later(loop, 0.1, delivery)
 
     def _later(self, loop: asyncio.AbstractEventLoop, delay: float, delivery: Delivery) -> None:
         def requeue() -> None:

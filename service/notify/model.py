@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from registrations.model import Audience, Registration
 from rules.event import short_hash
 from rules.policy import Policy
+from service.notify.options import DEFAULT_OPTIONS, PushOptions
 
 
 @dataclass(slots=True)
@@ -25,6 +26,7 @@ class Notification:
     created: float
     expires: float
     data: Mapping[str, str] = field(default_factory=dict)
+    options: PushOptions = DEFAULT_OPTIONS  # push type, priority, badge, sound, ... (providers map them)
     on_ambiguous: str = "resend"
     # From the rule (see rules/schema.py); defaults keep notifications built elsewhere valid.
     texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)

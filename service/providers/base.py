@@ -24,9 +24,10 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class TokenInvalid:
-    """The token will never work again: disable the registration."""
+    """The token will never work again: disable the registration (unless re-registered after ``since``)."""
 
     reason: str
+    since: float | None = None  # when the provider saw the token die (APNs 410 timestamp), seconds
     name = "token_invalid"
 
 
@@ -43,10 +44,19 @@ class ConfigError:
     """Our credential or setup is wrong: pause the provider and tell the operator; do not burn the queue."""
 
     reason: str
+    credential: str = ""  # which of the provider's credentials (an APNs app); "" for the provider's only one
     name = "config_error"
 
 
-Outcome = Delivered | Retry | TokenInvalid | TokenSuspect | ConfigError
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The provider refused this message itself (too large, malformed): do not retry, record why."""
+
+    reason: str
+    name = "rejected"
+
+
+Outcome = Delivered | Retry | TokenInvalid | TokenSuspect | ConfigError | Rejected
 
 
 class Provider(Protocol):

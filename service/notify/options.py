@@ -1,0 +1,74 @@
+"""Per-notification push options: what users set beyond title and body, for APNs and FCM alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+PUSH_TYPES = (
+    "alert",
+    "background",
+    "location",
+    "voip",
+    "complication",
+    "fileprovider",
+    "mdm",
+    "liveactivity",
+    "pushtotalk",
+)
+INTERRUPTION_LEVELS = ("passive", "active", "time-sensitive", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class PushOptions:
+    push_type: str = "alert"
+    priority: str | None = None  # "high" | "normal" | "low"; None: high for alerts, normal otherwise
+    thread_id: str | None = None
+    category: str | None = None
+    interruption_level: str | None = None
+    relevance_score: float | None = None
+    badge: int | None = None
+    badge_increment: bool = False  # badge = the registration's stored count + 1 (kept in the outbox store)
+    sound: str | None = None
+    critical_sound: bool = False
+    content_available: bool = False
+    mutable_content: bool = False
+    subtitle: str | None = None
+    title_loc_key: str | None = None
+    title_loc_args: tuple[str, ...] = ()
+    loc_key: str | None = None
+    loc_args: tuple[str, ...] = ()
+    custom: Mapping[str, Any] = field(default_factory=dict)  # APNs top-level custom keys
+    image: str | None = None
+    android_channel: str | None = None
+    android_priority: str | None = None  # "high" | "normal"
+    android_sound: str | None = None
+    android_icon: str | None = None
+    android_color: str | None = None
+    fcm_apns: Mapping[str, Any] = field(default_factory=dict)  # FCM message.apns override
+    fcm_webpush: Mapping[str, Any] = field(default_factory=dict)  # FCM message.webpush override
+
+    def __post_init__(self) -> None:
+        if self.push_type not in PUSH_TYPES:
+            raise ValueError(f"push type {self.push_type!r} is not one of {', '.join(PUSH_TYPES)}")
+        if self.priority not in (None, "high", "normal", "low"):
+            raise ValueError(f"priority {self.priority!r} must be high, normal or low")
+        if self.interruption_level not in (None, *INTERRUPTION_LEVELS):
+            raise ValueError(
+                f"interruption level {self.interruption_level!r} is not one of {INTERRUPTION_LEVELS}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v != _DEFAULTS[k]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PushOptions:
+        known = {f.name for f in fields(cls)}
+        kw: dict[str, Any] = {k: (tuple(v) if k.endswith("_args") else v) for k, v in d.items() if k in known}
+        return cls(**kw)
+
+
+_DEFAULTS = {f.name: getattr(PushOptions(), f.name) for f in fields(PushOptions)}
+DEFAULT_OPTIONS = PushOptions()

@@ -1,0 +1,273 @@
+"""The FCM HTTP v1 provider: google-auth service-account credentials, aiohttp for the sends.
+
+The OAuth token comes from google-auth's ``Credentials.refresh`` run in a thread (one refresh at a time,
+shared by all senders), only against the configured token endpoint: ``before_request`` is never called, so
+no other Google host is contacted (spec §3.5). Sends go to the configured endpoint only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import google.auth.exceptions
+import google.auth.transport.requests
+from google.oauth2 import service_account
+
+from registrations.model import Registration
+from service.notify.model import Delivery, Notification
+from service.providers.base import (
+    ConfigError,
+    Delivered,
+    Outcome,
+    Rejected,
+    Retry,
+    TokenInvalid,
+    TokenSuspect,
+)
+from service.push_config import FcmConfig
+
+log = logging.getLogger("tocsin.fcm")
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+MAX_MESSAGE = 4096
+_CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "SENDER_ID_MISMATCH"}
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+_BAD_TOKEN = "not a valid FCM registration token"
+_REFRESH_MARGIN = dt.timedelta(minutes=5)
+
+
+class _Credential:
+    """One service account and its current access token."""
+
+    def __init__(self, config: FcmConfig) -> None:
+        if config.credentials is not None:
+            info = json.loads(config.credentials.get_secret_value())
+        else:
+            assert config.credentials_path is not None
+            info = json.loads(Path(config.credentials_path).read_text(encoding="utf-8"))
+        creds = service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])  # type: ignore[no-untyped-call]
+        if config.token_url:
+            creds = creds.with_token_uri(config.token_url)
+        self.creds = creds
+        self.project = config.project_id or str(info.get("project_id") or "")
+        if not self.project:
+            raise ValueError(
+                "no project_id: set providers.fcm.project_id or use a service account that has one"
+            )
+        self._lock = asyncio.Lock()
+
+    def fresh(self) -> bool:
+        expiry = self.creds.expiry
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth keeps naive UTC
+        return self.creds.token is not None and (expiry is None or expiry - _REFRESH_MARGIN > now)
+
+    async def token(self, stale: str | None = None) -> str:
+        if self.fresh() and self.creds.token != stale:
+            return str(self.creds.token)
+        async with self._lock:  # one refresh for everyone waiting
+            if not self.fresh() or self.creds.token == stale:
+                request = google.auth.transport.requests.Request()
+                await asyncio.to_thread(self.creds.refresh, request)
+            return str(self.creds.token)
+
+
+class FcmProvider:
+    name = "fcm"
+
+    def __init__(self, config: FcmConfig) -> None:
+        self.config = config
+        self._cred: _Credential | None = None
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._session: aiohttp.ClientSession | None = None
+        self.problem: str | None = None
+
+    @property
+    def degraded(self) -> str | None:
+        return self.problem
+
+    def credential_for(self, registration: Registration) -> str:
+        return ""
+
+    def _credential(self) -> _Credential:
+        path = self.config.credentials_path
+        now = time.monotonic()
+        if path is not None and now - self._checked >= 1.0:  # rotation: a new file replaces the account
+            self._checked = now
+            try:
+                mtime: float | None = path.stat().st_mtime_ns / 1e9
+            except OSError:
+                mtime = None
+            if self._cred is not None and mtime != self._mtime:
+                log.info("FCM service account file changed on disk: using it")
+                self._cred = None
+            self._mtime = mtime
+        if self._cred is None:
+            self._cred = _Credential(self.config)
+        return self._cred
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            ctx: ssl.SSLContext | bool = True
+            if self.config.ca_file is not None:
+                ctx = ssl.create_default_context(cafile=str(self.config.ca_file))
+            connector = aiohttp.TCPConnector(limit=self.config.max_connections, ssl=ctx)
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),  # no cookies: less work per request
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        n, reg = delivery.notification, delivery.registration
+        remaining = n.expires - time.time()
+        if remaining <= 0:
+            return Rejected("expired before it could be sent")
+        ttl = max(1, int(remaining))
+        body = json.dumps({"message": message(n, reg.token, ttl)}, separators=(",", ":"))
+        if len(body) > MAX_MESSAGE + 1024:
+            return Rejected(
+                f"FCM message of notification {n.nid} is {len(body)} bytes, over the 4096-byte limit"
+            )
+        try:
+            cred = self._credential()
+        except (OSError, ValueError, KeyError) as exc:
+            self.problem = f"cannot load the FCM service account: {exc.__class__.__name__}: {exc}"
+            return ConfigError(self.problem)
+        url = f"{self.config.send_url.rstrip('/')}/v1/projects/{cred.project}/messages:send"
+        stale: str | None = None
+        for _ in range(2):  # a rejected access token is refreshed once, as firebase-admin does
+            try:
+                token = await cred.token(stale)
+            except google.auth.exceptions.RefreshError as exc:
+                if getattr(exc, "retryable", False):
+                    return Retry(f"FCM token endpoint: {_first_line(exc)}")
+                self.problem = f"the token endpoint refused the service account: {_first_line(exc)}"
+                return ConfigError(self.problem)
+            except (google.auth.exceptions.TransportError, OSError) as exc:
+                return Retry(f"cannot reach the FCM token endpoint: {exc.__class__.__name__}")
+            try:
+                async with self._http().post(
+                    url,
+                    data=body,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                ) as resp:
+                    status, raw, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+            except TimeoutError:
+                return Retry("FCM did not answer in time")
+            except (aiohttp.ClientError, OSError) as exc:
+                return Retry(f"cannot reach FCM: {exc.__class__.__name__}")
+            if status == 401 and _fcm_code(raw) is None and stale is None:
+                stale = token
+                continue
+            return self._outcome(status, raw, retry_after)
+        return self._outcome(status, raw, retry_after)
+
+    def _outcome(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
+        if status == 200:
+            self.problem = None
+            return Delivered()
+        code = _fcm_code(raw)
+        text = _message(raw)
+        what = f"FCM {status} {code or ''} {text}".replace("  ", " ").strip()
+        if code == "UNREGISTERED":
+            return TokenInvalid(what)
+        if code in _CONFIG_CODES or status in (401, 403):
+            self.problem = what
+            return ConfigError(what)
+        if status in _RETRY_STATUS or code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"):
+            return Retry(what, _seconds(retry_after))
+        if status == 400 and _BAD_TOKEN in text:
+            return TokenSuspect(what)
+        return Rejected(what)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def message(n: Notification, token: str, ttl: int) -> dict[str, Any]:
+    """The HTTP v1 message: notification, string-only data, android options, apns and webpush overrides."""
+    o = n.options
+    background = o.push_type == "background"
+    data = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in {**n.data, **o.custom}.items()}
+    data["nid"] = n.nid
+    android_notification: dict[str, Any] = {"tag": n.nid}  # a repeat replaces the first on the phone
+    for key, value in (
+        ("channel_id", o.android_channel),
+        ("sound", o.android_sound or o.sound),
+        ("icon", o.android_icon),
+        ("color", o.android_color),
+        ("image", o.image),
+        ("title_loc_key", o.title_loc_key),
+        ("body_loc_key", o.loc_key),
+    ):
+        if value:
+            android_notification[key] = value
+    if o.title_loc_args:
+        android_notification["title_loc_args"] = list(o.title_loc_args)
+    if o.loc_args:
+        android_notification["body_loc_args"] = list(o.loc_args)
+    android: dict[str, Any] = {
+        "priority": o.android_priority
+        or ("normal" if background or o.priority in ("normal", "low") else "high"),
+        "ttl": f"{max(0, min(ttl, 2_419_200))}s",
+        "collapse_key": n.nid,
+    }
+    msg: dict[str, Any] = {"token": token, "data": data, "android": android}
+    if not background:
+        notification: dict[str, Any] = {"title": n.title, "body": n.body}
+        if o.image:
+            notification["image"] = o.image
+        msg["notification"] = notification
+        android["notification"] = android_notification
+    if o.fcm_apns:
+        msg["apns"] = dict(o.fcm_apns)
+    if o.fcm_webpush:
+        msg["webpush"] = dict(o.fcm_webpush)
+    return msg
+
+
+def _error(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    err = doc.get("error") if isinstance(doc, dict) else None
+    return err if isinstance(err, dict) else {}
+
+
+def _fcm_code(raw: bytes) -> str | None:
+    for detail in _error(raw).get("details") or []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("FcmError"):
+            return str(detail.get("errorCode"))
+    return None
+
+
+def _message(raw: bytes) -> str:
+    return str(_error(raw).get("message", ""))[:200]
+
+
+def _seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc.args[0] if exc.args else exc).splitlines()[0][:200]

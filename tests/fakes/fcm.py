@@ -1,0 +1,333 @@
+"""A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp, plain HTTP on localhost).
+
+Token endpoint (``POST /token``): the JWT-bearer grant, the assertion RS256-signed by a known service
+account's key (``kid`` = private_key_id), ``iss`` = its client_email, the firebase.messaging scope, ``exp``
+in the future; answers ``{"access_token", "expires_in", "token_type"}`` or 400 ``invalid_grant``.
+
+Send endpoint (``POST /v1/projects/<project>/messages:send``): bearer must be a live token of a service
+account of that project (else 401 UNAUTHENTICATED or 403); the body is checked as Google does it
+(exactly one target, string-only data, reserved data keys, 4096 bytes, ttl range, android priority) → 400
+INVALID_ARGUMENT with a BadRequest field violation; a per-minute project quota (429 QUOTA_EXCEEDED).
+Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
+``other_sender`` tokens (403 SENDER_ID_MISMATCH), ``fail_next`` and ``outage`` (429 QUOTA_EXCEEDED,
+503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
+
+Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N]``; prints
+one JSON line ``{"port"}`` when it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+# FCM error code -> HTTP status
+ERRORS = {
+    "INVALID_ARGUMENT": 400,
+    "UNREGISTERED": 404,
+    "SENDER_ID_MISMATCH": 403,
+    "QUOTA_EXCEEDED": 429,
+    "THIRD_PARTY_AUTH_ERROR": 401,
+    "UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+RESERVED_DATA = ("from", "message_type")
+
+
+@dataclass
+class Account:
+    email: str
+    project: str
+    public_pem: str
+
+
+@dataclass(frozen=True)
+class Sent:
+    project: str
+    message: dict[str, Any]
+    validate_only: bool = False
+
+    @property
+    def token(self) -> str:
+        return str(self.message.get("token", ""))
+
+
+class _Error(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, field: str | None = None) -> None:
+        self.status, self.message, self.code, self.field = status, message, code, field
+
+    def body(self) -> dict[str, Any]:
+        details: list[dict[str, Any]] = []
+        if self.code:
+            details.append(
+                {"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": self.code}
+            )
+        if self.field:
+            details.append(
+                {
+                    "@type": "type.googleapis.com/google.rpc.BadRequest",
+                    "fieldViolations": [{"field": self.field, "description": self.message}],
+                }
+            )
+        return {
+            "error": {
+                "code": self.status,
+                "message": self.message,
+                "status": _STATUS.get(self.status, "UNKNOWN"),
+                "details": details,
+            }
+        }
+
+
+@dataclass
+class FakeFCM:
+    host: str = "127.0.0.1"
+    port: int = 0
+    accounts: dict[str, Account] = field(default_factory=dict)  # private_key_id -> account
+    unregistered: set[str] = field(default_factory=set)
+    other_sender: set[str] = field(default_factory=set)
+    fail_next: deque[tuple[str, float | None]] = field(default_factory=deque)  # (FCM code, Retry-After)
+    outage: tuple[str, float | None] | None = None
+    token_outage: bool = False
+    stall: bool = False
+    stall_after: int | None = None  # stall every send once this many were accepted
+    token_lifetime_s: int = 3600
+    quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
+    record: bool = True
+
+    def __post_init__(self) -> None:
+        self.sent: list[Sent] = []
+        self.answers: list[tuple[float, str, int]] = []  # (time, token, status) of every answered send
+        self.accepted = 0
+        self.rejected: dict[str, int] = {}
+        self.tokens_issued = 0
+        self._live: dict[str, tuple[str, float]] = {}  # access token -> (project, expiry)
+        self._runner: web.AppRunner | None = None
+        self._release = asyncio.Event()
+        self._window: deque[float] = deque()  # times of accepted messages in the last minute
+        self.stalled = 0
+
+    def add_account(self, key_id: str, email: str, project: str, public_pem: str) -> None:
+        self.accounts[key_id] = Account(email, project, public_pem)
+
+    def revoke_tokens(self) -> None:
+        self._live.clear()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> FakeFCM:
+        app = web.Application()
+        app.router.add_post("/token", self._token)
+        app.router.add_post("/v1/projects/{project}/messages:send", self._send)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def count(self, token: str | None = None) -> int:
+        return self.accepted if token is None else sum(1 for s in self.sent if s.token == token)
+
+    # -- OAuth2 ---------------------------------------------------------------------------------------------
+    async def _token(self, request: web.Request) -> web.Response:
+        if self.token_outage:
+            return web.json_response({"error": "temporarily_unavailable"}, status=503)
+        form = await request.post()
+        if form.get("grant_type") != GRANT:
+            return _grant_error("unsupported_grant_type", "Invalid grant_type")
+        assertion = str(form.get("assertion", ""))
+        try:
+            kid = str(jwt.get_unverified_header(assertion).get("kid"))
+            account = self.accounts.get(kid)
+            if account is None:
+                return _grant_error("invalid_grant", "Invalid JWT Signature.")
+            # aud is always Google's token URL (google-auth), so it is not compared with ours.
+            claims = jwt.decode(
+                assertion, account.public_pem, algorithms=["RS256"], options={"verify_aud": False}
+            )
+        except jwt.ExpiredSignatureError:
+            return _grant_error("invalid_grant", "Invalid JWT: Token must be a short-lived token")
+        except jwt.PyJWTError:
+            return _grant_error("invalid_grant", "Invalid JWT Signature.")
+        if claims.get("iss") != account.email:
+            return _grant_error("invalid_grant", "Invalid JWT: iss does not match the key")
+        if SCOPE not in str(claims.get("scope", "")).split():
+            return _grant_error("invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+        token = "ya29.fake-" + secrets.token_urlsafe(24)
+        self._live[token] = (account.project, time.time() + self.token_lifetime_s)
+        self.tokens_issued += 1
+        return web.json_response(
+            {"access_token": token, "expires_in": self.token_lifetime_s, "token_type": "Bearer"}
+        )
+
+    # -- FCM HTTP v1 ----------------------------------------------------------------------------------------
+    async def _send(self, request: web.Request) -> web.Response:
+        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
+            self.stalled += 1
+            await self._release.wait()  # never answered while the fake runs
+            raise web.HTTPServiceUnavailable()
+        raw = await request.read()
+        try:
+            sent = self._check(request, raw)
+        except _Error as e:
+            if self.record:
+                self.answers.append((time.monotonic(), _token_of(raw), e.status))
+            reason = e.code or _STATUS.get(e.status, "ERROR")
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            headers = {"Retry-After": str(int(self._retry_after))} if self._retry_after is not None else {}
+            return web.json_response(e.body(), status=e.status, headers=headers)
+        if sent.validate_only:
+            return web.json_response({"name": f"projects/{sent.project}/messages/fake_message_id"})
+        self.accepted += 1
+        if self.record:
+            self.sent.append(sent)
+            self.answers.append((time.monotonic(), sent.token, 200))
+        name = f"projects/{sent.project}/messages/0:{time.time_ns()}%{secrets.token_hex(8)}"
+        return web.json_response({"name": name})
+
+    _retry_after: float | None = None
+
+    def _check(self, request: web.Request, raw: bytes) -> Sent:
+        self._retry_after = None
+        project = request.match_info["project"]
+        auth = request.headers.get("Authorization", "")
+        live = self._live.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
+        if live is None or live[1] < time.time():
+            raise _Error(401, "Request had invalid authentication credentials.")
+        if live[0] != project:
+            raise _Error(403, "Permission 'cloudmessaging.messages.create' denied on resource", None)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            raise _Error(400, "Invalid JSON payload received.") from None
+        msg = doc.get("message") if isinstance(doc, dict) else None
+        if not isinstance(msg, dict):
+            raise _Error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT", "message")
+        targets = [k for k in ("token", "topic", "condition") if k in msg]
+        if len(targets) != 1:
+            raise _Error(
+                400, "Exactly one of token, topic or condition must be set.", "INVALID_ARGUMENT", "message"
+            )
+        for where, data in (
+            ("message.data", msg.get("data")),
+            ("message.android.data", (msg.get("android") or {}).get("data")),
+        ):
+            if data is None:
+                continue
+            if not isinstance(data, dict):
+                raise _Error(400, "Invalid value at 'message.data'", "INVALID_ARGUMENT", where)
+            for i, (k, v) in enumerate(data.items()):
+                if not isinstance(v, str):
+                    raise _Error(
+                        400,
+                        f"Invalid value at '{where}[{i}].value' (TYPE_STRING)",
+                        "INVALID_ARGUMENT",
+                        f"{where}[{i}].value",
+                    )
+                if k in RESERVED_DATA or k.startswith(("google.", "gcm.notification.")):
+                    raise _Error(400, f"Invalid data payload key: {k}", "INVALID_ARGUMENT", where)
+        android = msg.get("android") or {}
+        if android.get("priority") not in (None, "normal", "high", "NORMAL", "HIGH"):
+            raise _Error(
+                400,
+                "Invalid value at 'message.android.priority'",
+                "INVALID_ARGUMENT",
+                "message.android.priority",
+            )
+        ttl = android.get("ttl")
+        if ttl is not None:
+            try:
+                seconds = float(str(ttl).removesuffix("s"))
+            except ValueError:
+                seconds = -1
+            if not str(ttl).endswith("s") or not 0 <= seconds <= 2_419_200:
+                raise _Error(
+                    400, "Invalid value at 'message.android.ttl'", "INVALID_ARGUMENT", "message.android.ttl"
+                )
+        if len(json.dumps(msg, separators=(",", ":")).encode()) > 4096 + 512:
+            raise _Error(400, "Message is too big", "INVALID_ARGUMENT", "message")
+        token = msg.get("token")
+        if isinstance(token, str) and (len(token) < 20 or not token.isprintable()):
+            raise _Error(
+                400,
+                "The registration token is not a valid FCM registration token",
+                "INVALID_ARGUMENT",
+                "message.token",
+            )
+        scripted = self.fail_next.popleft() if self.fail_next else self.outage
+        if scripted is not None:
+            code, self._retry_after = scripted
+            raise _Error(ERRORS[code], f"scripted {code}", code)
+        if self.quota_per_minute is not None:
+            now = time.monotonic()
+            while self._window and self._window[0] <= now - 60:
+                self._window.popleft()
+            if len(self._window) >= self.quota_per_minute:
+                self._retry_after = max(1.0, 60 - (now - self._window[0]))
+                raise _Error(429, "Quota exceeded for quota metric 'Messages per minute'", "QUOTA_EXCEEDED")
+            self._window.append(now)
+        if token in self.unregistered:
+            raise _Error(404, "Requested entity was not found.", "UNREGISTERED")
+        if token in self.other_sender:
+            raise _Error(403, "SenderId mismatch", "SENDER_ID_MISMATCH")
+        return Sent(project, msg, bool(doc.get("validate_only")))
+
+
+def _token_of(raw: bytes) -> str:
+    try:
+        return str(json.loads(raw)["message"]["token"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def _grant_error(error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=400)
+
+
+async def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--account", action="append", default=[], help="PUBLIC_PEM_FILE:EMAIL:KEY_ID:PROJECT")
+    args = parser.parse_args()
+    fake = FakeFCM(port=args.port, record=False)
+    for spec in args.account:
+        pem, email, kid, project = spec.split(":", 3)
+        fake.add_account(kid, email, project, Path(pem).read_text())  # noqa: ASYNC240
+    await fake.start()
+    print(json.dumps({"port": fake.port}), flush=True)
+    while True:
+        await asyncio.sleep(5)
+        print(json.dumps({"accepted": fake.accepted, "rejected": fake.rejected}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

@@ -1,0 +1,205 @@
+"""The FCM HTTP v1 provider (google-auth + aiohttp) against the fake token and send endpoints.
+
+The fake runs in the test's own event loop: a token refresh that blocked the loop could never be answered,
+so every delivered message here also shows that the refresh runs off the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from service.providers.base import ConfigError, Delivered, Rejected, Retry, TokenInvalid, TokenSuspect
+from service.providers.fcm import FcmProvider
+from tests.fakes.fcm import FakeFCM
+from tests.fakes.keys import service_account, write_service_account
+from tests.push_support import delivery, fcm_account, fcm_config, notification
+
+TOKEN = "fcm-token-" + "a" * 40
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeFCM]:
+    f = await FakeFCM().start()
+    yield f
+    await f.stop()
+
+
+@pytest.fixture
+async def provider(fake: FakeFCM) -> AsyncIterator[FcmProvider]:
+    p = FcmProvider(fcm_config(fake, fcm_account(fake)))
+    yield p
+    await p.close()
+
+
+async def test_message_carries_the_options_and_the_nid_as_tag(fake: FakeFCM, provider: FcmProvider) -> None:
+    n = notification(
+        "nid-7",
+        data={"door": "garage"},
+        custom={"count": 2},
+        android_channel="alarms",
+        android_sound="siren",
+        android_color="#ff0000",
+        image="https://example.invalid/i.png",
+        fcm_apns={"headers": {"apns-priority": "10"}},
+        fcm_webpush={"headers": {"Urgency": "high"}},
+    )
+    assert await provider.send(delivery(n, "fcm", TOKEN)) == Delivered()
+    [sent] = fake.sent
+    m = sent.message
+    assert sent.project == "tocsin-test" and m["token"] == TOKEN
+    assert m["data"] == {"door": "garage", "count": "2", "nid": "nid-7"}
+    assert m["notification"] == {
+        "title": "Door open",
+        "body": "The garage door is open",
+        "image": "https://example.invalid/i.png",
+    }
+    android = m["android"]
+    assert android["priority"] == "high" and android["collapse_key"] == "nid-7"
+    assert android["ttl"].endswith("s") and 590 <= int(android["ttl"][:-1]) <= 600
+    assert android["notification"]["tag"] == "nid-7"  # a repeat replaces the first on the phone
+    assert android["notification"]["channel_id"] == "alarms" and android["notification"]["sound"] == "siren"
+    assert m["apns"] == {"headers": {"apns-priority": "10"}} and m["webpush"]["headers"]["Urgency"] == "high"
+    assert fake.tokens_issued == 1
+
+
+async def test_one_token_for_many_sends_and_background_is_data_only(
+    fake: FakeFCM, provider: FcmProvider
+) -> None:
+    for i in range(5):
+        assert await provider.send(delivery(notification(f"n{i}"), "fcm", TOKEN)) == Delivered()
+    assert await provider.send(delivery(notification(push_type="background"), "fcm", TOKEN)) == Delivered()
+    assert fake.tokens_issued == 1
+    last = fake.sent[-1].message
+    assert "notification" not in last and last["android"]["priority"] == "normal"
+
+
+async def test_outcomes_follow_googles_error_codes(fake: FakeFCM, provider: FcmProvider) -> None:
+    gone, foreign = "gone-" + "b" * 30, "foreign-" + "c" * 30
+    fake.unregistered.add(gone)
+    fake.other_sender.add(foreign)
+    invalid = await provider.send(delivery(notification(), "fcm", gone))
+    assert isinstance(invalid, TokenInvalid) and "UNREGISTERED" in invalid.reason
+    suspect = await provider.send(delivery(notification(), "fcm", "short"))
+    assert isinstance(suspect, TokenSuspect) and "not a valid FCM registration token" in suspect.reason
+    mismatch = await provider.send(delivery(notification(), "fcm", foreign))
+    assert isinstance(mismatch, ConfigError) and "SENDER_ID_MISMATCH" in mismatch.reason
+    assert provider.degraded is not None
+    fake.fail_next.append(("THIRD_PARTY_AUTH_ERROR", None))
+    auth = await provider.send(delivery(notification(), "fcm", TOKEN))
+    assert isinstance(auth, ConfigError) and "THIRD_PARTY_AUTH_ERROR" in auth.reason
+    assert await provider.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    assert provider.degraded is None
+
+
+@pytest.mark.parametrize(
+    ("code", "after"), [("QUOTA_EXCEEDED", 30.0), ("UNAVAILABLE", 7.0), ("INTERNAL", None)]
+)
+async def test_throttling_and_server_errors_are_retried_with_retry_after(
+    fake: FakeFCM, provider: FcmProvider, code: str, after: float | None
+) -> None:
+    fake.fail_next.append((code, after))
+    outcome = await provider.send(delivery(notification(), "fcm", TOKEN))
+    assert isinstance(outcome, Retry) and code in outcome.reason and outcome.after == after
+
+
+async def test_bad_messages_are_rejected_not_retried(fake: FakeFCM, provider: FcmProvider) -> None:
+    big = notification(body="x" * 6000)
+    outcome = await provider.send(delivery(big, "fcm", TOKEN))
+    assert isinstance(outcome, Rejected) and "4096" in outcome.reason
+    reserved = notification(data={"google.sent_time": "1"})
+    outcome = await provider.send(delivery(reserved, "fcm", TOKEN))
+    assert isinstance(outcome, Rejected) and "INVALID_ARGUMENT" in outcome.reason
+    assert fake.accepted == 0
+
+
+async def test_rejected_access_token_is_refreshed_once(fake: FakeFCM, provider: FcmProvider) -> None:
+    assert await provider.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    fake.revoke_tokens()
+    assert await provider.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    assert fake.tokens_issued == 2
+
+
+async def test_unknown_service_account_and_token_endpoint_outage(fake: FakeFCM) -> None:
+    info, _ = service_account("tocsin-test", f"{fake.url}/token")  # the fake does not know this key
+    p = FcmProvider(fcm_config(fake, info))
+    try:
+        outcome = await p.send(delivery(notification(), "fcm", TOKEN))
+        assert isinstance(outcome, ConfigError) and "invalid_grant" in outcome.reason
+        assert info["private_key"] not in outcome.reason
+    finally:
+        await p.close()
+    known = fcm_account(fake)
+    fake.token_outage = True
+    p = FcmProvider(fcm_config(fake, known))
+    try:
+        outcome = await p.send(delivery(notification(), "fcm", TOKEN))
+        assert isinstance(outcome, Retry), outcome
+    finally:
+        await p.close()
+
+
+async def test_rotated_service_account_file_is_picked_up(fake: FakeFCM, tmp_path: Path) -> None:
+    old = fcm_account(fake)
+    path = write_service_account(tmp_path / "sa.json", old)
+    p = FcmProvider(fcm_config(fake, credentials_path=path))
+    try:
+        assert await p.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+        fake.accounts.clear()
+        fake.revoke_tokens()  # the old key was deleted in the console
+        assert isinstance(await p.send(delivery(notification(), "fcm", TOKEN)), ConfigError)
+        write_service_account(path, fcm_account(fake))
+        stamp = path.stat().st_mtime + 2
+        os.utime(path, (stamp, stamp))
+        p._checked = 0.0  # the once-a-second file check is due now
+        assert await p.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    finally:
+        await p.close()
+
+
+async def test_fake_checks_bodies_like_google(fake: FakeFCM) -> None:
+    info = fcm_account(fake)
+    url = f"{fake.url}/v1/projects/tocsin-test/messages:send"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"message": {"token": TOKEN}}) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["status"] == "UNAUTHENTICATED"
+        p = FcmProvider(fcm_config(fake, info))
+        try:
+            assert p._credential() is not None
+            token = await p._credential().token()
+        finally:
+            await p.close()
+        auth = {"Authorization": f"Bearer {token}"}
+        cases = [
+            ({"message": {"token": TOKEN, "topic": "x"}}, "message"),
+            ({"message": {"token": TOKEN, "data": {"n": 1}}}, "message.data[0].value"),
+            ({"message": {"token": TOKEN, "android": {"ttl": "3000000s"}}}, "message.android.ttl"),
+            ({"message": {"token": TOKEN, "android": {"priority": "urgent"}}}, "message.android.priority"),
+        ]
+        for body, field in cases:
+            async with http.post(url, data=json.dumps(body), headers=auth) as resp:
+                doc = await resp.json()
+                assert resp.status == 400 and doc["error"]["status"] == "INVALID_ARGUMENT"
+                violations = [d for d in doc["error"]["details"] if d["@type"].endswith("BadRequest")]
+                assert violations[0]["fieldViolations"][0]["field"] == field
+        other = f"{fake.url}/v1/projects/someone-else/messages:send"
+        async with http.post(other, json={"message": {"token": TOKEN}}, headers=auth) as resp:
+            assert resp.status == 403
+        dry = {"message": {"token": TOKEN}, "validate_only": True}
+        async with http.post(url, data=json.dumps(dry), headers=auth) as resp:
+            assert resp.status == 200
+    assert fake.accepted == 0
+
+
+async def test_project_quota_answers_429_with_retry_after(fake: FakeFCM, provider: FcmProvider) -> None:
+    fake.quota_per_minute = 3
+    for _ in range(3):
+        assert await provider.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+    over = await provider.send(delivery(notification(), "fcm", TOKEN))
+    assert isinstance(over, Retry) and "QUOTA_EXCEEDED" in over.reason
+    assert over.after is not None and 50 <= over.after <= 60

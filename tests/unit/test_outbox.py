@@ -1,0 +1,61 @@
+"""The outbox on its own: rows, finals, pending after a reopen, reports and retention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from registrations.model import Registration
+from service.notify.model import Delivery
+from service.outbox import Outbox, decode, encode
+from tests.push_support import notification
+
+
+def test_notification_survives_encoding() -> None:
+    n = notification("x", push_type="voip", loc_args=("a",), data={"k": "v"}, custom={"n": 1})
+    assert decode(encode(n)) == n
+
+
+def test_pending_rows_survive_a_reopen_and_finals_do_not(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    n = notification("nid-1")
+    ds = [Delivery(n, Registration("fcm" if i % 2 else "apns", f"t{i}")) for i in range(4)]
+    for d in ds:
+        box.add(d, 1.0)
+    box.written()
+    box.finish(ds[0], "delivered", None, 2.0)
+    box.finish(ds[1], "failed", "token_invalid", 2.0)
+    box.db.close()  # a crash: no flush of anything buffered after this point
+    box = Outbox(tmp_path / "o.db")
+    pending = list(box.pending())
+    assert sorted(t for _, _, t, _ in pending) == ["t2", "t3"]
+    assert pending[0][0] == n
+    report = box.report("nid-1")
+    assert report is not None
+    assert (report["targeted"], report["delivered"], report["pending"]) == (4, 1, 2)
+    assert report["failed"] == {"token_invalid": 1}
+    assert report["platforms"]["fcm"] == {
+        "targeted": 2,
+        "delivered": 0,
+        "pending": 1,
+        "failed": {"token_invalid": 1},
+    }
+    box.close()
+
+
+def test_purge_keeps_pending_and_recent(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    old, recent = notification("old"), notification("recent")
+    d_old, d_pending = Delivery(old, Registration("apns", "a")), Delivery(old, Registration("apns", "b"))
+    d_recent = Delivery(recent, Registration("apns", "c"))
+    for d in (d_old, d_recent):
+        box.add(d, 1.0)
+    box.finish(d_old, "delivered", None, 2.0)
+    box.finish(d_recent, "delivered", None, 2.0)
+    assert box.purge(before=old.created - 1) == 0
+    box.add(d_pending, 3.0)
+    assert box.purge(before=recent.created + 1) == 1  # "old" stays: it still has a pending row
+    assert box.report("recent") is None and box.report("old") is not None
+    box.finish(d_pending, "failed", "gave_up", 4.0)
+    assert box.purge(before=recent.created + 1) == 1
+    assert box.report("old") is None
+    box.close()
