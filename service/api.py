@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
+from registrations.auth import AuthError, KeyRing
 from service import __version__
 from service.metrics import Metrics
 
@@ -81,3 +83,25 @@ def build_app(
 
 async def openapi_document(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI_KEY], content_type="application/json")
+
+
+# Operator routes: acknowledging alerts, silences, delivery reports and the cluster's state need an admin key
+# (or, with no keys configured, a caller on the loopback interface), like the registration and push APIs.
+ADMIN_PREFIXES = ("/v1/alerts", "/v1/silences", "/v1/notifications", "/v1/cluster")
+
+
+def admin_only(keys: KeyRing, prefixes: tuple[str, ...] = ADMIN_PREFIXES) -> Middleware:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith(prefixes):
+            try:
+                principal = keys.authenticate(request)
+            except AuthError as exc:
+                return web.json_response({"error": "unauthorized", "message": exc.message}, status=exc.status)
+            if not principal.admin:
+                return web.json_response(
+                    {"error": "forbidden", "message": "this route needs an admin key"}, status=403
+                )
+        return await handler(request)
+
+    return guard

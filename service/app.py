@@ -25,7 +25,7 @@ from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
 from service.alerts_api import add_alert_routes
-from service.api import build_app
+from service.api import admin_only, build_app
 from service.clock import Clock, SystemClock
 from service.cluster.gate import ClusterGate
 from service.cluster.ledger_store import LedgerStore
@@ -382,6 +382,7 @@ class Service:
             self.http_app = build_app(self, self.metrics, routes, document())
             add_alert_routes(self.http_app, self.noise, self.clock)
             add_report_routes(self.http_app, self.outbox)
+            self.http_app.middlewares.append(admin_only(self.keys))
             runner = web.AppRunner(self.http_app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)

@@ -64,11 +64,39 @@ PUSH_PATHS: dict[str, Any] = {
 }
 
 
+def _admin(summary: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"summary": summary, "responses": {**_PLAIN, **reg.NATIVE_ERRORS, **(extra or {})}}
+
+
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+OPERATOR_PATHS: dict[str, Any] = {
+    "/v1/cluster": {"get": _admin("Members and ranks, role, leader, term, lease age, ledger (admin)")},
+    "/v1/alerts": {"get": _admin("Alerts that fired and are open (admin)")},
+    "/v1/alerts/{id}/ack": {
+        "post": {**_admin("Acknowledge an alert: stops repeats and escalation (admin)"), "parameters": _ID}
+    },
+    "/v1/silences": {
+        "get": _admin("Silences in force (admin)"),
+        "post": _admin(
+            "Create a silence: matchers, start, end or duration, comment (admin)",
+            {"201": {"description": "Made"}},
+        ),
+    },
+    "/v1/silences/{id}": {"delete": {**_admin("Remove a silence (admin)"), "parameters": _ID}},
+    "/v1/notifications/{id}": {
+        "get": {
+            **_admin("Delivery report: targeted, delivered, pending, failed by reason, per platform"),
+            "parameters": _ID,
+        }
+    },
+}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS},
+        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS},
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

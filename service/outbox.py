@@ -62,6 +62,14 @@ def encode(n: Notification) -> str:
             "expires": n.expires,
             "data": dict(n.data),
             "options": n.options.to_dict(),
+            "texts": {k: list(v) for k, v in n.texts.items()},
+            "sound": n.sound,
+            "category": n.category,
+            "priority": n.priority,
+            "collapse_key": n.collapse_key,
+            "on_ambiguous": n.on_ambiguous,
+            "origin": n.origin,
+            "channels": list(n.audience.channels),
         },
         separators=(",", ":"),
     )
@@ -70,8 +78,10 @@ def encode(n: Notification) -> str:
 def decode(text: str) -> Notification:
     d: dict[str, Any] = json.loads(text)
     aud = d.pop("audience")
-    d["audience"] = Audience(tags=tuple(aud["tags"]), users=tuple(aud["users"]))
+    channels = tuple(d.pop("channels", ()))  # rows written before these fields existed lack them
+    d["audience"] = Audience(tags=tuple(aud["tags"]), users=tuple(aud["users"]), channels=channels)
     d["options"] = PushOptions.from_dict(d["options"])
+    d["texts"] = {k: (v[0], v[1]) for k, v in d.get("texts", {}).items()}
     return Notification(**d)
 
 

@@ -152,6 +152,7 @@ class PushApi:
             alert_id=nid,
             episode=nid,
             rule="api:push",
+            origin="api",
             state="firing",
             severity=severity,
             title=title,

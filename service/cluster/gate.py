@@ -125,6 +125,8 @@ class ClusterGate:
             self._catching_up = None
 
     async def before_send(self, d: Delivery) -> Verdict:
+        if d.notification.origin != "rule":
+            return "send"  # an API push reached only this instance: no other one can send it
         if not self.node.is_leader or self._closing:
             self.events.inc("dropped_not_leader")  # the new leader has it in its buffer
             return "skip"
@@ -182,6 +184,8 @@ class ClusterGate:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def after_send(self, d: Delivery, outcome: Outcome | None) -> None:
+        if d.notification.origin != "rule":
+            return
         try:
             await self._confirm(d, outcome)
         finally:
@@ -201,7 +205,7 @@ class ClusterGate:
             return False
 
     async def _confirm(self, d: Delivery, outcome: Outcome | None) -> None:
-        if not isinstance(outcome, Delivered):
+        if not isinstance(outcome, Delivered) or d.notification.origin != "rule":
             return
         key = delivery_key(d)
         self._mine.discard(key)

@@ -28,6 +28,9 @@ class Notification:
     data: Mapping[str, str] = field(default_factory=dict)
     options: PushOptions = DEFAULT_OPTIONS  # push type, priority, badge, sound, ... (providers map them)
     on_ambiguous: str = "resend"
+    # "rule": computed by every instance from the shared event stream, so the cluster picks one sender;
+    # "api": known only to the instance that took the request, which must send it itself.
+    origin: str = "rule"
     # From the rule (see rules/schema.py); defaults keep notifications built elsewhere valid.
     texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)
     sound: str | None = None

@@ -207,3 +207,23 @@ def test_the_preferred_instance_returns_as_a_follower_and_a_full_restart_repeats
     repeated = {e for e, c in counts.items() if c > 1}
     by = [(s.id, d["term"], d["episode"]) for s in services for d in s.deliveries if d["episode"] in repeated]
     assert not repeated, f"replayed events reported again after the restart: {sorted(by)[:12]}"
+
+
+def test_an_api_push_to_a_follower_is_sent_by_that_follower(trio) -> None:
+    """Only the instance that took the request knows of an API push: the cluster must not hold it back."""
+    import json
+    import urllib.request
+
+    _, services = trio
+    c = services[2]
+    assert c.cluster()["role"] == "follower"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{c.http_port}/v1/push",
+        data=json.dumps({"audience": {"users": ["console"]}, "title": "Hello from c"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.status == 202
+    wait_until_sync(lambda: any(d["title"] == "Hello from c" for d in c.deliveries), 10, "the push from c")
+    assert not any(d["title"] == "Hello from c" for s in services[:2] for d in s.deliveries)
