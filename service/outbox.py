@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registrations.model import Audience
-from service.notify.model import Delivery, Notification
+from service.notify.model import Delivery, Notification, describe
 from service.notify.options import PushOptions
 
 
@@ -48,15 +48,7 @@ FLUSH_ROWS = 2000
 def encode(n: Notification) -> str:
     return json.dumps(
         {
-            "nid": n.nid,
-            "alert_id": n.alert_id,
-            "episode": n.episode,
-            "rule": n.rule,
-            "state": n.state,
-            "severity": n.severity,
-            "title": n.title,
-            "body": n.body,
-            "labels": dict(n.labels),
+            **describe(n),
             "audience": {"tags": list(n.audience.tags), "users": list(n.audience.users)},
             "created": n.created,
             "expires": n.expires,

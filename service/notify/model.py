@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from registrations.model import Audience, Registration
 from rules.event import short_hash
@@ -50,6 +51,22 @@ class Notification:
 
 
 CHANNEL_TAG = "channel:"  # a rule's audience channel <name> reaches registrations tagged channel:<name>
+
+
+def describe(n: Notification) -> dict[str, Any]:
+    """The fields that say what a notification is, as JSON-ready values: the common part of what the log
+    provider prints, the outbox stores and a rule's webhook receives."""
+    return {
+        "nid": n.nid,
+        "alert_id": n.alert_id,
+        "episode": n.episode,
+        "rule": n.rule,
+        "state": n.state,
+        "severity": n.severity,
+        "title": n.title,
+        "body": n.body,
+        "labels": dict(n.labels),
+    }
 
 
 def notification_key(alert_id: str, episode: str, state: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from registrations.model import Audience
-from service.notify.model import Notification
+from service.notify.model import Notification, describe
 
 log = logging.getLogger("tocsin.webhook")
 _TEXT_FIELDS = ("title", "body", "sound", "category")
@@ -31,15 +31,7 @@ class BadAnswer(ValueError):
 def request_body(n: Notification) -> dict[str, Any]:
     return {
         "notification": {
-            "nid": n.nid,
-            "alert_id": n.alert_id,
-            "episode": n.episode,
-            "rule": n.rule,
-            "state": n.state,
-            "severity": n.severity,
-            "title": n.title,
-            "body": n.body,
-            "labels": dict(n.labels),
+            **describe(n),
             "audience": {"tags": list(n.audience.tags), "users": list(n.audience.users)},
             "data": dict(n.data),
             "sound": n.sound,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from service.config import LogProviderConfig
-from service.notify.model import Delivery
+from service.notify.model import Delivery, describe
 from service.providers.base import Delivered, Outcome
 
 
@@ -31,15 +31,7 @@ class LogProvider:
         if self._json:
             line = json.dumps(
                 {
-                    "nid": n.nid,
-                    "alert_id": n.alert_id,
-                    "episode": n.episode,
-                    "rule": n.rule,
-                    "state": n.state,
-                    "severity": n.severity,
-                    "title": n.title,
-                    "body": n.body,
-                    "labels": dict(n.labels),
+                    **describe(n),
                     "to": reg.token,
                     "term": delivery.term,
                     "sent_at": time.time(),
