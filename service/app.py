@@ -373,6 +373,7 @@ class Service:
         self._background = [
             asyncio.create_task(self._recover(), name="outbox-recovery"),
             asyncio.create_task(self._purge_reports(), name="report-retention"),
+            asyncio.create_task(self._checkpoint_outbox(), name="outbox-checkpoint"),
         ]
         self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
@@ -451,6 +452,15 @@ class Service:
                 self.metrics.internal_errors.inc("outbox_purge")
                 log.exception("purging old delivery reports failed")
             await asyncio.sleep(min(3600.0, retention / 10))
+
+    async def _checkpoint_outbox(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(self.outbox.checkpoint)
+            except Exception:
+                self.metrics.internal_errors.inc("outbox_checkpoint")
+                log.exception("checkpointing the outbox failed")
 
     async def _cancel_background(self) -> None:
         for task in self._background:

@@ -43,6 +43,7 @@ def _m2_badges(db: sqlite3.Connection) -> None:
 # Append only, like the registry's: each runs once per database, in order, in a transaction.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1, _m2_badges]
 FLUSH_ROWS = 2000
+FINALS_DELAY_S = 0.05
 
 
 def encode(n: Notification) -> str:
@@ -82,8 +83,13 @@ class Outbox:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path = str(path)
+        self._checkpointer: sqlite3.Connection | None = None
         if str(path) != ":memory:":
             self.db.execute("PRAGMA journal_mode=WAL")
+            # Checkpoints (which fsync) run in a worker thread via checkpoint(), not on the event loop,
+            # where they stalled the event path for tens of milliseconds.
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
@@ -126,7 +132,10 @@ class Outbox:
             self.flush()
         elif not self._flush_scheduled:
             try:
-                asyncio.get_running_loop().call_soon(self._scheduled_flush)
+                # Final states wait up to FINALS_DELAY_S, so that one transaction carries many; new rows
+                # still commit before any send (written()). A crash in that window only resends deliveries
+                # whose answer was not yet recorded, which their collapse key hides on the phone.
+                asyncio.get_running_loop().call_later(FINALS_DELAY_S, self._scheduled_flush)
                 self._flush_scheduled = True
             except RuntimeError:  # no loop (tools, tests): write at once
                 self.flush()
@@ -232,6 +241,17 @@ class Outbox:
             self.db.execute("COMMIT")
         return len(old)
 
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file; blocking, so call it from a worker thread."""
+        if self.path == ":memory:":
+            return
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._checkpointer.execute("PRAGMA busy_timeout=5000")
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.flush()
         self.db.close()

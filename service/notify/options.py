@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PUSH_TYPES = (
@@ -60,8 +60,14 @@ class PushOptions:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: v for k, v in d.items() if v != _DEFAULTS[k]}
+        """The options that differ from the defaults (shallow copies). Written per notification into
+        the outbox, so it avoids dataclasses.asdict (a deep copy, and a tenth of the event path's CPU)."""
+        out: dict[str, Any] = {}
+        for name in _NAMES:
+            value = getattr(self, name)
+            if value != _DEFAULTS[name]:
+                out[name] = dict(value) if isinstance(value, Mapping) else value
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PushOptions:
@@ -70,5 +76,6 @@ class PushOptions:
         return cls(**kw)
 
 
-_DEFAULTS = {f.name: getattr(PushOptions(), f.name) for f in fields(PushOptions)}
+_NAMES = tuple(f.name for f in fields(PushOptions))
+_DEFAULTS = {name: getattr(PushOptions(), name) for name in _NAMES}
 DEFAULT_OPTIONS = PushOptions()
