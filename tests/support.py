@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,3 +114,35 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServiceRun:
+    """``tocsin run`` as a process of its own (``env`` on top of this one's), stdout and stderr collected
+    line by line as it prints them."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service", "run"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        self.lines.extend(iter(self.proc.stdout.readline, ""))
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager would; returns the exit status."""
+        self.proc.send_signal(signal.SIGTERM)
+        status = self.proc.wait(20)
+        self._reader.join(5)
+        return status

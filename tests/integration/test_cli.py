@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import paho.mqtt.publish
 
-from tests.support import free_port, port_open, wait_until_sync
+from tests.support import ServiceRun, free_port, port_open, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,24 +66,14 @@ def test_run_refuses_to_start_on_a_bad_configuration(tmp_path: Path) -> None:
 def test_newcomer_run_with_no_broker_starts_an_embedded_one_and_prints_the_doorbell(tmp_path: Path) -> None:
     """`tocsin run` on embedded defaults; nothing listens on the broker port, so it embeds one."""
     port = free_port()
-    env = {
-        **os.environ,
-        "XDG_DATA_HOME": str(tmp_path),
-        "TOCSIN_MQTT__PORT": str(port),
-        "TOCSIN_HTTP__PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "run"],
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    run = ServiceRun(
+        {
+            "XDG_DATA_HOME": str(tmp_path),
+            "TOCSIN_MQTT__PORT": str(port),
+            "TOCSIN_HTTP__PORT": str(free_port()),
+        }
     )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    lines = run.lines
     try:
         wait_until_sync(
             lambda: any("connected to MQTT broker" in line for line in lines),
@@ -104,7 +92,5 @@ def test_newcomer_run_with_no_broker_starts_an_embedded_one_and_prints_the_doorb
         assert "FIRING doorbell (info) to console: Doorbell — Someone is at the front door." in printed
         assert (tmp_path / "tocsin" / "tocsin.db").exists()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-        reader.join(5)
+        assert run.stop() == 0
     assert any("stopping" in line for line in lines)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from service.cli import main
-from tests.integration.test_cli import ROOT, tocsin
-from tests.support import Mosquitto, free_port, wait_until_sync
+from tests.integration.test_cli import tocsin
+from tests.support import Mosquitto, ServiceRun, free_port, wait_until_sync
 
 RULES = """rules:
   - id: hot
@@ -88,39 +84,27 @@ def test_sighup_reloads_rules_and_refuses_a_broken_set(tmp_path: Path, broker: M
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "a.yaml").write_text(RULES)
-    env = {
-        **os.environ,
-        "TOCSIN_DATA_DIR": str(tmp_path / "data"),
-        "TOCSIN_MQTT__PORT": str(broker.port),
-        "TOCSIN_MQTT__EMBEDDED_BROKER": "never",
-        "TOCSIN_HTTP__PORT": str(free_port()),
-        "TOCSIN_RULES__PATHS": f"[{rules}]",
-        "TOCSIN_RULES__WATCH_S": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "run"],
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    run = ServiceRun(
+        {
+            "TOCSIN_DATA_DIR": str(tmp_path / "data"),
+            "TOCSIN_MQTT__PORT": str(broker.port),
+            "TOCSIN_MQTT__EMBEDDED_BROKER": "never",
+            "TOCSIN_HTTP__PORT": str(free_port()),
+            "TOCSIN_RULES__PATHS": f"[{rules}]",
+            "TOCSIN_RULES__WATCH_S": "0",
+        }
     )
-    out: list[str] = []
-    reader = threading.Thread(target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    out = run.lines
     try:
         wait_until_sync(lambda: any("connected to MQTT broker" in x for x in out), 30, f"connect: {out}")
         (rules / "b.yaml").write_text("rules:\n  - id: broken\n    topic: x/{a\n    title: t\n")
-        proc.send_signal(signal.SIGHUP)
+        run.proc.send_signal(signal.SIGHUP)
         wait_until_sync(lambda: any("new rules refused" in x for x in out), 10, f"the refusal: {out}")
         assert any("b.yaml:3:12: rules[0].topic" in x for x in out), out
         (rules / "b.yaml").write_text(
             "rules:\n  - id: more\n    topic: x/{a}\n    title: t\n    audience: {tags: [ops]}\n"
         )
-        proc.send_signal(signal.SIGHUP)
+        run.proc.send_signal(signal.SIGHUP)
         wait_until_sync(lambda: any("rules reloaded: 3 rules" in x for x in out), 10, f"the reload: {out}")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-        reader.join(5)
+        assert run.stop() == 0
