@@ -12,18 +12,38 @@ import binascii
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
+    """Who is calling. API keys name an app (or are admin); a Cumulocity user names a tenant and a user.
+
+    ``admin`` is admin of what the caller may see at all: everything for an admin key, its own tenant for a
+    Cumulocity user with the service's admin role."""
+
     name: str
     admin: bool
     app: str | None = None
+    tenant: str | None = None  # the Cumulocity tenant; None: the deployment's own registrations
+    user: str | None = None  # the Cumulocity user name
 
-    def may_write(self, app: str | None) -> bool:
-        return self.admin or (app is not None and app == self.app)
+    def may_write(self, app: str | None, user: str | None = None) -> bool:
+        """Whether it may change a registration of ``app`` belonging to ``user``: admins all, an app key its
+        app's, a platform user their own."""
+        if self.admin:
+            return True
+        if self.app is not None and app == self.app:
+            return True
+        return self.user is not None and user == self.user
+
+
+class Authenticator(Protocol):
+    """Finds out who sent a request, or raises AuthError (401 unknown, 403 known but not allowed)."""
+
+    async def authenticate(self, request: web.Request) -> Principal: ...
 
 
 def digest(key: str) -> str:
@@ -48,7 +68,10 @@ class KeyRing:
         self.keys = dict(keys)
         self.open_loopback = open_loopback and not keys
 
-    def authenticate(self, request: web.Request) -> Principal:
+    async def authenticate(self, request: web.Request) -> Principal:
+        return self.authenticate_key(request)
+
+    def authenticate_key(self, request: web.Request) -> Principal:
         key = presented_key(request)
         if key is None:
             proxied = "Forwarded" in request.headers or "X-Forwarded-For" in request.headers

@@ -16,11 +16,11 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from registrations import tagexpr
-from registrations.auth import AuthError, KeyRing, Principal
+from registrations.auth import Authenticator, AuthError, Principal
+from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 from registrations.store import RegistrationStore
-from registrations.writer import BatchWriter
 
 log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
@@ -172,15 +172,24 @@ def to_c8y(r: Registration) -> dict[str, Any]:
 _LIST_PARAMS = {"user_id", "app", "provider", "tags", "channel", "state", "token", "limit", "after"}
 
 
+UserExists = Callable[[str, str], Awaitable[bool]]
+
+
 class RegistrationApi:
+    """Each caller reads and writes the registry of its own tenant (API keys: the deployment's own).
+
+    ``user_exists(tenant, user)`` checks a Cumulocity user before the push gateway API registers a device
+    for it (the gateway does the same)."""
+
     def __init__(
         self,
-        store: RegistrationStore,
-        writer: BatchWriter,
-        keys: KeyRing,
+        stores: StoreDirectory,
+        auth: Authenticator,
         on_reject: RejectCounter = lambda route, status: None,
+        user_exists: UserExists | None = None,
     ) -> None:
-        self.store, self.writer, self.keys, self.on_reject = store, writer, keys, on_reject
+        self.stores, self.auth, self.on_reject = stores, auth, on_reject
+        self.user_exists = user_exists
 
     def routes(self) -> list[web.RouteDef]:
         def g(route: str, style: Style, handler: Handler) -> Handler:
@@ -199,31 +208,51 @@ class RegistrationApi:
             web.delete("/registrations/{deviceToken}", g("c8y_unregister", "c8y", self.c8y_unregister)),
         ]
 
-    def admin(self, request: web.Request) -> Principal:
-        principal = self.keys.authenticate(request)
-        if not principal.admin:
-            raise AuthError(403, "this needs an admin key; app keys may only register and unregister")
-        return principal
+    async def caller(self, request: web.Request) -> tuple[Principal, Registry]:
+        """Who is calling, and the registry of its tenant."""
+        principal = await self.auth.authenticate(request)
+        registry = self.stores.registry(principal.tenant)
+        if registry is None:
+            raise AuthError(403, f"tenant {principal.tenant} is not subscribed to this service")
+        return principal, registry
 
-    def _may_write(self, principal: Principal, app: str | None, current: Registration | None) -> None:
-        if not principal.may_write(app) or (current is not None and not principal.may_write(current.app)):
+    async def admin(self, request: web.Request) -> RegistrationStore:
+        principal, registry = await self.caller(request)
+        if not principal.admin:
+            raise AuthError(403, "this needs an admin key or role; others may only register and unregister")
+        return registry.store
+
+    def _may_write(
+        self, principal: Principal, app: str | None, user: str | None, current: Registration | None
+    ) -> None:
+        if not principal.may_write(app, user) or (
+            current is not None and not principal.may_write(current.app, current.user_id)
+        ):
+            if principal.user is not None:
+                raise AuthError(403, f"user {principal.user!r} may only change their own registrations")
             raise AuthError(403, f"the key of app {principal.app!r} may only change that app's registrations")
 
-    async def _save(self, reg: Registration) -> Registration:
-        return await self.writer.upsert(reg)
+    @staticmethod
+    def _own_user(principal: Principal, user_id: str | None) -> str | None:
+        """A platform user without the admin role registers devices for themselves only."""
+        if principal.user is None or principal.admin:
+            return user_id
+        if user_id is not None and user_id != principal.user:
+            raise AuthError(403, f"user {principal.user!r} may only register devices for themselves")
+        return principal.user
 
     # -- native ---------------------------------------------------------------------------------------------
     async def register(self, request: web.Request) -> web.Response:
-        principal = self.keys.authenticate(request)
+        principal, registry = await self.caller(request)
         body = await parse(request, RegistrationIn)
-        app = body.app if body.app is not None or principal.admin else principal.app
-        known, current_app = self.store.app_of(body.provider, body.token)
-        if not principal.may_write(app) or (known and not principal.may_write(current_app)):
-            raise AuthError(403, f"the key of app {principal.app!r} may only change that app's registrations")
+        app = body.app if body.app is not None or principal.admin or principal.app is None else principal.app
+        user_id = self._own_user(principal, body.user_id)
+        current = registry.store.get(body.provider, body.token)
+        self._may_write(principal, app, user_id, current)
         reg = Registration(
             body.provider,
             body.token,
-            user_id=body.user_id,
+            user_id=user_id,
             app=app,
             environment=body.environment,
             device_name=body.device_name,
@@ -234,8 +263,8 @@ class RegistrationApi:
             quiet_hours=body.quiet_hours,
             badge=body.badge,
         )
-        saved = await self._save(reg)
-        return web.json_response(to_json(saved), status=200 if known else 201)
+        saved = await registry.writer.upsert(reg)
+        return web.json_response(to_json(saved), status=200 if current is not None else 201)
 
     def _path_token(self, request: web.Request) -> tuple[str, str]:
         provider, token = request.match_info["provider"], request.match_info["token"]
@@ -244,37 +273,39 @@ class RegistrationApi:
         except ValueError as exc:
             raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
 
-    def _existing(self, provider: str, token: str) -> Registration:
-        found = self.store.get(provider, token)
+    @staticmethod
+    def _existing(store: RegistrationStore, provider: str, token: str) -> Registration:
+        found = store.get(provider, token)
         if found is None:
             raise ApiError(404, "not_found", f"no {provider} registration with this token")
         return found
 
     async def get(self, request: web.Request) -> web.Response:
-        self.admin(request)
-        return web.json_response(to_json(self._existing(*self._path_token(request))))
+        store = await self.admin(request)
+        return web.json_response(to_json(self._existing(store, *self._path_token(request))))
 
     async def update(self, request: web.Request) -> web.Response:
-        principal = self.keys.authenticate(request)
+        principal, registry = await self.caller(request)
         provider, token = self._path_token(request)
         patch = await parse(request, RegistrationPatch)
-        current = self._existing(provider, token)
-        self._may_write(principal, current.app, current)
+        current = self._existing(registry.store, provider, token)
+        self._may_write(principal, current.app, current.user_id, current)
         for name in patch.model_fields_set:
             value = getattr(patch, name)
             setattr(current, name, tuple(value) if isinstance(value, list) else value)
-        return web.json_response(to_json(await self._save(current)))
+        current.user_id = self._own_user(principal, current.user_id)
+        return web.json_response(to_json(await registry.writer.upsert(current)))
 
     async def unregister(self, request: web.Request) -> web.Response:
-        principal = self.keys.authenticate(request)
+        principal, registry = await self.caller(request)
         provider, token = self._path_token(request)
-        current = self._existing(provider, token)
-        self._may_write(principal, current.app, current)
-        self.store.remove(provider, token)
+        current = self._existing(registry.store, provider, token)
+        self._may_write(principal, current.app, current.user_id, current)
+        await registry.writer.remove(provider, token)
         return web.Response(status=204)
 
     async def list(self, request: web.Request) -> web.Response:
-        self.admin(request)
+        store = await self.admin(request)
         q = request.query
         unknown = sorted(set(q) - _LIST_PARAMS)
         if unknown:
@@ -315,12 +346,12 @@ class RegistrationApi:
             platforms=tuple(q.getall("provider", [])),
             channels=tuple(q.getall("channel", [])),
         )
-        page, following = self.store.query(where, states=states, after=q.get("after", ""), limit=limit)
+        page, following = store.query(where, states=states, after=q.get("after", ""), limit=limit)
         return web.json_response({"items": [to_json(r) for r in page], "next": following})
 
     # -- Cumulocity push gateway ----------------------------------------------------------------------------
     async def c8y_register(self, request: web.Request) -> web.Response:
-        principal = self.keys.authenticate(request)
+        principal, registry = await self.caller(request)
         body = await parse(request, C8yRegistration)
         provider = "apns" if body.device.platform == "IOS" else "fcm"
         try:
@@ -328,8 +359,17 @@ class RegistrationApi:
             tags = (*body.tags, check_tag(c8y_user_tag(body.userId)), check_tag(f"bundleId:{body.bundleId}"))
         except ValueError as exc:
             raise ApiError(400, "invalid_body", str(exc)) from None
-        current = self.store.get(provider, token)
-        self._may_write(principal, body.bundleId, current)
+        self._own_user(principal, body.userId)
+        if (
+            principal.tenant is not None
+            and self.user_exists is not None
+            and not await self.user_exists(principal.tenant, body.userId)
+        ):
+            raise ApiError(
+                400, "unknown_user", f"User {body.userId} does not exist in tenant {principal.tenant}."
+            )
+        current = registry.store.get(provider, token)
+        self._may_write(principal, body.bundleId, body.userId, current)
         reg = Registration(
             provider,
             token,
@@ -338,30 +378,31 @@ class RegistrationApi:
             device_name=body.device.deviceName,
             tags=tuple(dict.fromkeys(tags)),
         )
-        await self._save(reg)
+        await registry.writer.upsert(reg)
         return web.Response(status=204)
 
     async def c8y_list(self, request: web.Request) -> web.Response:
-        self.admin(request)
+        store = await self.admin(request)
         tag = request.query.get("tag")
         if tag is not None:
             check_expression(tag, "tag")
-        page, _ = self.store.query(Audience(expression=tag), limit=C8Y_MAX_LIST)
+        page, _ = store.query(Audience(expression=tag), limit=C8Y_MAX_LIST)
         return web.json_response([to_c8y(r) for r in page])
 
     async def c8y_user(self, request: web.Request) -> web.Response:
-        self.admin(request)
-        page, _ = self.store.query(Audience(users=(request.match_info["userId"],)), limit=C8Y_MAX_LIST)
+        store = await self.admin(request)
+        page, _ = store.query(Audience(users=(request.match_info["userId"],)), limit=C8Y_MAX_LIST)
         return web.json_response([to_c8y(r) for r in page])
 
     async def c8y_unregister(self, request: web.Request) -> web.Response:
-        principal = self.keys.authenticate(request)
+        principal, registry = await self.caller(request)
         token = request.match_info["deviceToken"]
-        found = self.store.by_token(token) or self.store.by_token(token.lower())
+        store = registry.store
+        found = store.by_token(token) or store.by_token(token.lower())
         if not found:
             raise ApiError(400, "not_found", "The device token is not yet registered.")
         for reg in found:
-            self._may_write(principal, reg.app, reg)
+            self._may_write(principal, reg.app, reg.user_id, reg)
         for reg in found:
-            self.store.remove(reg.provider, reg.token)
+            await registry.writer.remove(reg.provider, reg.token)
         return web.Response(status=204)

@@ -14,13 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from registrations.model import Registration
 
 Commit = Callable[[Sequence[Registration], float], object]
+Remove = Callable[[str | None, str], bool]
 
 
 class BatchWriter:
     def __init__(
-        self, commit: Commit, clock: Callable[[], float], max_batch: int = 1000, threaded: bool = True
+        self,
+        commit: Commit,
+        clock: Callable[[], float],
+        max_batch: int = 1000,
+        threaded: bool = True,
+        remove: Remove | None = None,
     ) -> None:
         self.commit, self.clock, self.max_batch = commit, clock, max_batch
+        self._remove = remove
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="registry-writer") if threaded else None
         self._pending: list[tuple[Registration, asyncio.Future[Registration]]] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -33,6 +40,12 @@ class BatchWriter:
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
         return await future
+
+    async def remove(self, provider: str | None, token: str) -> bool:
+        """Delete a registration (one statement, committed at once)."""
+        if self._remove is None:
+            raise RuntimeError("this writer was built without a remove function")
+        return self._remove(provider, token)
 
     async def _run(self, regs: Sequence[Registration]) -> None:
         if self._executor is None:

@@ -24,6 +24,8 @@ from rules.topics import TopicFilter, TopicIndex, compile_filter, match_levels
 TransitionState = Literal["firing", "resolved"]
 Kind = Literal["event", "threshold", "absent", "change", "alarm"]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+CUMULOCITY = "cumulocity"  # the source name of platform alarms (rules/cumulocity.py)
+TENANT = "tenant"  # their tenant: an attribute of the event and always a label of its alerts
 
 
 @dataclass(slots=True)
@@ -53,6 +55,9 @@ class Transition:
     data: Mapping[str, str] = field(default_factory=dict)
     policy: Policy | None = None  # the rule's noise control, read by the notify stages
     on_ambiguous: str = "resend"  # after a failover: resend or skip a send the old leader never confirmed
+    # The Cumulocity tenant whose alarm caused it (None for every other source): only that tenant's
+    # registrations may receive it.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +260,15 @@ class RuleEngine:
         found = self._topic_cache.get(event.topic)
         if found is None:
             found = self._candidates(event.topic)
+        tenant = event.attributes.get(TENANT) if event.source == CUMULOCITY else None
         for c, labels, aid in found:
             if c.condition is not None and not c.condition(event.payload):
                 continue
+            if tenant is not None and labels.get(TENANT) != tenant:
+                # A tenant's alarms never share an alert with another tenant's, whatever the rule's topic
+                # filter names: the tenant is always one of the labels.
+                labels = {**labels, TENANT: tenant}
+                aid = "" if c.kind == "alarm" else alert_id(c.id, labels)
             if c.expr is not None and not c.expr(_context(c, labels, "firing", event, now, None)):
                 continue
             kind = c.kind
@@ -517,6 +528,7 @@ class RuleEngine:
         aud = rule.audience
         title_t, body_t = c.title, c.body
         r = c.rendering
+        tenant = event.attributes.get(TENANT) if event is not None and event.source == CUMULOCITY else None
         if r is None:
             return Transition(
                 aid,
@@ -539,6 +551,7 @@ class RuleEngine:
                 {},
                 c.policy,
                 rule.on_ambiguous,
+                tenant,
             )
         t = Transition(
             alert_id=aid,
@@ -558,6 +571,7 @@ class RuleEngine:
             priority=c.priority,
             policy=c.policy,
             on_ambiguous=rule.on_ambiguous,
+            tenant=tenant,
         )
         if r is not None:
             if st == "resolved" and r.resolved is not None:

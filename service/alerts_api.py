@@ -1,19 +1,40 @@
 """HTTP routes for alerts and silences: list open alerts, acknowledge one (stops its repeats and escalation),
-create, list and delete silences."""
+create, list and delete silences.
+
+A Cumulocity tenant's users see only their tenant's alerts and silences (a silence they create always
+carries the matcher ``tenant``). Acknowledging an alert also tells the alert's origin (``on_ack``: the
+platform sets the Cumulocity alarm to ACKNOWLEDGED)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from registrations.auth import Principal
 from rules.durations import parse_duration
+from service.api import principal_of
 from service.clock import Clock
-from service.notify.noise import NoiseControl, Silence
+from service.notify.model import Notification
+from service.notify.noise import Ack, NoiseControl, Silence
 
+log = logging.getLogger("tocsin.alerts")
+# Passes an acknowledgement on to where the alert came from; returns what to tell the caller about it.
+AckHook = Callable[[Notification, Ack], Awaitable[dict[str, Any] | None]]
 NOISE_KEY: web.AppKey[NoiseControl] = web.AppKey("noise", NoiseControl)
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock", Clock)
+ACK_HOOK_KEY: web.AppKey[AckHook] = web.AppKey("ack_hook", AckHook)  # type: ignore[arg-type]
+
+
+def _visible(principal: Principal, n: Notification) -> bool:
+    return principal.tenant is None or n.tenant == principal.tenant
+
+
+def _own_silence(principal: Principal, s: Silence) -> bool:
+    return principal.tenant is None or s.matchers.get("tenant") == principal.tenant
 
 
 class BadRequest(ValueError):
@@ -48,7 +69,7 @@ def _bad(exc: Exception) -> web.Response:
 
 
 async def list_alerts(request: web.Request) -> web.Response:
-    noise = request.app[NOISE_KEY]
+    noise, principal = request.app[NOISE_KEY], principal_of(request)
     alerts = [
         {
             "id": n.alert_id,
@@ -59,32 +80,44 @@ async def list_alerts(request: web.Request) -> web.Response:
             "since": n.created,
             "title": n.title,
             "acknowledged": noise.acks.acked(n),
+            "tenant": n.tenant,
         }
         for n in noise.open_alerts().values()
+        if _visible(principal, n)
     ]
     return web.json_response({"alerts": alerts})
 
 
 async def ack_alert(request: web.Request) -> web.Response:
-    noise, clock = request.app[NOISE_KEY], request.app[CLOCK_KEY]
+    noise, clock, principal = request.app[NOISE_KEY], request.app[CLOCK_KEY], principal_of(request)
     try:
         body = await _body(request)
     except BadRequest as exc:
         return _bad(exc)
-    ack = noise.ack(
-        request.match_info["id"], str(body.get("by") or ""), str(body.get("comment") or ""), clock.time()
-    )
+    n = noise.open_alerts().get(request.match_info["id"])
+    if n is None or not _visible(principal, n):
+        return web.json_response({"error": "no open alert with this id"}, status=404)
+    by = str(body.get("by") or principal.user or principal.name)
+    ack = noise.ack(n.alert_id, by, str(body.get("comment") or ""), clock.time())
     if ack is None:
         return web.json_response({"error": "no open alert with this id"}, status=404)
-    return web.json_response(
-        {
-            "alert_id": ack.alert_id,
-            "episode": ack.episode,
-            "by": ack.by,
-            "comment": ack.comment,
-            "time": ack.time,
-        }
-    )
+    answer: dict[str, Any] = {
+        "alert_id": ack.alert_id,
+        "episode": ack.episode,
+        "by": ack.by,
+        "comment": ack.comment,
+        "time": ack.time,
+    }
+    hook = request.app.get(ACK_HOOK_KEY)
+    if hook is not None:
+        try:
+            origin = await hook(n, ack)
+        except Exception as exc:  # the acknowledgement stands here; say that the origin did not take it
+            log.warning("passing the acknowledgement of alert %s on failed: %s", n.alert_id, exc)
+            origin = {"acknowledged": False, "error": str(exc)}
+        if origin is not None:
+            answer["origin"] = origin
+    return web.json_response(answer)
 
 
 def silence_from(body: dict[str, Any], now: float) -> Silence:
@@ -114,9 +147,16 @@ def silence_from(body: dict[str, Any], now: float) -> Silence:
 
 
 async def create_silence(request: web.Request) -> web.Response:
-    noise, clock = request.app[NOISE_KEY], request.app[CLOCK_KEY]
+    noise, clock, principal = request.app[NOISE_KEY], request.app[CLOCK_KEY], principal_of(request)
     try:
-        silence = silence_from(await _body(request), clock.time())
+        body = await _body(request)
+        if principal.tenant is not None:
+            matchers = body.get("matchers")
+            if isinstance(matchers, dict):
+                if matchers.get("tenant", principal.tenant) != principal.tenant:
+                    raise BadRequest(f"matchers.tenant: you may only silence tenant {principal.tenant}")
+                body["matchers"] = {**matchers, "tenant": principal.tenant}
+        silence = silence_from(body, clock.time())
     except BadRequest as exc:
         return _bad(exc)
     noise.silences.add(silence)
@@ -124,19 +164,26 @@ async def create_silence(request: web.Request) -> web.Response:
 
 
 async def list_silences(request: web.Request) -> web.Response:
-    noise, clock = request.app[NOISE_KEY], request.app[CLOCK_KEY]
-    return web.json_response({"silences": [s.to_json() for s in noise.silences.list(clock.time())]})
+    noise, clock, principal = request.app[NOISE_KEY], request.app[CLOCK_KEY], principal_of(request)
+    found = [s.to_json() for s in noise.silences.list(clock.time()) if _own_silence(principal, s)]
+    return web.json_response({"silences": found})
 
 
 async def delete_silence(request: web.Request) -> web.Response:
-    if request.app[NOISE_KEY].silences.remove(request.match_info["id"]):
+    silences, principal = request.app[NOISE_KEY].silences, principal_of(request)
+    found = silences.get(request.match_info["id"])
+    if found is not None and _own_silence(principal, found) and silences.remove(found.id):
         return web.Response(status=204)
     return web.json_response({"error": "no silence with this id"}, status=404)
 
 
-def add_alert_routes(app: web.Application, noise: NoiseControl, clock: Clock) -> None:
+def add_alert_routes(
+    app: web.Application, noise: NoiseControl, clock: Clock, on_ack: AckHook | None = None
+) -> None:
     app[NOISE_KEY] = noise
     app[CLOCK_KEY] = clock
+    if on_ack is not None:
+        app[ACK_HOOK_KEY] = on_ack
     app.router.add_get("/v1/alerts", list_alerts)
     app.router.add_post("/v1/alerts/{id}/ack", ack_alert)
     app.router.add_get("/v1/silences", list_silences)

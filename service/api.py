@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from registrations.auth import AuthError, KeyRing
+from registrations.auth import Authenticator, AuthError, Principal
 from service import __version__
 from service.metrics import Metrics
 
@@ -87,21 +87,43 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 # Operator routes: acknowledging alerts, silences, delivery reports and the cluster's state need an admin key
 # (or, with no keys configured, a caller on the loopback interface), like the registration and push APIs.
+# On Cumulocity a tenant's users reach the alerts and silences of their own tenant: its admins all of them,
+# its other users (the app on the phone) only acknowledging. Reports and the cluster stay deployment-wide.
 ADMIN_PREFIXES = ("/v1/alerts", "/v1/silences", "/v1/notifications", "/v1/cluster")
+TENANT_PREFIXES = ("/v1/alerts", "/v1/silences")
+PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
-def admin_only(keys: KeyRing, prefixes: tuple[str, ...] = ADMIN_PREFIXES) -> Middleware:
+def principal_of(request: web.Request) -> Principal:
+    """The caller the operator guard let through (it runs before every operator route)."""
+    return request[PRINCIPAL_KEY]
+
+
+def _acknowledging(request: web.Request) -> bool:
+    return (
+        request.method == "POST" and request.path.startswith("/v1/alerts/") and request.path.endswith("/ack")
+    )
+
+
+def admin_only(auth: Authenticator, prefixes: tuple[str, ...] = ADMIN_PREFIXES) -> Middleware:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(prefixes):
             try:
-                principal = keys.authenticate(request)
+                principal = await auth.authenticate(request)
             except AuthError as exc:
-                return web.json_response({"error": "unauthorized", "message": exc.message}, status=exc.status)
-            if not principal.admin:
-                return web.json_response(
-                    {"error": "forbidden", "message": "this route needs an admin key"}, status=403
-                )
+                error = "unauthorized" if exc.status == 401 else "forbidden"
+                return web.json_response({"error": error, "message": exc.message}, status=exc.status)
+            tenant_route = request.path.startswith(TENANT_PREFIXES)
+            if principal.tenant is not None and not tenant_route:
+                message = "this route is for the deployment's operators, not for a tenant's users"
+            elif principal.admin or (principal.tenant is not None and _acknowledging(request)):
+                message = ""
+            else:
+                message = "this route needs an admin key"
+            if message:
+                return web.json_response({"error": "forbidden", "message": message}, status=403)
+            request[PRINCIPAL_KEY] = principal
         return await handler(request)
 
     return guard

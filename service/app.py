@@ -14,7 +14,8 @@ from types import TracebackType
 import aiomqtt
 from aiohttp import web
 
-from registrations.auth import KeyRing, Principal, digest
+from registrations.auth import Authenticator, KeyRing, Principal, digest
+from registrations.directory import Registry, StoreDirectory
 from registrations.http import RegistrationApi
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
@@ -86,11 +87,14 @@ class Service:
         self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
         self._state_dirty = False
         self.store = SqliteRegistrationStore(config.store_path)
+        self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time, remove=self.store.remove)
+        # The deployment's own registrations; a Cumulocity tenant's are added while it is subscribed.
+        self.stores = StoreDirectory(Registry(self.store, self.writer))
         self.providers: dict[str, Provider] = providers or build_providers(config)
         self.outbox = Outbox(config.store_path)
         self.dispatcher = Dispatcher(
             self.providers,
-            self.store,
+            self.stores,
             self.metrics,
             self.clock,
             config.notify.queue_size,
@@ -118,20 +122,20 @@ class Service:
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
-            TargetStage(self.store),
+            TargetStage(self.stores),
             self.dispatcher,
             self.metrics,
             self.noise,
             self.webhook,
         )
         self.keys = keyring(config)
-        self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time)
+        self.auth: Authenticator = self.keys
         rejected = self.metrics.api_rejected
         self.registration_api = RegistrationApi(
-            self.store, self.writer, self.keys, lambda route, status: rejected.inc(route, str(status))
+            self.stores, self.auth, lambda route, status: rejected.inc(route, str(status))
         )
         self.push_api = PushApi(
-            self.pipeline, self.keys, self.clock, lambda route, status: rejected.inc(route, str(status))
+            self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
         )
         self.source = MqttSource(
             config.mqtt,
@@ -384,7 +388,7 @@ class Service:
             self.http_app = build_app(self, self.metrics, routes, document())
             add_alert_routes(self.http_app, self.noise, self.clock)
             add_report_routes(self.http_app, self.outbox)
-            self.http_app.middlewares.append(admin_only(self.keys))
+            self.http_app.middlewares.append(admin_only(self.auth))
             runner = web.AppRunner(self.http_app, access_log=None)
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
@@ -436,7 +440,8 @@ class Service:
         pending = list(self.outbox.pending())
         resent = 0
         for n, provider, token, attempts in pending:
-            reg = self.store.get(provider, token)
+            store = self.stores.store(n.tenant)
+            reg = store.get(provider, token) if store is not None else None
             delivery = Delivery(n, reg or Registration(provider, token), attempts)
             if reg is None or reg.state != "active":
                 self.outbox.finish(delivery, "failed", "registration_gone", now)

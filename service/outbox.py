@@ -63,6 +63,7 @@ def encode(n: Notification) -> str:
             "on_ambiguous": n.on_ambiguous,
             "origin": n.origin,
             "channels": list(n.audience.channels),
+            "tenant": n.tenant,
         },
         separators=(",", ":"),
     )

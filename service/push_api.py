@@ -17,7 +17,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field, model_validator
 
-from registrations.auth import KeyRing
+from registrations.auth import Authenticator, Principal
 from registrations.http import ApiError, RejectCounter, guarded, parse, timestamp
 from registrations.http import check_expression as checked
 from registrations.model import Audience
@@ -75,9 +75,13 @@ def c8y_audience(body: C8yNotification) -> Audience:
 
 class PushApi:
     def __init__(
-        self, pipeline: Pipeline, keys: KeyRing, clock: Clock, on_reject: RejectCounter = lambda r, s: None
+        self,
+        pipeline: Pipeline,
+        auth: Authenticator,
+        clock: Clock,
+        on_reject: RejectCounter = lambda r, s: None,
     ) -> None:
-        self.pipeline, self.keys, self.clock, self.on_reject = pipeline, keys, clock, on_reject
+        self.pipeline, self.auth, self.clock, self.on_reject = pipeline, auth, clock, on_reject
         self._tasks: set[asyncio.Task[int]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -89,12 +93,15 @@ class PushApi:
             ),
         ]
 
-    def _admin(self, request: web.Request) -> None:
-        if not self.keys.authenticate(request).admin:
-            raise ApiError(403, "forbidden", "sending needs an admin key")
+    async def _admin(self, request: web.Request) -> Principal:
+        """Senders are admins; a Cumulocity tenant's admins send to their own tenant's registrations."""
+        principal = await self.auth.authenticate(request)
+        if not principal.admin:
+            raise ApiError(403, "forbidden", "sending needs an admin key or role")
+        return principal
 
     async def push(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        principal = await self._admin(request)
         body = await parse(request, PushIn)
         now = self.clock.time()
         audience = audience_of(body.audience)
@@ -113,6 +120,7 @@ class PushApi:
                 400, "invalid_body", f"expires_at: {reason}", [{"field": "expires_at", "reason": reason}]
             )
         n = self.notification(audience, body.title, body.body, dict(body.data), body.severity, now, expires)
+        n.tenant = principal.tenant
         self.submit(n, at)
         scheduled = timestamp(at) if at > now else None
         return web.json_response(
@@ -120,7 +128,7 @@ class PushApi:
         )
 
     async def c8y_notification(self, request: web.Request) -> web.Response:
-        self._admin(request)
+        principal = await self._admin(request)
         body = await parse(request, C8yNotification)
         now = self.clock.time()
         alarm = body.message.body.alarmId
@@ -133,6 +141,7 @@ class PushApi:
             now,
             now + DEFAULT_EXPIRY_S,
         )
+        n.tenant = principal.tenant
         self.submit(n, now)
         return web.Response(status=204)
 

@@ -16,6 +16,7 @@ import random
 from collections.abc import Mapping
 from typing import Literal, Protocol
 
+from registrations.directory import StoreDirectory
 from registrations.store import RegistrationStore
 from service.clock import Clock
 from service.metrics import Metrics
@@ -62,7 +63,7 @@ class Dispatcher:
     def __init__(
         self,
         providers: Mapping[str, Provider],
-        store: RegistrationStore,
+        store: RegistrationStore | StoreDirectory,
         metrics: Metrics,
         clock: Clock,
         queue_size: int = 100_000,
@@ -73,7 +74,8 @@ class Dispatcher:
         retry_cap_s: float = 60.0,
         pause_probe_s: float = 30.0,
     ) -> None:
-        self.providers, self.store, self.metrics, self.clock = providers, store, metrics, clock
+        self.providers, self.metrics, self.clock = providers, metrics, clock
+        self.stores = store if isinstance(store, StoreDirectory) else StoreDirectory.single(store)
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(queue_size)
         self.max_attempts = max_attempts
         self.outbox = outbox
@@ -212,7 +214,9 @@ class Dispatcher:
             log.info("registration %s was renewed after its token died (%s): kept", reg.id, outcome.reason)
         else:
             reg.state = "invalid" if isinstance(outcome, TokenInvalid) else "suspect"
-            self.store.upsert(reg, self.clock.time())
+            store = self.stores.store(delivery.notification.tenant)
+            if store is not None:  # None: the tenant left meanwhile, and its registrations with it
+                store.upsert(reg, self.clock.time())
             self.metrics.registrations_changed.inc(reg.provider, reg.state)
             log.info("registration %s is now %s: %s", reg.id, reg.state, outcome.reason)
         self._finish(delivery, "failed", outcome.name)

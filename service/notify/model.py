@@ -40,6 +40,9 @@ class Notification:
     collapse_key: str | None = None
     policy: Policy | None = None
     count: int = 1  # alerts this notification stands for (grouping, rate-limit summaries)
+    # The Cumulocity tenant it belongs to: targeted at that tenant's registrations only. None: the
+    # deployment's own registrations (MQTT rules, API-key callers).
+    tenant: str | None = None
 
     def text_for(self, locale: str | None) -> tuple[str, str]:
         """Title and body for a locale: exact (``de-AT``), then language (``de``), then the default."""

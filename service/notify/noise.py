@@ -76,6 +76,8 @@ class Silence:
 def _field(n: Notification, name: str) -> str | None:
     if name in ("rule", "severity", "alert_id", "state"):
         return str(getattr(n, name))
+    if name == "tenant" and n.tenant is not None:
+        return n.tenant  # a Cumulocity tenant's silences match its own alerts only
     return n.labels.get(name)
 
 
@@ -98,6 +100,9 @@ class Silences:
         if found:
             self._changed()
         return found
+
+    def get(self, silence_id: str) -> Silence | None:
+        return self._by_id.get(silence_id)
 
     def list(self, now: float) -> list[Silence]:
         for s in [s for s in self._by_id.values() if s.end <= now]:
@@ -188,7 +193,8 @@ class Grouping:
         p = n.policy
         if p is None or p.group_by is None:
             return True
-        key = (n.rule, n.state, *(n.labels.get(k, "") for k in p.group_by))
+        # The tenant is part of the key: one tenant's alerts are never summed up for another tenant.
+        key = (n.rule, n.state, n.tenant or "", *(n.labels.get(k, "") for k in p.group_by))
         found = self._groups.get(key)
         if found is None:
             deadline = now + p.group_wait
@@ -229,7 +235,7 @@ def _combine(members: list[Notification]) -> Notification:
     return replace(
         first,
         nid=short_hash("group", *(m.nid for m in members)),
-        alert_id=short_hash("group", first.rule, *labels.values()),
+        alert_id=short_hash("group", first.rule, first.tenant or "", *labels.values()),
         title=title,
         body=body,
         labels=labels,

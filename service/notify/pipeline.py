@@ -53,6 +53,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         collapse_key=t.collapse_key,
         policy=t.policy,
         on_ambiguous=t.on_ambiguous,
+        tenant=t.tenant,
     )
 
 
@@ -113,7 +114,7 @@ class Pipeline:
     async def _send(self, n: Notification, now: float) -> int:
         count, held = 0, 0
         noise = self.noise
-        for batch in self.target.batches(n.audience):
+        for batch in self.target.batches(n.audience, n.tenant):
             for registration in batch:
                 if noise is not None and not noise.for_recipient(n, registration, now):
                     held += 1

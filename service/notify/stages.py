@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
+from registrations.directory import StoreDirectory
 from registrations.model import Audience, Registration
 from registrations.store import RegistrationStore
 from service.notify.model import Notification
@@ -59,30 +60,38 @@ class DedupStage:
 
 
 class TargetStage:
-    """Audience → registrations. Resolved audiences are cached until the store changes."""
+    """Audience → registrations, from the store of the notification's tenant (the deployment's own store
+    when it has none). Resolved audiences are cached per store until that store changes."""
 
     name = "target"
 
-    def __init__(self, store: RegistrationStore, cache_size: int = 1024) -> None:
-        self.store = store
-        self._cache: dict[Audience, list[Registration]] = {}
-        self._version = -1
+    def __init__(self, stores: RegistrationStore | StoreDirectory, cache_size: int = 1024) -> None:
+        self.stores = stores if isinstance(stores, StoreDirectory) else StoreDirectory.single(stores)
+        self._caches: dict[str | None, tuple[object, int, dict[Audience, list[Registration]]]] = {}
         self._cache_size = cache_size
 
-    def batches(self, audience: Audience) -> Iterator[list[Registration]]:
-        if self.store.version != self._version:
-            self._cache.clear()
-            self._version = self.store.version
-        cached = self._cache.get(audience)
+    @property
+    def store(self) -> RegistrationStore:
+        return self.stores.default.store
+
+    def batches(self, audience: Audience, tenant: str | None = None) -> Iterator[list[Registration]]:
+        store = self.stores.store(tenant)
+        if store is None:
+            return  # a tenant that is not (or no longer) subscribed has nobody
+        cached_store, version, cache = self._caches.get(tenant) or (None, -1, {})
+        if cached_store is not store or store.version != version:
+            cache = {}
+            self._caches[tenant] = (store, store.version, cache)
+        cached = cache.get(audience)
         if cached is not None:
             yield cached
             return
         collected: list[Registration] = []
         small = True
-        for batch in self.store.resolve(audience):
+        for batch in store.resolve(audience):
             if small:
                 collected.extend(batch)
                 small = len(collected) <= 1000
             yield batch
-        if small and len(self._cache) < self._cache_size:
-            self._cache[audience] = collected
+        if small and len(cache) < self._cache_size:
+            cache[audience] = collected
