@@ -20,7 +20,7 @@ from registrations.auth import Authenticator, AuthError, Principal
 from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
-from registrations.store import RegistrationStore
+from registrations.store import RegistrationStore, StoreUnavailable
 
 log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
@@ -62,6 +62,9 @@ def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Han
                 )
             except ApiError as exc:
                 error = exc
+            except StoreUnavailable as exc:
+                log.warning("%s: %s", route, exc)
+                error = ApiError(503, "store_unavailable", str(exc))
             on_reject(route, error.status)
             return error.response(style)
 

@@ -8,6 +8,15 @@ from typing import Protocol
 from registrations.model import Audience, Registration
 
 
+class StoreUnavailable(Exception):
+    """The store could not take a write (a remote store's service failed); nothing was changed.
+    ``status``: the remote answer's HTTP status, when there was one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RegistrationStore(Protocol):
     @property
     def version(self) -> int:

@@ -528,7 +528,14 @@ class RuleEngine:
         aud = rule.audience
         title_t, body_t = c.title, c.body
         r = c.rendering
-        tenant = event.attributes.get(TENANT) if event is not None and event.source == CUMULOCITY else None
+        tenant = None
+        platform: Mapping[str, str] = _EMPTY
+        if event is not None and event.source == CUMULOCITY:
+            # What the Cumulocity alarm app expects in a push (alarmId, sourceId), and what acknowledging
+            # the alert needs to find the platform alarm again.
+            tenant = event.attributes.get(TENANT)
+            alarm_id = event.payload.get("id") if isinstance(event.payload, Mapping) else None
+            platform = {"alarmId": str(alarm_id), "sourceId": event.device or ""} if alarm_id else _EMPTY
         if r is None:
             return Transition(
                 aid,
@@ -548,7 +555,7 @@ class RuleEngine:
                 rule.category,
                 c.priority,
                 None,
-                {},
+                platform,
                 c.policy,
                 rule.on_ambiguous,
                 tenant,
@@ -572,6 +579,7 @@ class RuleEngine:
             policy=c.policy,
             on_ambiguous=rule.on_ambiguous,
             tenant=tenant,
+            data=platform,
         )
         if r is not None:
             if st == "resolved" and r.resolved is not None:
@@ -581,7 +589,7 @@ class RuleEngine:
             if r.collapse_key is not None:
                 t.collapse_key = r.collapse_key.render(ctx)
             if r.data:
-                t.data = {k: v.render(ctx) for k, v in r.data}
+                t.data = {**platform, **{k: v.render(ctx) for k, v in r.data}}
         t.title, t.body = title_t.render(ctx), body_t.render(ctx)
         return t
 

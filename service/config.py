@@ -46,6 +46,9 @@ class InstanceConfig(_Section):
 
 
 class MqttConfig(_Section):
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: off on Cumulocity (the Cumulocity source is on) unless a host is set"
+    )
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     username: str | None = None
@@ -90,7 +93,12 @@ def _console() -> list[SeedRegistration]:
 
 
 class RegistrationsConfig(_Section):
-    store: Literal["sqlite"] = "sqlite"
+    store: Literal["auto", "sqlite", "cumulocity"] = Field(
+        "auto",
+        description="where a Cumulocity tenant's registrations live: 'cumulocity' (the tenant's inventory), "
+        "'sqlite' (a file per tenant under <data_dir>/tenants); auto: the inventory. The deployment's own "
+        "registrations are always in the SQLite file at 'path'",
+    )
     path: Path | None = Field(None, description="default: <data_dir>/tocsin.db")
     seed: list[SeedRegistration] = Field(
         default_factory=_console, description="registrations created at start (the console one by default)"
@@ -186,6 +194,34 @@ class ClusterConfig(_Section):
     ledger_retention_s: float = Field(3600.0, gt=0)
 
 
+class CumulocityConfig(_Section):
+    """The Cumulocity source: runs when the platform's environment (C8Y_BASEURL, ...) is there."""
+
+    enabled: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: on when C8Y_BASEURL is set (running as a microservice); on: required"
+    )
+    subscription: str = Field(
+        "tocsinalarms", pattern=r"^[a-zA-Z0-9]+$", description="Notifications 2.0 subscription (per tenant)"
+    )
+    subscriber: str = Field("tocsin", pattern=r"^[a-zA-Z0-9]+$", description="its consumer's name")
+    token_minutes: int = Field(1440, ge=1, le=525600, description="validity of a consumer token")
+    poll_s: float = Field(60.0, gt=0, description="how often the tenant subscriptions are read")
+    inventory_refresh_s: float = Field(
+        300.0, gt=0, description="how often a tenant's registrations are read again from its inventory"
+    )
+    auth_cache_s: float = Field(60.0, ge=0, description="how long a caller's checked credentials are trusted")
+    admin_role: str = Field("ROLE_TOCSIN_ADMIN", description="a tenant user's role for everything in its tenant")
+    user_role: str = Field(
+        "ROLE_TOCSIN_READ", description="a tenant user's role for registering own devices, acknowledging"
+    )
+    acknowledge_alarms: bool = Field(
+        True, description="acknowledging an alert sets its Cumulocity alarm to ACKNOWLEDGED"
+    )
+    dedup_retention_s: float = Field(
+        7 * 86400.0, gt=0, description="how long alarm versions are remembered to drop redelivered frames"
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -201,6 +237,7 @@ class Config(_Section):
     api: ApiConfig = ApiConfig()
     notify: NotifyConfig = NotifyConfig()
     cluster: ClusterConfig = ClusterConfig()
+    cumulocity: CumulocityConfig = CumulocityConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     logging: LoggingConfig = LoggingConfig()
 
