@@ -58,6 +58,7 @@ class Transition:
     # The Cumulocity tenant whose alarm caused it (None for every other source): only that tenant's
     # registrations may receive it.
     tenant: str | None = None
+    audience_expression: str | None = None  # the rule's templated tag expression, rendered for this alert
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ class CompiledRule:
     policy: Policy | None = None
     id: str = ""  # the rule's id (a field, not a property: read on every event)
     priority: str = "normal"
+    audience_expression: Template | None = None
 
 
 @dataclass(slots=True)
@@ -186,6 +188,7 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         policy=compile_policy(rule),
         id=rule.id,
         priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
+        audience_expression=compile_template(rule.audience.expression) if rule.audience.expression else None,
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None
@@ -559,6 +562,7 @@ class RuleEngine:
                 c.policy,
                 rule.on_ambiguous,
                 tenant,
+                c.audience_expression.render(ctx) if c.audience_expression is not None else None,
             )
         t = Transition(
             alert_id=aid,
@@ -580,6 +584,9 @@ class RuleEngine:
             on_ambiguous=rule.on_ambiguous,
             tenant=tenant,
             data=platform,
+            audience_expression=c.audience_expression.render(ctx)
+            if c.audience_expression is not None
+            else None,
         )
         if r is not None:
             if st == "resolved" and r.resolved is not None:

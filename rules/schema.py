@@ -105,18 +105,6 @@ class AlarmMatch(_Strict):
         return [x.upper() if isinstance(x, str) else x for x in v] if isinstance(v, list | tuple) else v
 
 
-class Audience(_Strict):
-    tags: tuple[str, ...] = ()
-    users: tuple[str, ...] = ()
-    channels: tuple[str, ...] = Field((), description="channels: registrations tagged 'channel:<name>'")
-
-    @model_validator(mode="after")
-    def _someone(self) -> Audience:
-        if not self.tags and not self.users and not self.channels:
-            raise ValueError("name at least one tag, user or channel")
-        return self
-
-
 def _check_template(value: str) -> str:
     compile_template(value)
     return value
@@ -129,6 +117,23 @@ def _check_expression(value: str) -> str:
 
 Text = Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]
 TemplateText = Annotated[Text, BeforeValidator(_check_template)]
+
+
+class Audience(_Strict):
+    tags: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    channels: tuple[str, ...] = Field((), description="channels: registrations tagged 'channel:<name>'")
+    expression: TemplateText | None = Field(
+        None,
+        description="a tag expression, templated per alert, e.g. the Cumulocity alarm app's watch list: "
+        '"severity:all || severity:{{ alarm.severity | lower | tag }}"',
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> Audience:
+        if not self.tags and not self.users and not self.channels and not self.expression:
+            raise ValueError("name at least one tag, user, channel or expression")
+        return self
 
 
 class LocaleText(_Strict):

@@ -13,6 +13,9 @@ from jinja2 import TemplateSyntaxError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _ENV = ImmutableSandboxedEnvironment(undefined=Undefined, autoescape=False, keep_trailing_newline=False)
+_NOT_TAG = re.compile(r"[^A-Za-z0-9_@#.:\-]")
+# ``{{ type | tag }}``: a value made safe to stand in a tag or tag expression (other characters become _).
+_ENV.filters["tag"] = lambda value: _NOT_TAG.sub("_", str(value)) or "_"
 
 
 class Template(Protocol):

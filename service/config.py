@@ -210,7 +210,9 @@ class CumulocityConfig(_Section):
         300.0, gt=0, description="how often a tenant's registrations are read again from its inventory"
     )
     auth_cache_s: float = Field(60.0, ge=0, description="how long a caller's checked credentials are trusted")
-    admin_role: str = Field("ROLE_TOCSIN_ADMIN", description="a tenant user's role for everything in its tenant")
+    admin_role: str = Field(
+        "ROLE_TOCSIN_ADMIN", description="a tenant user's role for everything in its tenant"
+    )
     user_role: str = Field(
         "ROLE_TOCSIN_READ", description="a tenant user's role for registering own devices, acknowledging"
     )

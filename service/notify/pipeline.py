@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from registrations.model import Audience
+from registrations.tagexpr import TagExpressionError
 from rules.engine import Transition
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -18,16 +19,23 @@ log = logging.getLogger("tocsin.notify")
 DEFAULT_EXPIRY_S = 3600.0
 
 
-_audiences: dict[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]], Audience] = {}
+_AudienceKey = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], str | None]
+_audiences: dict[_AudienceKey, Audience] = {}
 
 
-def _audience(tags: tuple[str, ...], users: tuple[str, ...], channels: tuple[str, ...] = ()) -> Audience:
-    found = _audiences.get((tags, users, channels))
+def _audience(
+    tags: tuple[str, ...],
+    users: tuple[str, ...],
+    channels: tuple[str, ...] = (),
+    expression: str | None = None,
+) -> Audience:
+    key = (tags, users, channels, expression)
+    found = _audiences.get(key)
     if found is None:
         if len(_audiences) > 10_000:
             _audiences.clear()
         all_tags = tags + tuple(CHANNEL_TAG + c for c in channels)
-        found = _audiences[(tags, users, channels)] = Audience(tags=all_tags, users=users)
+        found = _audiences[key] = Audience(tags=all_tags, users=users, expression=expression)
     return found
 
 
@@ -42,7 +50,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         title=t.title,
         body=t.body,
         labels=t.labels,
-        audience=_audience(t.audience_tags, t.audience_users, t.audience_channels),
+        audience=_audience(t.audience_tags, t.audience_users, t.audience_channels, t.audience_expression),
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
         data=t.data,
@@ -114,13 +122,20 @@ class Pipeline:
     async def _send(self, n: Notification, now: float) -> int:
         count, held = 0, 0
         noise = self.noise
-        for batch in self.target.batches(n.audience, n.tenant):
-            for registration in batch:
-                if noise is not None and not noise.for_recipient(n, registration, now):
-                    held += 1
-                    continue
-                await self.dispatcher.submit(Delivery(n, registration))
-                count += 1
+        try:
+            for batch in self.target.batches(n.audience, n.tenant):
+                for registration in batch:
+                    if noise is not None and not noise.for_recipient(n, registration, now):
+                        held += 1
+                        continue
+                    await self.dispatcher.submit(Delivery(n, registration))
+                    count += 1
+        except TagExpressionError as exc:  # a rule's templated expression rendered into something invalid
+            self.metrics.suppressed.inc("bad_audience")
+            log.error(
+                "notification %s (%s): its audience %r is not valid: %s", n.nid, n.rule, n.audience, exc
+            )
+            return count
         if count == 0 and held == 0:
             self.metrics.suppressed.inc("no_audience")
             log.info("notification %s (%s) has no registration in its audience %s", n.nid, n.rule, n.audience)
