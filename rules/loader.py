@@ -14,6 +14,8 @@ from rules.engine import RuleSet, compile_rules
 from rules.schema import Rule, RuleFile
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
+# The rules a Cumulocity microservice runs when none are configured: the alarm app's behaviour.
+CUMULOCITY_EXAMPLES = EXAMPLES_DIR / "cumulocity"
 
 
 @dataclass(frozen=True, slots=True)

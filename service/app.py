@@ -22,7 +22,7 @@ from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
-from rules.loader import EXAMPLES_DIR, RuleLoadError, load_rules
+from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
 from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
@@ -34,6 +34,8 @@ from service.cluster.ledger_store import LedgerStore
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.config import Config
+from service.cumulocity.env import PlatformEnv
+from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -54,8 +56,16 @@ from service.sources.mqtt import MqttSource
 log = logging.getLogger("tocsin")
 
 
-def rule_paths(config: Config) -> list[Path]:
-    return list(config.rules.paths) or [EXAMPLES_DIR]
+def rule_paths(config: Config, on_cumulocity: bool = False) -> list[Path]:
+    """The configured rule files; none: the examples (on Cumulocity, the alarm app's rule)."""
+    return list(config.rules.paths) or [CUMULOCITY_EXAMPLES if on_cumulocity else EXAMPLES_DIR]
+
+
+def mqtt_enabled(config: Config, on_cumulocity: bool) -> bool:
+    """Auto: on, except on Cumulocity (no broker there) unless a broker host was configured."""
+    if config.mqtt.enabled != "auto":
+        return config.mqtt.enabled == "on"
+    return not on_cumulocity or "host" in config.mqtt.model_fields_set
 
 
 def keyring(config: Config) -> KeyRing:
@@ -76,11 +86,14 @@ class Service:
         clock: Clock | None = None,
         ruleset: RuleSet | None = None,
         providers: dict[str, Provider] | None = None,
+        platform: PlatformEnv | None = None,
     ) -> None:
+        """``platform``: the Cumulocity microservice environment (``platform_of``), when running there."""
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
-        self.ruleset = ruleset or load_rules(rule_paths(config))
+        self.platform = platform if config.cumulocity.enabled != "off" else None
+        self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)
         # Open alerts and pending timers survive a restart (service/alert_store.py).
         self.alert_store = AlertStore(config.data_dir / "alerts.db")
@@ -130,9 +143,30 @@ class Service:
         )
         self.keys = keyring(config)
         self.auth: Authenticator = self.keys
+        self.cumulocity: CumulocityRuntime | None = None
+        if self.platform is not None:
+            store_kind = "sqlite" if config.registrations.store == "sqlite" else "cumulocity"
+            self.cumulocity = CumulocityRuntime(
+                self.platform,
+                config.cumulocity,
+                store_kind,
+                config.data_dir,
+                self.stores,
+                self.on_event,
+                self.outbox.flush,
+                self.noise,
+                self.metrics,
+                self.clock,
+                self.keys,
+            )
+            self.auth = self.cumulocity.authenticator
+        self.mqtt_enabled = mqtt_enabled(config, self.platform is not None)
         rejected = self.metrics.api_rejected
         self.registration_api = RegistrationApi(
-            self.stores, self.auth, lambda route, status: rejected.inc(route, str(status))
+            self.stores,
+            self.auth,
+            lambda route, status: rejected.inc(route, str(status)),
+            self.cumulocity.user_exists if self.cumulocity is not None else None,
         )
         self.push_api = PushApi(
             self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
@@ -305,7 +339,7 @@ class Service:
     def reload_rules(self) -> list[str]:
         """Load the rule files again; on errors keep the running rules and return the errors."""
         try:
-            ruleset = load_rules(rule_paths(self.config))
+            ruleset = load_rules(rule_paths(self.config, self.platform is not None))
         except RuleLoadError as exc:
             self.metrics.rule_reloads.inc("refused")
             log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
@@ -321,7 +355,8 @@ class Service:
     # -- health -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.source.is_connected
+        mqtt_ok = not self.mqtt_enabled or self.source.is_connected
+        return mqtt_ok and (self.cumulocity is None or self.cumulocity.ready)
 
     def health(self) -> dict[str, object]:
         degraded = {name: reason for name, reason in self.dispatcher.config_errors.items()}
@@ -335,15 +370,18 @@ class Service:
         }
         if self.source.last_error:
             broker["error"] = self.source.last_error
-        status = "ok" if self.source.is_connected and not degraded else "degraded"
-        return {
+        status = "ok" if self.ready and not degraded else "degraded"
+        found: dict[str, object] = {
             "status": status,
             "version": __version__,
             "instance": self.config.instance.id,
-            "broker": broker,
+            "broker": broker if self.mqtt_enabled else {"enabled": False},
             "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
             "rules": len(self.ruleset.rules),
         }
+        if self.cumulocity is not None:
+            found["cumulocity"] = self.cumulocity.health()
+        return found
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def __aenter__(self) -> Service:
@@ -367,7 +405,7 @@ class Service:
             self.store.upsert(
                 Registration(seed.provider, seed.token, user_id=seed.user_id, tags=seed.tags), now
             )
-        local = cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
+        local = self.mqtt_enabled and cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
         if local and not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
         self.dispatcher.start()
@@ -386,7 +424,12 @@ class Service:
                 log.warning("no API keys configured (api.keys): callers on the loopback interface are admin")
             routes = [*self.registration_api.routes(), *self.push_api.routes()]
             self.http_app = build_app(self, self.metrics, routes, document())
-            add_alert_routes(self.http_app, self.noise, self.clock)
+            add_alert_routes(
+                self.http_app,
+                self.noise,
+                self.clock,
+                self.cumulocity.acknowledge if self.cumulocity is not None else None,
+            )
             add_report_routes(self.http_app, self.outbox)
             self.http_app.middlewares.append(admin_only(self.auth))
             runner = web.AppRunner(self.http_app, access_log=None)
@@ -400,13 +443,18 @@ class Service:
                 "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port
             )
         self._tasks = [
-            asyncio.create_task(self.source.run(), name="mqtt-source"),
             asyncio.create_task(self._timers(), name="rule-timers"),
             asyncio.create_task(self._noise_timers(), name="noise-timers"),
             asyncio.create_task(self._persist(), name="alert-persist"),
         ]
+        if self.mqtt_enabled:
+            self._tasks.append(asyncio.create_task(self.source.run(), name="mqtt-source"))
+        else:
+            log.info("MQTT source off (mqtt.enabled)")
         if self.cluster is not None:
             self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+        if self.cumulocity is not None:
+            await self._stack.enter_async_context(self.cumulocity)
         if cfg.rules.watch_s > 0 and cfg.rules.paths:
             watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)
             self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))

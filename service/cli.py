@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules
 from service import __version__, cli_api
 from service.app import Service, rule_paths
 from service.config import Config, ConfigError, load_config
+from service.cumulocity.env import PlatformEnv, PlatformEnvError
 from service.rules_cli import add_rules_commands
 
 
@@ -26,21 +28,36 @@ def _load(arg: str | None) -> Config:
     return load_config(_config_path(arg))
 
 
+def platform_of(config: Config, environ: Mapping[str, str]) -> PlatformEnv | None:
+    """The Cumulocity microservice environment when the Cumulocity source is to run; ConfigError when it
+    is required (``cumulocity.enabled: on``) and missing, or set only in part."""
+    if config.cumulocity.enabled == "off":
+        return None
+    try:
+        platform = PlatformEnv.from_environ(environ)
+    except PlatformEnvError as exc:
+        raise ConfigError([f"environment: {exc}"]) from None
+    if platform is None and config.cumulocity.enabled == "on":
+        raise ConfigError(["environment C8Y_BASEURL: cumulocity.enabled is 'on', but C8Y_BASEURL is not set"])
+    return platform
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
+        platform = platform_of(config, os.environ)
     except ConfigError as exc:
         print(f"configuration is not valid:\n{exc}", file=sys.stderr)
         return 2
     try:
-        ruleset = load_rules(rule_paths(config))
+        ruleset = load_rules(rule_paths(config, platform is not None))
     except RuleLoadError as exc:
         print(f"rules are not valid:\n{exc}", file=sys.stderr)
         return 2
     source = _config_path(args.config) or "embedded defaults"
     print(
         f"ok: configuration {source}, {len(ruleset.rules)} rules "
-        f"({', '.join(str(p) for p in rule_paths(config))})"
+        f"({', '.join(str(p) for p in rule_paths(config, platform is not None))})"
     )
     return 0
 
@@ -51,9 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.basicConfig(
             level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        platform = platform_of(config, os.environ)
         if _config_path(args.config) is None:
             logging.getLogger("tocsin").info("no configuration given: running on embedded defaults")
-        return asyncio.run(_run(config))
+        return asyncio.run(_run(config, platform))
     except ConfigError as exc:
         print(f"configuration is not valid, not starting:\n{exc}", file=sys.stderr)
         return 2
@@ -64,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
 
 
-async def _run(config: Config) -> int:
-    async with Service(config) as service:
+async def _run(config: Config, platform: PlatformEnv | None) -> int:
+    async with Service(config, platform=platform) as service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, service.stop)

@@ -82,7 +82,7 @@ class PlatformAuthenticator:
 
     def __init__(
         self,
-        client: C8yClient,
+        client: C8yClient | None,
         keys: KeyRing,
         subscribed: Container[str],
         *,
@@ -121,6 +121,8 @@ class PlatformAuthenticator:
         return found
 
     async def _check(self, request: web.Request, headers: dict[str, str]) -> Principal | AuthError:
+        if self.client is None:
+            return AuthError(503, "the service is still starting; try again")
         self.checks += 1
         try:
             user: Any = await self.client.request("GET", "/user/currentUser", headers=headers, retry=False)

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from registrations.auth import AuthError
+from registrations.auth import AuthError, KeyRing
 from registrations.directory import Registry, StoreDirectory
 from registrations.inventory_store import InventoryRegistrationStore, InventoryWriter
 from registrations.sqlite_store import SqliteRegistrationStore
@@ -82,7 +82,7 @@ class CumulocityRuntime:
         noise: NoiseControl,
         metrics: Metrics,
         clock: Clock,
-        keys: Any,
+        keys: KeyRing,
     ) -> None:
         self.platform, self.config, self.store_kind = platform, config, store_kind
         self.data_dir, self.stores, self.on_event, self.settle = data_dir, stores, on_event, settle
@@ -105,7 +105,14 @@ class CumulocityRuntime:
         self.bootstrap: C8yClient | None = None
         self.anonymous: C8yClient | None = None
         self.poller: SubscriptionPoller | None = None
-        self.authenticator: PlatformAuthenticator | None = None
+        self.authenticator = PlatformAuthenticator(
+            None,
+            keys,
+            self.tenants,
+            admin_role=config.admin_role,
+            user_role=config.user_role,
+            cache_s=config.auth_cache_s,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -116,14 +123,7 @@ class CumulocityRuntime:
         self.bootstrap = base
         # The callers' own credentials go to the platform without our application key.
         self.anonymous = C8yClient(self._session, p.base_url, None, None)
-        self.authenticator = PlatformAuthenticator(
-            self.anonymous,
-            self.keys,
-            self.tenants,
-            admin_role=self.config.admin_role,
-            user_role=self.config.user_role,
-            cache_s=self.config.auth_cache_s,
-        )
+        self.authenticator.client = self.anonymous
         if p.isolation == "PER_TENANT":
             assert p.tenant is not None
             self.poller = SubscriptionPoller.per_tenant(p.tenant, self._on_change)

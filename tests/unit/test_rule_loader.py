@@ -47,7 +47,8 @@ def test_errors_give_file_line_column_field_and_reason(tmp_path: Path) -> None:
         e.startswith(f"{f}:10:") and "rules[1].threshold.for" in e and "cannot read 'soon'" in e for e in errs
     )
     assert any(
-        e.startswith(f"{f}:11:15: rules[1].audience:") and "at least one tag, user, channel or expression" in e
+        e.startswith(f"{f}:11:15: rules[1].audience:")
+        and "at least one tag, user, channel or expression" in e
         for e in errs
     )
 
