@@ -599,6 +599,7 @@ class FakeCumulocity:
         self._salt = secrets.token_bytes(16)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+        self.lose_acks = 0  # the next this many acknowledgements are ignored (the frames come again)
 
     def __repr__(self) -> str:
         return f"FakeCumulocity({self.base_url or 'not started'}, tenants={len(self._tenants)})"
@@ -1445,6 +1446,9 @@ class FakeCumulocity:
                 if msg.data == UNSUBSCRIBE_FRAME:
                     self._unsubscribe_subscriber(t, info.subscription, info.subscriber)
                     break
+                if self.lose_acks > 0:  # fault injection: as if the acknowledgement got lost on the way
+                    self.lose_acks -= 1
+                    continue
                 backlog.unacked.pop(msg.data, None)
         finally:
             self._forget(conn)
