@@ -51,6 +51,8 @@ from service.notify.noise import Ack, NoiseControl
 log = logging.getLogger("tocsin.cumulocity")
 _TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 ALARM_APIS = ("alarms", "alarmsWithChildren")
+SETTING = "severityThreshold"  # the manifest's setting, a tenant option
+SEVERITY_RANK = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL": 3}
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Tenant:
     task: asyncio.Task[None] | None = None
     refresher: asyncio.Task[None] | None = None
     users: dict[str, float] = field(default_factory=dict)  # user name -> until when it is known to exist
+    threshold: str = "WARNING"  # the tenant's setting severityThreshold: alarms below it open nothing
 
 
 class CumulocityRuntime:
@@ -91,7 +94,7 @@ class CumulocityRuntime:
         self.inbox = Inbox(data_dir / "cumulocity.db")
         self.frames = Counter(
             "tocsin_cumulocity_frames",
-            "Alarm frames: handled, duplicate, stale, ignored (not an alarm), foreign (of another tenant).",
+            "Alarm frames: handled, duplicate, stale, below_threshold, ignored (not an alarm), foreign.",
             ("outcome",),
         )
         self.acks = Counter(
@@ -208,7 +211,7 @@ class CumulocityRuntime:
             clock=self.clock,
             counts=self._counts,
         )
-        t = Tenant(tenant, client, registry, stream)
+        t = Tenant(tenant, client, registry, stream, threshold=await self._threshold(tenant, client))
         self.stores.add(tenant, registry)
         self.tenants[tenant] = t
         t.task = asyncio.create_task(stream.run(), name=f"cumulocity-alarms-{tenant}")
@@ -217,6 +220,24 @@ class CumulocityRuntime:
         log.info(
             "tenant %s subscribed: %d registrations, alarm stream started", tenant, registry.store.count()
         )
+
+    async def _threshold(self, tenant: str, client: C8yClient) -> str:
+        """The tenant's ``severityThreshold`` setting (a tenant option in our category; the manifest gives
+        its default). Missing or unreadable: every severity."""
+        path = f"/tenant/options/{quote(self.platform.application_name, safe='')}/{SETTING}"
+        try:
+            option = await client.request("GET", path)
+        except C8yError as exc:
+            if exc.status != 404:
+                log.warning(
+                    "tenant %s: reading the setting %s failed (%s): all severities", tenant, SETTING, exc
+                )
+            return "WARNING"
+        value = str(option.get("value", "")).upper() if isinstance(option, dict) else ""
+        if value not in SEVERITY_RANK:
+            log.warning("tenant %s: setting %s=%r is not a severity: all severities", tenant, SETTING, value)
+            return "WARNING"
+        return value
 
     async def _registry(self, tenant: str, client: C8yClient) -> Registry:
         if self.store_kind == "cumulocity":
@@ -278,6 +299,9 @@ class CumulocityRuntime:
         if verdict != "new":
             self.frames.inc(verdict)
             return
+        if self._below_threshold(tenant, alarm):
+            self.frames.inc("below_threshold")
+            return
         now = self.clock.time()
         await self.on_event(alarm_event(tenant, alarm, now))
         if str(alarm.get("status", "")).upper() == "ACKNOWLEDGED":
@@ -285,6 +309,15 @@ class CumulocityRuntime:
         self.settle()
         self.inbox.record(tenant, alarm, now)
         self.frames.inc("handled")
+
+    def _below_threshold(self, tenant: str, alarm: Mapping[str, Any]) -> bool:
+        """An alarm below the tenant's threshold opens nothing; once handled, its changes (a clear, a lower
+        severity) still go through, so that what it opened can close."""
+        t = self.tenants.get(tenant)
+        if t is None or str(alarm.get("status", "")).upper() == "CLEARED":
+            return False
+        rank = SEVERITY_RANK.get(str(alarm.get("severity", "")).upper(), 0)
+        return rank < SEVERITY_RANK[t.threshold] and self.inbox.seen(tenant, str(alarm.get("id"))) is None
 
     def _acknowledged_on_platform(self, tenant: str, alarm_id: str, now: float) -> None:
         """Someone acknowledged the alarm on the platform: its alert's repeats and escalation stop too."""

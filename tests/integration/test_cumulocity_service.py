@@ -35,7 +35,7 @@ async def test_an_alarm_reaches_its_own_tenants_phones_and_nobody_elses(tmp_path
         android = rig.fcm_for(alice_android)[0]
         assert android["data"]["alarmId"] == alarm["id"]
 
-        t2.create_alarm(press, "c8y_PressureAlarm", "Pressure low", severity="MINOR")
+        t2.create_alarm(press, "c8y_PressureAlarm", "Pressure low", severity="MAJOR")
         await wait_until(lambda: bool(rig.apns_for(bob_ios)), 10, "bob's push")
         assert len(rig.apns_for(alice_ios)) == 1 and len(rig.fcm_for(alice_android)) == 1
         assert [p["alarmId"] for p in rig.apns_for(bob_ios)] == [t2.alarms[next(iter(t2.alarms))]["id"]]
@@ -45,6 +45,13 @@ async def test_an_alarm_reaches_its_own_tenants_phones_and_nobody_elses(tmp_path
                  for t in (t1, t2)}  # fmt: skip
         assert len(kinds["t1"]) == 2 and len(kinds["t2"]) == 1
         assert rig.c8y.tenant("t1").unacked() == 0 and rig.c8y.tenant("t2").unacked() == 0
+
+        # the tenant's setting severityThreshold (the manifest's default: MAJOR) holds back lesser alarms
+        runtime = service.cumulocity
+        assert runtime is not None
+        t1.create_alarm(pump, "c8y_Drift", "a little off", severity="MINOR")
+        await wait_until(lambda: runtime.frames.get("below_threshold") == 1, 10, "the minor alarm")
+        assert len(rig.apns_for(alice_ios)) == 1
 
 
 async def test_a_restart_in_the_middle_loses_no_alarm_and_repeats_none(tmp_path: Path) -> None:
