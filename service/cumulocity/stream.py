@@ -212,6 +212,8 @@ class AlarmStream:
                 self._connected = False
                 self._count("reconnects")
                 self.last_error = _describe(exc)
+                if not isinstance(exc, OSError | aiohttp.ClientError | TimeoutError):
+                    log.error("tenant %s: unexpected error in the alarm stream", self.tenant, exc_info=True)
             else:
                 self._connected = False
                 self._count("reconnects")
