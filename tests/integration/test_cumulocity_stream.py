@@ -15,6 +15,7 @@ from aiohttp import web
 
 from service.clock import ManualClock
 from service.cumulocity.client import C8yClient, C8yError, C8yUnavailable, Credentials
+from service.cumulocity.env import PlatformEnv
 from service.cumulocity.frames import Frame
 from service.cumulocity.stream import AlarmStream, metrics_hook
 from service.cumulocity.subscriptions import SubscriptionPoller
@@ -321,7 +322,7 @@ async def test_subscription_is_created_once_and_kept_across_restarts_with_the_ba
     assert not any(r.method == "DELETE" for r in fake.requests)
 
 
-async def test_an_existing_subscription_found_on_conflict(fake, session) -> None:
+async def test_an_existing_subscription_is_found_not_created(fake, session) -> None:
     fake.add_tenant("t1")
     client = client_for(fake, session, "t1")
     body = {"subscription": "tocsinalarms", "context": "tenant", "subscriptionFilter": {"apis": ["alarms"]}}
@@ -329,6 +330,53 @@ async def test_an_existing_subscription_found_on_conflict(fake, session) -> None
     stream = stream_for(fake, session, "t1", Handled())
     assert await stream.ensure_subscription() == made["id"]
     assert posts(fake, SUBSCRIPTIONS) == 1
+
+
+class LateLookup(C8yClient):
+    """Another instance creates the subscription between this one's look-up and its create (a 409)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.lookups = 0
+
+    async def pages(self, *args: Any, **kw: Any) -> AsyncIterator[dict[str, Any]]:
+        self.lookups += 1
+        if self.lookups == 1:
+            other = self.for_credentials(self.credentials)  # type: ignore[arg-type]
+            body = {
+                "subscription": "tocsinalarms",
+                "context": "tenant",
+                "subscriptionFilter": {"apis": ["alarms"]},
+            }
+            await other.post(SUBSCRIPTIONS, body)
+            return
+        async for item in super().pages(*args, **kw):
+            yield item
+
+
+async def test_a_conflict_on_create_means_look_it_up_again(fake, session) -> None:
+    fake.add_tenant("t1")
+    plain = client_for(fake, session, "t1")
+    client = LateLookup(session, fake.base_url, plain.credentials, fake.app_key)
+    stream = AlarmStream(client, "t1", Handled())
+    sub_id = await stream.ensure_subscription()
+    assert [r.status for r in fake.requests if r.method == "POST" and r.path == SUBSCRIPTIONS] == [201, 409]
+    listed = await plain.get(SUBSCRIPTIONS, params={"context": "tenant"})
+    assert [s["id"] for s in listed["subscriptions"]] == [sub_id] and client.lookups == 2
+
+
+async def test_the_doubles_environment_makes_working_clients(fake, session) -> None:
+    fake.add_tenant("t1")
+    env = PlatformEnv.from_environ(fake.environment())
+    assert env is not None and env.isolation == "MULTI_TENANT" and env.bootstrap is not None
+    assert (env.base_url, env.application_key, env.tenant) == (fake.base_url, fake.app_key, None)
+    bootstrap = C8yClient(session, env.base_url, env.bootstrap, env.application_key)
+    tenants = await SubscriptionPoller(bootstrap, 60, lambda *change: None).fetch()
+    assert set(tenants) == {"t1"}
+    me = await bootstrap.for_credentials(tenants["t1"]).get("/user/currentUser")
+    assert me["userName"] == tenants["t1"].user
+    single = PlatformEnv.from_environ(fake.environment("PER_TENANT", tenant="t1"))
+    assert single is not None and single.isolation == "PER_TENANT" and single.tenant == tenants["t1"]
 
 
 async def test_a_failing_handler_leaves_the_frame_for_redelivery(fake, session, caplog) -> None:
@@ -366,6 +414,23 @@ async def test_reconnects_after_the_platform_drops_the_consumer(fake, session) -
 
 def renewed_after(stream: AlarmStream, tokens: int) -> Callable[[], bool]:
     return lambda: stream.stats.tokens > tokens and stream.connected
+
+
+async def test_platform_errors_while_reconnecting_are_retried_with_backoff(fake, session) -> None:
+    t = fake.add_tenant("t1")
+    device = t.add_device("Pump")
+    handled = Handled()
+    async with running(stream_for(fake, session, "t1", handled)) as stream:
+        await wait_until(lambda: stream.connected, 5, "the stream to connect")
+        fake.fail("POST", "/notification2/token", 500, times=3)
+        fake.drop_consumers("t1")
+        await wait_until(lambda: "500" in (stream.last_error or ""), 5, "the error to show")
+        await wait_until(lambda: stream.connected, 5, "the stream to reconnect")
+        assert stream.stats.reconnects == 4 and stream.last_error is None  # the drop and three refusals
+        alarm = t.create_alarm(device, "c8y_A", "after the outage")["id"]
+        await wait_until(lambda: handled.ids() == [alarm], 5, "the alarm")
+    tokens = [r.status for r in fake.requests if r.path == "/notification2/token"]
+    assert tokens == [200, 500, 500, 500, 200]
 
 
 async def test_token_is_renewed_before_it_expires() -> None:
