@@ -179,7 +179,7 @@ class C8yClient:
                     raise _error_from(status, raw, method, path)
                 problem = f"HTTP {status}"
             delay = self.retry_backoff_s * 2**attempt
-            log.warning("%s %s: %s; retrying in %.1f s", method, path, problem, delay)
+            log.warning("%s %s: %s; retrying in %.2f s", method, path, problem, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 

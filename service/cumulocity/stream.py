@@ -79,17 +79,19 @@ def token_expiry(token: str) -> float | None:
 def renew_after(
     token: str, now: float, default_lifetime_s: float, fraction: float = 0.8, floor_s: float = 1.0
 ) -> float:
-    """Seconds from ``now`` until ``token`` should be replaced: ``fraction`` of its lifetime, ``exp - iat``
-    (both the platform's clock, so a clock difference between us and the platform does not matter), else
-    ``exp - now``, else ``default_lifetime_s``; never less than ``floor_s`` (a token that looks expired must
-    not make a tight loop)."""
+    """Seconds from ``now`` until ``token`` should be replaced: ``fraction`` of its lifetime.
+
+    The lifetime is ``exp - iat - 1`` (both on the platform's clock, so a clock difference between us and the
+    platform does not matter; ``iat`` is truncated to the second, so up to a second of it may be gone),
+    else ``exp - now``, else ``default_lifetime_s``. Never less than ``floor_s``: a token that looks expired
+    must not make a tight loop."""
     try:
         claims = token_claims(token)
     except ValueError:
         claims = {}
     exp, iat = claims.get("exp"), claims.get("iat")
     if _is_number(exp) and _is_number(iat):
-        lifetime = float(exp) - float(iat)
+        lifetime = float(exp) - float(iat) - 1.0
     elif _is_number(exp):
         lifetime = float(exp) - now
     else:
@@ -108,7 +110,8 @@ class StreamStats:
     failed: int = 0  # frames whose handler raised (left for redelivery)
     malformed: int = 0  # frames that could not be parsed
     connects: int = 0  # websocket connections opened
-    reconnects: int = 0  # connections lost or refused, and renewals (each followed by a new connection)
+    reconnects: int = 0  # connections lost or refused (each followed by a new attempt)
+    renewals: int = 0  # connections closed by us to take a new token before the old one expires
     tokens: int = 0  # tokens taken
 
 
@@ -116,7 +119,7 @@ def metrics_hook(metrics: Metrics) -> CountHook:
     """A ``counts`` hook adding to ``tocsin_cumulocity_stream{event}`` in ``metrics`` (all tenants)."""
     counter = Counter(
         "tocsin_cumulocity_stream",
-        "Alarm stream events: frames received/acked/failed/malformed, connects, reconnects, tokens taken.",
+        "Alarm stream events: frames received/acked/failed/malformed, (re)connects, renewals, tokens.",
         ("event",),
     )
     metrics.extra_counters.append(counter)
@@ -191,7 +194,7 @@ class AlarmStream:
                 raise
             except _Renew:
                 self._connected = False
-                self._count("reconnects")
+                self._count("renewals")
                 continue
             except C8yError as exc:
                 self._connected = False
@@ -212,6 +215,8 @@ class AlarmStream:
                 self._connected = False
                 self._count("reconnects")
                 self.last_error = _describe(exc)
+                if not isinstance(exc, OSError | aiohttp.ClientError | TimeoutError):
+                    log.error("tenant %s: unexpected error in the alarm stream", self.tenant, exc_info=True)
             else:
                 self._connected = False
                 self._count("reconnects")

@@ -118,9 +118,13 @@ class SubscriptionPoller:
                 raise
             except Exception as exc:
                 self.failures += 1
-                self.last_error = str(exc) if isinstance(exc, C8yError) else f"{type(exc).__name__}: {exc}"
+                expected = isinstance(exc, C8yError)
+                self.last_error = str(exc) if expected else f"{type(exc).__name__}: {exc}"
                 log.warning(
-                    "reading the tenant subscriptions failed (%s); retrying in %.0f s", exc, self.retry_s
+                    "following the tenant subscriptions failed (%s); retrying in %.0f s",
+                    self.last_error,
+                    self.retry_s,
+                    exc_info=not expected,  # a platform error is one line; anything else needs its traceback
                 )
                 await asyncio.sleep(self.retry_s)
                 continue

