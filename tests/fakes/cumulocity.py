@@ -37,6 +37,12 @@ What is faithful (specs/cumulocity.md, its §8 checklist):
   invalid, expired or revoked tokens are refused at the handshake (401); a connection is closed when its
   token expires; ``unsubscribe_subscriber`` as a frame drops the subscriber.
 
+Shared tokens (``shared: true``): the connections of one subscriber split the frames by source id (one
+device's frames all go to one connection). ``nonPersistent`` tokens: the backlog lives only while connected.
+``user_cache`` (default on) caches successful Basic checks as the platform does (a removed user or a changed
+password is noticed at once); off, every request verifies a salted PBKDF2 hash. ``token_lifetime_s``
+overrides ``expiresInMinutes`` of Notifications 2.0 tokens (tests of renewal).
+
 For tests: ``requests`` (what was called, by whom, with the application key or not, the answer's status),
 ``fail`` (fault injection by method and path glob), ``drop_consumers``, ``consumers``, ``FakeTenant.unacked``.
 

@@ -754,3 +754,31 @@ async def test_non_persistent_subscriber_resumes_at_the_newest(
         await wait_until(lambda: c8y.consumers("t1") == 1, what="connected again")
         fresh = t.create_alarm(device, "c8y_Fresh", "now")
         assert (await frame(ws))[3]["id"] == fresh["id"]
+
+
+async def test_bulk_status_update_count_settings_and_unknown_paths(
+    c8y: FakeCumulocity, http: aiohttp.ClientSession
+) -> None:
+    t = c8y.add_tenant("t1")
+    d1, d2 = t.add_device("one"), t.add_device("two")
+    for i in range(3):
+        t.create_alarm(d1, f"a{i}", "x")
+    t.create_alarm(d2, "b", "y")
+    clear = {"status": "CLEARED"}
+    await assert_error(await call(http, c8y, "PUT", "/alarm/alarms", service(t), json=clear), 422)
+    await assert_error(
+        await call(http, c8y, "PUT", "/alarm/alarms", service(t), params={"source": d1}, json={"text": "no"}),
+        422,
+    )
+    status, _, _ = await call(
+        http, c8y, "PUT", "/alarm/alarms", service(t), params={"source": d1}, json=clear
+    )
+    assert status == 200
+    assert sorted(a["status"] for a in t.alarms.values()) == ["ACTIVE", "CLEARED", "CLEARED", "CLEARED"]
+    async with http.get(
+        c8y.base_url + "/alarm/alarms/count", params={"resolved": "false"}, headers=h(service(t))
+    ) as r:
+        assert r.status == 200 and await r.text() == "1"
+    status, settings, _ = await call(http, c8y, "GET", "/application/currentApplication/settings", service(t))
+    assert status == 200 and settings[0]["key"] == "severityThreshold"
+    await assert_error(await call(http, c8y, "GET", "/no/such/path", service(t)), 404)
