@@ -37,6 +37,12 @@ What is faithful (specs/cumulocity.md, its §8 checklist):
   invalid, expired or revoked tokens are refused at the handshake (401); a connection is closed when its
   token expires; ``unsubscribe_subscriber`` as a frame drops the subscriber.
 
+Shared tokens (``shared: true``): the connections of one subscriber split the frames by source id (one
+device's frames all go to one connection). ``nonPersistent`` tokens: the backlog lives only while connected.
+``user_cache`` (default on) caches successful Basic checks as the platform does (a removed user or a changed
+password is noticed at once); off, every request verifies a salted PBKDF2 hash. ``token_lifetime_s``
+overrides ``expiresInMinutes`` of Notifications 2.0 tokens (tests of renewal).
+
 For tests: ``requests`` (what was called, by whom, with the application key or not, the answer's status),
 ``fail`` (fault injection by method and path glob), ``drop_consumers``, ``consumers``, ``FakeTenant.unacked``.
 
@@ -64,6 +70,7 @@ import secrets
 import signal
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -244,8 +251,12 @@ def _dumps(doc: Any) -> str:
 class _Msg:
     ack_id: str
     frame: str
+    source: str
     sends: int = 0
-    sent_at: float | None = None  # last send on the current connection; None while queued or idle
+    owner: _Consumer | None = (
+        None  # the connection it is queued on or was sent to, until acked or that closes
+    )
+    sent_at: float | None = None  # last send to the owner; None while queued
 
 
 @dataclass(eq=False)
@@ -255,44 +266,66 @@ class _TokenInfo:
     subscription: str
     issuer: FakeUser
     shared: bool
+    non_persistent: bool
     exp: float
+
+    @property
+    def backlog_key(self) -> str:
+        return self.subscriber + ("/nonpersistent" if self.non_persistent else "")
 
 
 class _Backlog:
-    """A subscriber's persistent queue on one subscription name: every frame stays until acknowledged."""
+    """A subscriber's queue on one subscription name: every frame stays until acknowledged.
 
-    def __init__(self, tenant: str, subscription: str, subscriber: str) -> None:
-        self.tenant, self.subscription, self.subscriber = tenant, subscription, subscriber
+    Exclusive tokens: one connection gets everything. Shared tokens: the connections (ordered by their
+    ``consumer`` name) split the frames by source id, so one device's frames all go to one connection; frames
+    of a connection that closes go to the others.
+    """
+
+    def __init__(self, tenant: str, subscription: str, key: str, persistent: bool) -> None:
+        self.tenant, self.subscription, self.key, self.persistent = tenant, subscription, key, persistent
         self.unacked: dict[str, _Msg] = {}
-        self.queue: deque[_Msg] = deque()
-        self.conn: _Consumer | None = None
+        self.conns: list[_Consumer] = []
+        self.shared = False
         self._seq = 0
 
     def next_ack_id(self) -> str:
         self._seq += 1
         return base64.b64encode(self._seq.to_bytes(6, "big") + secrets.token_bytes(3)).decode()
 
-    def push(self, frame_tail: str) -> None:
+    def push(self, source: str, frame_tail: str) -> None:
         ack_id = self.next_ack_id()
-        msg = _Msg(ack_id, f"{ack_id}\n{frame_tail}")
-        self.unacked[ack_id] = msg
-        if self.conn is not None:
-            self.queue.append(msg)
-            self.conn.wake.set()
+        msg = self.unacked[ack_id] = _Msg(ack_id, f"{ack_id}\n{frame_tail}", source)
+        if self.conns:
+            self._assign(msg)
 
-    def attach(self, conn: _Consumer) -> None:
-        self.conn = conn
-        self.queue = deque(self.unacked.values())  # unacked first, in their original order
-        for m in self.queue:
-            m.sent_at = None
+    def _assign(self, msg: _Msg) -> None:
+        conns = self.conns
+        conn = conns[0] if len(conns) == 1 else conns[zlib.crc32(msg.source.encode()) % len(conns)]
+        msg.owner, msg.sent_at = conn, None
+        conn.queue.append(msg)
         conn.wake.set()
 
+    def _rebalance(self) -> None:
+        """Unowned frames (queued while nobody was connected, or of a closed connection), oldest first."""
+        if self.conns:
+            for msg in self.unacked.values():
+                if msg.owner is None:
+                    self._assign(msg)
+
+    def attach(self, conn: _Consumer) -> None:
+        self.shared = conn.token.shared
+        self.conns.append(conn)
+        self.conns.sort(key=lambda c: c.consumer)
+        self._rebalance()
+
     def detach(self, conn: _Consumer) -> None:
-        if self.conn is conn:
-            self.conn = None
-            self.queue.clear()
-            for m in self.unacked.values():
-                m.sent_at = None
+        if conn in self.conns:
+            self.conns.remove(conn)
+            for msg in self.unacked.values():
+                if msg.owner is conn:
+                    msg.owner, msg.sent_at = None, None
+            self._rebalance()
 
 
 class _Consumer:
@@ -300,6 +333,7 @@ class _Consumer:
         self, ws: web.WebSocketResponse, backlog: _Backlog, token: _TokenInfo, consumer: str
     ) -> None:
         self.ws, self.backlog, self.token, self.consumer = ws, backlog, token, consumer
+        self.queue: deque[_Msg] = deque()
         self.wake = asyncio.Event()
         self.closed = False
 
@@ -323,7 +357,7 @@ class FakeTenant:
         self._alarms_by_source: dict[str, list[str]] = {}
         self._mo_by_type: dict[str, dict[str, None]] = {}
         self._n2_keys: dict[tuple[str, str, str], str] = {}  # (context, source id, name) -> subscription id
-        self._backlogs: dict[str, dict[str, _Backlog]] = {}  # subscription name -> subscriber -> backlog
+        self._backlogs: dict[str, dict[str, _Backlog]] = {}  # subscription name -> backlog key -> backlog
 
     def __repr__(self) -> str:
         return f"FakeTenant({self.id!r}, subscribed={self._service_user is not None})"
@@ -546,15 +580,17 @@ class FakeTenant:
                 yield self.alarms[alarm_id]
 
     # -- Notifications 2.0 -----------------------------------------------------------------------------------
-    def _backlog(self, subscription: str, subscriber: str, create: bool) -> _Backlog | None:
-        by_subscriber = self._backlogs.setdefault(subscription, {})
-        backlog = by_subscriber.get(subscriber)
-        if backlog is None and create:
-            backlog = by_subscriber[subscriber] = _Backlog(self.id, subscription, subscriber)
+    def _backlog(self, token: _TokenInfo) -> _Backlog:
+        by_key = self._backlogs.setdefault(token.subscription, {})
+        backlog = by_key.get(token.backlog_key)
+        if backlog is None:
+            backlog = by_key[token.backlog_key] = _Backlog(
+                self.id, token.subscription, token.backlog_key, not token.non_persistent
+            )
         return backlog
 
-    def _drop_backlog(self, subscription: str, subscriber: str) -> _Backlog | None:
-        return self._backlogs.get(subscription, {}).pop(subscriber, None)
+    def _drop_backlog(self, subscription: str, key: str) -> _Backlog | None:
+        return self._backlogs.get(subscription, {}).pop(key, None)
 
 
 # -- the platform --------------------------------------------------------------------------------------------
@@ -806,7 +842,11 @@ class FakeCumulocity:
                 401, "security/Unauthorized", "Full authentication is required to access this resource"
             )
         cached = self._auth_cache.get(header) if self.user_cache else None
-        if cached is not None and self._live_user(cached.tenant, cached.name) is cached:
+        if (
+            cached is not None
+            and self._live_user(cached.tenant, cached.name) is cached
+            and cached.credentials.basic() == header  # the password was not changed since
+        ):
             return self._principal_of(cached)
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
@@ -1361,7 +1401,9 @@ class FakeCumulocity:
         minutes = body.get("expiresInMinutes", 1440)
         if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes < 1:
             raise _Error(422, "undefined/validationError", "expiresInMinutes: must be a positive integer")
-        shared = body.get("shared", False) is True
+        shared, non_persistent = body.get("shared", False), body.get("nonPersistent", False)
+        if not isinstance(shared, bool) or not isinstance(non_persistent, bool):
+            raise _Error(422, "undefined/validationError", "shared and nonPersistent must be booleans")
         user = t.users.get(principal.user)
         assert user is not None
         now = time.time()
@@ -1381,7 +1423,9 @@ class FakeCumulocity:
         payload = token.split(".")[1]
         if "-" in payload or "_" in payload:  # cannot happen for ASCII claims without '>', '?', '~'
             raise _Error(500, "undefined/Internal", "token payload is not standard-base64 safe")
-        self._n2_tokens[jti] = _TokenInfo(t.id, subscriber, subscription, user, shared, float(exp))
+        self._n2_tokens[jti] = _TokenInfo(
+            t.id, subscriber, subscription, user, shared, non_persistent, float(exp)
+        )
         return _json_response(_dumps({"token": token}), None)
 
     def _token_info(self, token: str, check_exp: bool = True) -> _TokenInfo:
@@ -1408,13 +1452,13 @@ class FakeCumulocity:
         info = self._token_info(request.query.get("token", ""), check_exp=False)
         if info.tenant != principal.tenant:
             raise _Error(403, "security/Forbidden", "Access is denied")
-        self._unsubscribe_subscriber(self._tenants[info.tenant], info.subscription, info.subscriber)
+        self._unsubscribe_subscriber(self._tenants[info.tenant], info.subscription, info.backlog_key)
         return _json_response(_dumps({"result": "DONE"}), None)
 
-    def _unsubscribe_subscriber(self, t: FakeTenant, subscription: str, subscriber: str) -> None:
-        backlog = t._drop_backlog(subscription, subscriber)
-        if backlog is not None and backlog.conn is not None:
-            self._close_consumer(backlog.conn, 1000, "unsubscribed")
+    def _unsubscribe_subscriber(self, t: FakeTenant, subscription: str, key: str) -> None:
+        backlog = t._drop_backlog(subscription, key)
+        for conn in list(backlog.conns if backlog is not None else ()):
+            self._close_consumer(conn, 1000, "unsubscribed")
 
     # -- Notifications 2.0: the consumer websocket -----------------------------------------------------------
     async def _n2_consumer(self, request: web.Request) -> web.StreamResponse:
@@ -1423,9 +1467,8 @@ class FakeCumulocity:
         if not any(s["subscription"] == info.subscription for s in t.n2_subscriptions.values()):
             raise _Error(401, "security/Unauthorized", "The token's subscription does not exist any more")
         request[PRINCIPAL] = _Principal(info.tenant, info.issuer.name, set(), "token")
-        backlog = t._backlog(info.subscription, info.subscriber, create=True)
-        assert backlog is not None
-        if backlog.conn is not None:
+        backlog = t._backlog(info)
+        if backlog.conns and not (info.shared and backlog.shared):
             raise _Error(409, "notification2/Conflict", "A consumer is already connected for this subscriber")
         ws = web.WebSocketResponse(autoping=True)
         conn = _Consumer(ws, backlog, info, request.query.get("consumer", ""))
@@ -1436,15 +1479,14 @@ class FakeCumulocity:
         except BaseException:
             self._forget(conn)
             raise
-        sender = self._spawn(self._sender(conn))
-        redeliver = self._spawn(self._redeliverer(conn))
-        expiry = self._spawn(self._expirer(conn))
+        tasks = [self._spawn(self._sender(conn)), self._spawn(self._redeliverer(conn))]
+        tasks.append(self._spawn(self._expirer(conn)))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT or conn.closed:
                     continue
                 if msg.data == UNSUBSCRIBE_FRAME:
-                    self._unsubscribe_subscriber(t, info.subscription, info.subscriber)
+                    self._unsubscribe_subscriber(t, info.subscription, info.backlog_key)
                     break
                 if self.lose_acks > 0:  # fault injection: as if the acknowledgement got lost on the way
                     self.lose_acks -= 1
@@ -1452,7 +1494,7 @@ class FakeCumulocity:
                 backlog.unacked.pop(msg.data, None)
         finally:
             self._forget(conn)
-            for task in (sender, redeliver, expiry):
+            for task in tasks:
                 task.cancel()
         return ws
 
@@ -1465,8 +1507,13 @@ class FakeCumulocity:
     def _forget(self, conn: _Consumer) -> None:
         conn.closed = True
         conn.wake.set()
-        conn.backlog.detach(conn)
+        backlog = conn.backlog
+        backlog.detach(conn)
         self._consumers.discard(conn)
+        if not backlog.persistent and not backlog.conns:
+            t = self._tenants.get(backlog.tenant)
+            if t is not None and t._backlogs.get(backlog.subscription, {}).get(backlog.key) is backlog:
+                t._drop_backlog(backlog.subscription, backlog.key)
 
     def _close_consumer(self, conn: _Consumer, code: int, reason: str) -> None:
         self._forget(conn)
@@ -1474,14 +1521,14 @@ class FakeCumulocity:
             self._spawn(conn.ws.close(code=code, message=reason.encode()))
 
     async def _sender(self, conn: _Consumer) -> None:
-        backlog = conn.backlog
+        unacked = conn.backlog.unacked
         with contextlib.suppress(ConnectionError, RuntimeError):
             while not conn.closed:
                 await conn.wake.wait()
                 conn.wake.clear()
-                while backlog.queue and not conn.closed:
-                    msg = backlog.queue.popleft()
-                    if msg.ack_id not in backlog.unacked:
+                while conn.queue and not conn.closed:
+                    msg = conn.queue.popleft()
+                    if msg.owner is not conn or msg.ack_id not in unacked:
                         continue
                     msg.sends += 1
                     msg.sent_at = time.monotonic()
@@ -1489,18 +1536,18 @@ class FakeCumulocity:
 
     async def _redeliverer(self, conn: _Consumer) -> None:
         tick = min(max(self.redeliver_after_s / 4, 0.01), 1.0)
-        backlog = conn.backlog
+        unacked = conn.backlog.unacked
         while not conn.closed:
             await asyncio.sleep(tick)
             now = time.monotonic()
             due = [
                 m
-                for m in backlog.unacked.values()
-                if m.sent_at is not None and now - m.sent_at >= self.redeliver_after_s
+                for m in unacked.values()
+                if m.owner is conn and m.sent_at is not None and now - m.sent_at >= self.redeliver_after_s
             ]
             for m in due:
                 m.sent_at = None
-                backlog.queue.append(m)
+                conn.queue.append(m)
             if due:
                 conn.wake.set()
 
@@ -1547,7 +1594,7 @@ class FakeCumulocity:
             frames[name] = f"/{t.id}/{api}/{source_id}\n{action}\n\n{body}"
         for name, tail in frames.items():
             for backlog in t._backlogs.get(name, {}).values():
-                backlog.push(tail)
+                backlog.push(source_id, tail)
 
 
 def _load_manifest(app_name: str) -> dict[str, Any]:

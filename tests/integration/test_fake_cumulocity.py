@@ -707,3 +707,78 @@ async def test_runs_alone_as_a_process(http: aiohttp.ClientSession) -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_shared_token_partitions_by_source(c8y: FakeCumulocity, http: aiohttp.ClientSession) -> None:
+    t, _ = await n2_setup(c8y, http)
+    devices = [t.add_device(f"d{i}") for i in range(8)]
+    tok = await token(c8y, http, t, shared=True)
+    async with (
+        http.ws_connect(consumer_url(c8y, tok, "a")) as a,
+        http.ws_connect(consumer_url(c8y, tok, "b")) as b,
+    ):
+        await wait_until(lambda: c8y.consumers("t1") == 2, what="two shared consumers")
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:  # an exclusive token cannot join them
+            await http.ws_connect(consumer_url(c8y, await token(c8y, http, t)))
+        assert refused.value.status == 409
+        seen: dict[str, list[str]] = {"a": [], "b": []}
+
+        async def read(name: str, ws: aiohttp.ClientWebSocketResponse) -> None:
+            while True:
+                ack, desc, _, _ = await frame(ws, timeout=30)
+                seen[name].append(desc)
+                await ws.send_str(ack)
+
+        readers = [asyncio.create_task(read("a", a)), asyncio.create_task(read("b", b))]
+        for round_ in range(2):
+            for d in devices:
+                t.create_alarm(d, f"type{round_}", "x")
+        await wait_until(lambda: len(seen["a"]) + len(seen["b"]) == 16, what="all 16 frames")
+        await wait_until(lambda: t.backlog() == 0, what="all acknowledged")
+        for r in readers:
+            r.cancel()
+        assert seen["a"] and seen["b"] and not set(seen["a"]) & set(seen["b"])  # one device, one consumer
+
+
+async def test_non_persistent_subscriber_resumes_at_the_newest(
+    c8y: FakeCumulocity, http: aiohttp.ClientSession
+) -> None:
+    t, device = await n2_setup(c8y, http)
+    tok = await token(c8y, http, t, nonPersistent=True)
+    async with http.ws_connect(consumer_url(c8y, tok)):
+        await wait_until(lambda: c8y.consumers("t1") == 1, what="connected")
+    await wait_until(lambda: c8y.consumers("t1") == 0, what="gone")
+    t.create_alarm(device, "c8y_Missed", "nobody listens")
+    assert t.backlog() == 0
+    async with http.ws_connect(consumer_url(c8y, tok)) as ws:
+        await wait_until(lambda: c8y.consumers("t1") == 1, what="connected again")
+        fresh = t.create_alarm(device, "c8y_Fresh", "now")
+        assert (await frame(ws))[3]["id"] == fresh["id"]
+
+
+async def test_bulk_status_update_count_settings_and_unknown_paths(
+    c8y: FakeCumulocity, http: aiohttp.ClientSession
+) -> None:
+    t = c8y.add_tenant("t1")
+    d1, d2 = t.add_device("one"), t.add_device("two")
+    for i in range(3):
+        t.create_alarm(d1, f"a{i}", "x")
+    t.create_alarm(d2, "b", "y")
+    clear = {"status": "CLEARED"}
+    await assert_error(await call(http, c8y, "PUT", "/alarm/alarms", service(t), json=clear), 422)
+    await assert_error(
+        await call(http, c8y, "PUT", "/alarm/alarms", service(t), params={"source": d1}, json={"text": "no"}),
+        422,
+    )
+    status, _, _ = await call(
+        http, c8y, "PUT", "/alarm/alarms", service(t), params={"source": d1}, json=clear
+    )
+    assert status == 200
+    assert sorted(a["status"] for a in t.alarms.values()) == ["ACTIVE", "CLEARED", "CLEARED", "CLEARED"]
+    async with http.get(
+        c8y.base_url + "/alarm/alarms/count", params={"resolved": "false"}, headers=h(service(t))
+    ) as r:
+        assert r.status == 200 and await r.text() == "1"
+    status, settings, _ = await call(http, c8y, "GET", "/application/currentApplication/settings", service(t))
+    assert status == 200 and settings[0]["key"] == "severityThreshold"
+    await assert_error(await call(http, c8y, "GET", "/no/such/path", service(t)), 404)
