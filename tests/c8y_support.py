@@ -21,7 +21,7 @@ from tests.fakes.cumulocity import FakeCumulocity, FakeUser
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.keys import ApnsKey, service_account
 from tests.push_support import BUNDLE
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 PACKAGE = "com.example.alarms"
 WATCH_ALL = ["severity:all", "status:all", "deviceId:all", "type:all"]
@@ -60,6 +60,15 @@ class C8yRig:
     def _write(self, doc: dict[str, Any]) -> Path:
         self.config_path.write_text(yaml.safe_dump(doc))
         return self.config_path
+
+    async def following(self, service: Service, *tenants: str) -> None:
+        """Until the service serves these tenants and consumes their alarms (the platform keeps a
+        subscriber's backlog only from its first connection on)."""
+        await wait_until(
+            lambda: all(t in service.stores and self.c8y.consumers(t) >= 1 for t in tenants),
+            10,
+            f"tocsin to follow tenants {', '.join(tenants)}",
+        )
 
     async def stop(self, service: Service) -> None:
         self.services.remove(service)

@@ -21,7 +21,7 @@ async def test_an_alarm_reaches_its_own_tenants_phones_and_nobody_elses(tmp_path
         bob = t2.add_user("bob", roles=["ROLE_TOCSIN_READ"])
         pump, press = t1.add_device("Pump 7"), t2.add_device("Press 2")
         service = await rig.start()
-        await wait_until(lambda: {"t1", "t2"} <= set(service.stores.tenants()), 10, "both tenants")
+        await rig.following(service, "t1", "t2")
         alice_ios, alice_android, bob_ios = apns_token(), "fcm-" + random_id(60), apns_token()
         assert await rig.register(service, alice, alice_ios) == 204
         assert await rig.register(service, alice, alice_android, platform="Android") == 204
@@ -60,7 +60,7 @@ async def test_a_restart_in_the_middle_loses_no_alarm_and_repeats_none(tmp_path:
         alice = t1.add_user("alice", roles=["ROLE_TOCSIN_READ"])
         device = t1.add_device("Pump 1")
         first = await rig.start()
-        await wait_until(lambda: "t1" in first.stores, 10, "the tenant")
+        await rig.following(first, "t1")
         phone = apns_token()
         assert await rig.register(first, alice, phone) == 204
         total, stop_after = 60, 20
@@ -89,7 +89,7 @@ async def test_redelivered_and_out_of_order_frames_are_handled_once(tmp_path: Pa
         alice = t1.add_user("alice", roles=["ROLE_TOCSIN_READ"])
         device = t1.add_device("Pump 1")
         service = await rig.start()
-        await wait_until(lambda: "t1" in service.stores, 10, "the tenant")
+        await rig.following(service, "t1")
         phone = apns_token()
         assert await rig.register(service, alice, phone) == 204
         rig.c8y.lose_acks = 3  # the next three acknowledgements get lost: the frame comes again, and again
@@ -112,7 +112,7 @@ async def test_a_tenant_that_unsubscribes_stops_receiving(tmp_path: Path) -> Non
         )
         d1, d2 = t1.add_device("a"), t2.add_device("b")
         service = await rig.start()
-        await wait_until(lambda: {"t1", "t2"} <= set(service.stores.tenants()), 10, "both tenants")
+        await rig.following(service, "t1", "t2")
         p1, p2 = apns_token(), apns_token()
         assert await rig.register(service, alice, p1) == 204 and await rig.register(service, bob, p2) == 204
         rig.c8y.unsubscribe("t1")
@@ -125,7 +125,7 @@ async def test_a_tenant_that_unsubscribes_stops_receiving(tmp_path: Path) -> Non
         status, _ = await rig.call(service, "GET", "/registrations/alice", alice)
         assert status == 403  # the tenant's users are not served any more
         rig.c8y.subscribe("t1")  # and back, with a new service user
-        await wait_until(lambda: "t1" in service.stores, 10, "t1 to come back")
+        await rig.following(service, "t1")
         again = t1.create_alarm(d1, "c8y_C", "subscribed again")
         await wait_until(
             lambda: again["id"] in {p["alarmId"] for p in rig.apns_for(p1)}, 10, "t1's push again"
@@ -140,7 +140,7 @@ async def test_bad_credentials_and_missing_roles_are_refused(tmp_path: Path) -> 
         nobody = t1.add_user("nobody", roles=["ROLE_ALARM_READ"])
         carol = t2.add_user("carol", roles=["ROLE_TOCSIN_ADMIN"])
         service = await rig.start()
-        await wait_until(lambda: "t1" in service.stores, 10, "the tenant")
+        await rig.following(service, "t1")
         token = apns_token()
 
         wrong = {"Authorization": "Basic " + base64.b64encode(b"t1/alice:wrong").decode()}
@@ -198,7 +198,7 @@ async def test_acknowledging_from_the_phone_acknowledges_the_alarm_and_clearing_
         bob = t2.add_user("bob", roles=["ROLE_TOCSIN_ADMIN"])
         device = t1.add_device("Boiler")
         service = await rig.start()
-        await wait_until(lambda: {"t1", "t2"} <= set(service.stores.tenants()), 10, "both tenants")
+        await rig.following(service, "t1", "t2")
         phone = apns_token()
         assert await rig.register(service, alice, phone) == 204
         alarm = t1.create_alarm(device, "c8y_Overheat", "too hot", severity="CRITICAL")
