@@ -8,12 +8,13 @@ import os
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -45,8 +46,16 @@ class InstanceConfig(_Section):
     id: str = Field(default_factory=lambda: os.uname().nodename or "tocsin", pattern=r"^[A-Za-z0-9_.-]+$")
 
 
+def _switch(value: Any) -> Any:
+    """YAML reads on/off (and yes/no, true/false) as booleans; a three-way switch takes them too."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
+
+
 class MqttConfig(_Section):
-    enabled: Literal["auto", "on", "off"] = Field(
+    enabled: Switch = Field(
         "auto", description="auto: off on Cumulocity (the Cumulocity source is on) unless a host is set"
     )
     host: str = "127.0.0.1"
@@ -197,7 +206,7 @@ class ClusterConfig(_Section):
 class CumulocityConfig(_Section):
     """The Cumulocity source: runs when the platform's environment (C8Y_BASEURL, ...) is there."""
 
-    enabled: Literal["auto", "on", "off"] = Field(
+    enabled: Switch = Field(
         "auto", description="auto: on when C8Y_BASEURL is set (running as a microservice); on: required"
     )
     subscription: str = Field(
