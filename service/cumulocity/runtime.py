@@ -120,7 +120,9 @@ class CumulocityRuntime:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def __aenter__(self) -> CumulocityRuntime:
-        self._session = aiohttp.ClientSession()
+        # No connection limit: every tenant's websocket holds a connection for good, and with aiohttp's
+        # default of 100 the REST calls (credential checks, inventory, tokens) waited until they timed out.
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         p = self.platform
         base = C8yClient(self._session, p.base_url, p.bootstrap, p.application_key)
         self.bootstrap = base

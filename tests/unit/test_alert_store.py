@@ -24,3 +24,33 @@ def test_alert_store_round_trip_and_damaged_rows_are_skipped(tmp_path: Path) -> 
     assert list(restored.alerts) == ["x"] and restored.timers == [(9.0, "x")] and restored.value_errors == 1
     assert restored.values == {"y": "running"}
     store.close()
+
+
+def test_saves_write_only_what_changed_and_still_equal_the_state(tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "alerts.db")
+    state = EngineState()
+    for i in range(3):
+        state.alerts[f"a{i}"] = AlertState(
+            "r", {}, "firing", f"e{i}", 1.0, None, Event(f"e{i}", "m", "t", None, 1, {})
+        )
+    state.values = {"v1": "on", "v2": "off"}
+    store.save(state)
+    writes: list[str] = []
+    store._db.set_trace_callback(
+        lambda sql: writes.append(sql) if sql.startswith("INSERT OR REPLACE INTO alerts") else None
+    )
+    state.alerts["a1"].status, state.alerts["a1"].deadline = (
+        "clearing",
+        5.0,
+    )  # changed in place, as the engine does
+    del state.alerts["a2"]
+    state.values = {"v1": "off"}
+    store.save(state)
+    assert len(writes) == 1  # a1 only; a0 is unchanged
+    alerts, values = store.load()
+    assert sorted(alerts) == ["a0", "a1"] and alerts["a1"]["status"] == "clearing"
+    assert values == {"v1": "off"}
+    store.close()
+    again = AlertStore(tmp_path / "alerts.db")
+    again.save(EngineState())  # a fresh process's first save replaces everything
+    assert again.load() == ({}, {})
