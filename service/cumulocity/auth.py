@@ -25,6 +25,7 @@ from aiohttp import web
 
 from registrations.auth import AuthError, KeyRing, Principal, digest, presented_key
 from service.cumulocity.client import C8yClient, C8yError
+from service.cumulocity.stream import token_claims
 
 log = logging.getLogger("tocsin.cumulocity.auth")
 CACHE_LIMIT = 10_000
@@ -49,13 +50,9 @@ def tenant_of(authorization: str, cookie_jwt: str | None) -> str | None:
 
 def _jwt_claim(token: str, claim: str) -> str | None:
     """A claim of a JWT the platform will verify (we only route by it, the platform decides validity)."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
-        value = json.loads(base64.urlsafe_b64decode(payload)).get(claim)
-    except (binascii.Error, ValueError, AttributeError):
+        value = token_claims(token).get(claim)
+    except ValueError:
         return None
     return value if isinstance(value, str) else None
 
