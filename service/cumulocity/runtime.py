@@ -365,6 +365,3 @@ class CumulocityRuntime:
             t.users.clear()
         t.users[user] = now + self.config.auth_cache_s
         return True
-
-    def event_counts(self) -> Mapping[str, int]:
-        return {t: tenant.stream.stats.acked for t, tenant in self.tenants.items()}

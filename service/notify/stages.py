@@ -70,10 +70,6 @@ class TargetStage:
         self._caches: dict[str | None, tuple[object, int, dict[Audience, list[Registration]]]] = {}
         self._cache_size = cache_size
 
-    @property
-    def store(self) -> RegistrationStore:
-        return self.stores.default.store
-
     def batches(self, audience: Audience, tenant: str | None = None) -> Iterator[list[Registration]]:
         store = self.stores.store(tenant)
         if store is None:
