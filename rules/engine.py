@@ -108,6 +108,9 @@ class EngineState:
     timers: list[tuple[float, str]] = field(default_factory=list)  # heap of (deadline, alert_id)
     value_errors: int = 0  # threshold events whose value was missing or not a number
     values: dict[str, str] = field(default_factory=dict)  # last state seen by change rules, per alert id
+    # Alert ids that evaluate/tick may have changed since the store last looked (service/alert_store.py
+    # writes only those); bounded by what happened between two commits.
+    touched: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,16 +281,19 @@ class RuleEngine:
             if kind == "alarm":
                 self._alarms(c, labels, event, state, now, out)
                 continue
-            if kind == "event":
+            if kind == "event":  # keeps no state
                 out.append(self._transition(c, aid, event.id, labels, "firing", event, now, None))
             elif kind == "threshold":
+                state.touched.add(aid)
                 self._threshold(c, aid, labels, event, state, now, out)
             elif kind == "absent":
+                state.touched.add(aid)
                 if c.role == "availability":
                     self._availability(c, aid, labels, event, state, now, out)
                 else:
                     self._seen(c, aid, labels, event, state, now, out)
             else:
+                state.touched.add(aid)
                 self._change(c, aid, labels, event, state, now, out)
         return state, out
 
@@ -436,6 +442,7 @@ class RuleEngine:
                 if len(self._alarm_ids) >= self._cache_size:
                     self._alarm_ids.clear()
                 aid = self._alarm_ids[key] = alert_id(c.id, own)
+            state.touched.add(aid)
             alert = state.alerts.get(aid)
             severity_ok = not match.severity or a.severity in match.severity
             if a.status == "CLEARED" or (alert is not None and a.severity is not None and not severity_ok):
@@ -470,6 +477,7 @@ class RuleEngine:
             alert = state.alerts.get(aid)
             if alert is None or alert.deadline != deadline:
                 continue
+            state.touched.add(aid)
             c = self._by_id.get(alert.rule)
             if c is None:
                 del state.alerts[aid]

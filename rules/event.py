@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Payload fields a device may use to give its event an identity of its own.
-ID_FIELDS = ("id", "eid", "seq", "sequence")
-# Identical payloads on one topic within this many seconds are the same event (B.6.4 of the spec).
+# Messages on one topic within this many seconds are matched across instances by their order (see
+# ``EventIdentity``); each message is an event of its own.
 COALESCE_WINDOW_S = 2.0
+MAX_RUNS = 100_000  # identical (topic, payload) pairs tracked per window
 
 
 @dataclass(slots=True)
@@ -31,19 +31,42 @@ def short_hash(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).hexdigest()
 
 
-def event_id(topic: str, raw: bytes, payload: Any, time: float) -> str:
-    """The id every instance computes for the same published message.
+class EventIdentity:
+    """The id every instance computes for the same published message; the same rule live and in replay.
 
-    A device-supplied id or sequence wins; otherwise the topic, the payload and the coalescing window.
+    With ``id_field`` set (``mqtt.event_id_field``), a payload's own value of that field is the event's
+    identity: a second message with the same value on the same topic is a duplicate and is dropped (and
+    logged at debug, and counted). Without it (the default), every message is an event of its own: two rings
+    with the same payload a second apart are two events. Such an id is the topic, the payload, the
+    ``COALESCE_WINDOW_S`` window and how many identical messages came before it in that window, which every
+    instance subscribed to the topic sees in the same order.
     """
-    if isinstance(payload, dict):
-        for name in ID_FIELDS:
-            value = payload.get(name)
+
+    def __init__(self, id_field: str | None = None) -> None:
+        self.id_field = id_field
+        self._window = -1
+        self._runs: dict[bytes, int] = {}
+
+    def __call__(self, topic: str, raw: bytes, payload: Any, time: float) -> str:
+        field_name = self.id_field
+        if field_name is not None and isinstance(payload, dict):
+            value = payload.get(field_name)
             if isinstance(value, str | int) and not isinstance(value, bool):
                 return short_hash(topic, "id", str(value))
-    h = hashlib.blake2b(raw, digest_size=8, key=topic.encode()[:64])
-    h.update(str(int(time // COALESCE_WINDOW_S)).encode())
-    return h.hexdigest()
+        window = int(time // COALESCE_WINDOW_S)
+        if window != self._window:
+            self._window, self._runs = window, {}
+        h = hashlib.blake2b(raw, digest_size=8, key=topic.encode()[:64])
+        h.update(str(window).encode())
+        digest = h.digest()
+        runs = self._runs
+        before = runs.get(digest, 0)
+        if before == 0 and len(runs) >= MAX_RUNS:
+            runs.clear()
+        runs[digest] = before + 1
+        if before:
+            h.update(b"#%d" % before)
+        return h.hexdigest()
 
 
 def device_of(payload: Any) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rules.engine import EngineState, RuleEngine, Transition
-from rules.event import Event, device_of, event_id
+from rules.event import Event, EventIdentity, device_of
 
 
 class RecordingError(ValueError):
@@ -39,7 +39,7 @@ def _time(value: Any) -> float:
     raise ValueError(f"'time' must be epoch seconds or ISO-8601, not {value!r}")
 
 
-def event_from_record(record: Any) -> Event:
+def event_from_record(record: Any, identity: EventIdentity | None = None) -> Event:
     if not isinstance(record, dict):
         raise ValueError("each line must be a JSON object")
     topic = record.get("topic")
@@ -55,7 +55,7 @@ def event_from_record(record: Any) -> Event:
     if not isinstance(attributes, dict):
         raise ValueError("'attributes' must be an object")
     return Event(
-        str(eid) if eid is not None else event_id(topic, raw, payload, t),
+        str(eid) if eid is not None else (identity or EventIdentity())(topic, raw, payload, t),
         str(record.get("source") or "mqtt"),
         topic,
         str(record["device"]) if record.get("device") is not None else device_of(payload),
@@ -65,15 +65,17 @@ def event_from_record(record: Any) -> Event:
     )
 
 
-def read_events(path: Path) -> list[Event]:
-    """All events of a recording, sorted by time; raises RecordingError naming the line."""
+def read_events(path: Path, id_field: str | None = None) -> list[Event]:
+    """All events of a recording, sorted by time; raises RecordingError naming the line. ``id_field``: the
+    payload field that is an event's identity (``mqtt.event_id_field``), as the live service reads it."""
     events: list[Event] = []
+    identity = EventIdentity(id_field)
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             try:
-                events.append(event_from_record(json.loads(line)))
+                events.append(event_from_record(json.loads(line), identity))
             except (ValueError, json.JSONDecodeError) as exc:
                 raise RecordingError(str(path), number, str(exc)) from None
     events.sort(key=lambda e: e.time)  # stable: same-time events keep their order

@@ -1,95 +1,161 @@
-"""Open alerts and pending timers on disk (SQLite in the data directory), written behind the event path and
-at shutdown, read at start."""
+"""Open alerts, pending timers and silences in the journal's database, committed with the batch of events
+that changed them (so an acknowledged event's alert state is as durable as its outbox rows); read at start.
+
+Only what changed is written: the engine names the alerts it touched (``EngineState.touched``), and each
+is compared with what was last written. Rewriting every open alert on each commit stalled the event path
+for longer and longer as alerts piled up.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rules.engine import AlertState, EngineState
 from rules.state_codec import FORMAT, dump_alert
+from service.journal import Journal, Statement
 
 log = logging.getLogger("tocsin.alerts")
+TABLES = (
+    "CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS state_values (id TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+)
 
 
 class AlertStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Saved from the event loop every persist_s: with the default FULL each save waited for an fsync
-        # (20-45 ms here), stalling every event behind it. NORMAL in WAL mode still survives a crash of the
-        # process; the state is written behind anyway.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS state_values (id TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS silences (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        # What the last save wrote, per alert: None until the first save, which rewrites everything.
+    def __init__(self, journal: Journal | Path, legacy: Path | None = None) -> None:
+        """``journal``: the service's (or a path, for a store of its own that writes in place).
+        ``legacy``: the ``alerts.db`` of earlier versions, imported once when the tables are empty."""
+        self._owns_journal = not isinstance(journal, Journal)
+        self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+        db = self.journal.db
+        for sql in TABLES:
+            db.execute(sql)
+        if legacy is not None and legacy.exists():
+            self._import(legacy)
+        self._state: Callable[[], EngineState] | None = None
+        # What was last written, per alert: None until the first commit, which reconciles everything.
         self._saved: dict[str, tuple[Any, ...]] | None = None
-        self._saved_values: dict[str, str] | None = None
+        self._saved_values: dict[str, str] = {}
+        self.journal.register("alerts", self._collect)
 
-    def save_silences(self, silences: list[dict[str, Any]]) -> None:
-        db = self._db
-        db.execute("BEGIN")
+    def _import(self, legacy: Path) -> None:
+        db = self.journal.db
+        if db.execute("SELECT 1 FROM alerts UNION ALL SELECT 1 FROM silences LIMIT 1").fetchone():
+            return
+        old = sqlite3.connect(legacy)
         try:
-            db.execute("DELETE FROM silences")
-            db.executemany("INSERT INTO silences VALUES (?, ?)", [(s["id"], json.dumps(s)) for s in silences])
+            db.execute("BEGIN")
+            for table in ("alerts", "state_values", "meta", "silences"):
+                try:
+                    rows = old.execute(f"SELECT * FROM {table}").fetchall()
+                except sqlite3.Error:
+                    continue
+                db.executemany(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", rows)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        finally:
+            old.close()
+        legacy.rename(legacy.with_name(legacy.name + ".imported"))
+        log.info("open alerts and silences imported from %s", legacy)
+
+    def track(self, state: Callable[[], EngineState]) -> None:
+        """Where the live engine state is: each commit writes what changed in it."""
+        self._state = state
+
+    # -- silences -------------------------------------------------------------------------------------------
+    def save_silences(self, silences: list[dict[str, Any]]) -> None:
+        """Replaces the stored silences; committed with the next commit (asked for now)."""
+        self.journal.submit(
+            [
+                Statement("DELETE FROM silences", many=False),
+                Statement("INSERT INTO silences VALUES (?, ?)", [(s["id"], json.dumps(s)) for s in silences]),
+            ]
+        )
 
     def load_silences(self) -> list[dict[str, Any]]:
         out = []
-        for (data,) in self._db.execute("SELECT data FROM silences"):
+        for (data,) in self.journal.db.execute("SELECT data FROM silences"):
             try:
                 out.append(json.loads(data))
             except ValueError:
                 log.warning("skipping a damaged stored silence")
         return out
 
-    def save(self, state: EngineState) -> None:
-        """Makes what is stored equal to ``state``, in one transaction. Only alerts and values that changed
-        since the last save are written: rewriting every open alert each second stalled the event loop for
-        longer and longer as alerts piled up (100 ms and more with a few thousand open)."""
+    # -- alerts ---------------------------------------------------------------------------------------------
+    def _collect(self) -> list[Statement]:
+        if self._state is None:
+            return []
+        return self.changes(self._state())
+
+    def changes(self, state: EngineState) -> list[Statement]:
+        """The statements that make what is stored equal to ``state`` (and forget ``state.touched``)."""
         alerts, values = state.alerts, state.values
-        signatures = {aid: _signature(a) for aid, a in alerts.items()}
         first = self._saved is None
-        saved = self._saved or {}
-        changed = [aid for aid, sig in signatures.items() if first or saved.get(aid) != sig]
-        gone = [(aid,) for aid in saved if aid not in signatures]
-        rows = [
-            (aid, json.dumps(dump_alert(alerts[aid]), separators=(",", ":"), default=str)) for aid in changed
+        if first:
+            ids: set[str] | list[str] = list(alerts)
+        elif not state.touched:
+            return []
+        else:
+            ids = state.touched
+        saved = self._saved if self._saved is not None else {}
+        rows, gone, new_values, gone_values = [], [], [], []
+        for aid in ids:
+            alert = alerts.get(aid)
+            if alert is None:
+                if saved.pop(aid, None) is not None:
+                    gone.append((aid,))
+            else:
+                sig = _signature(alert)
+                if first or saved.get(aid) != sig:
+                    saved[aid] = sig
+                    rows.append((aid, json.dumps(dump_alert(alert), separators=(",", ":"), default=str)))
+            value = values.get(aid)
+            if value is None:
+                if self._saved_values.pop(aid, None) is not None:
+                    gone_values.append((aid,))
+            elif first or self._saved_values.get(aid) != value:
+                self._saved_values[aid] = value
+                new_values.append((aid, value))
+        if first:
+            self._saved_values = dict(values)
+            new_values = list(values.items())
+        state.touched.clear()
+        self._saved = saved
+        out = [
+            Statement("DELETE FROM alerts WHERE id = ?", gone),
+            Statement("INSERT OR REPLACE INTO alerts VALUES (?, ?)", rows),
+            Statement("DELETE FROM state_values WHERE id = ?", gone_values),
+            Statement("INSERT OR REPLACE INTO state_values VALUES (?, ?)", new_values),
         ]
-        old_values = self._saved_values or {}
-        new_values = [(k, v) for k, v in values.items() if first or old_values.get(k) != v]
-        gone_values = [(k,) for k in old_values if k not in values]
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            if first:
-                db.execute("DELETE FROM alerts")
-                db.execute("DELETE FROM state_values")
-            db.executemany("DELETE FROM alerts WHERE id = ?", gone)
-            db.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?)", rows)
-            db.executemany("DELETE FROM state_values WHERE id = ?", gone_values)
-            db.executemany("INSERT OR REPLACE INTO state_values VALUES (?, ?)", new_values)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        self._saved, self._saved_values = signatures, dict(values)
+        if first:
+            keep = [(aid,) for aid in alerts]
+            out[:0] = [
+                Statement("CREATE TEMP TABLE IF NOT EXISTS keep_alerts (id TEXT PRIMARY KEY)", many=False),
+                Statement("DELETE FROM temp.keep_alerts", many=False),
+                Statement("INSERT INTO temp.keep_alerts VALUES (?)", keep),
+                Statement("DELETE FROM alerts WHERE id NOT IN (SELECT id FROM temp.keep_alerts)", many=False),
+                Statement("DELETE FROM state_values", many=False),
+                Statement("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(FORMAT),), many=False),
+            ]
+        return [s for s in out if s.rows or not s.many]
+
+    def save(self, state: EngineState) -> None:
+        """Write ``state``'s changes now, in place (tools and tests, without the journal's writer)."""
+        statements = self.changes(state)
+        if statements:
+            self.journal.submit(statements)
 
     def load(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """What was stored; rows that do not read as JSON objects are skipped (and logged)."""
         alerts: dict[str, dict[str, Any]] = {}
-        for aid, data in self._db.execute("SELECT id, data FROM alerts"):
+        db = self.journal.db
+        for aid, data in db.execute("SELECT id, data FROM alerts"):
             try:
                 record = json.loads(data)
             except ValueError:
@@ -98,11 +164,12 @@ class AlertStore:
                 alerts[aid] = record
             else:
                 log.warning("skipping a damaged stored alert %s", aid)
-        values = dict(self._db.execute("SELECT id, value FROM state_values").fetchall())
+        values = dict(db.execute("SELECT id, value FROM state_values").fetchall())
         return alerts, values
 
     def close(self) -> None:
-        self._db.close()
+        if self._owns_journal:
+            self.journal.close()
 
 
 def _signature(a: AlertState) -> tuple[Any, ...]:

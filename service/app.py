@@ -37,6 +37,8 @@ from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
+from service.events_api import EventsApi
+from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery
@@ -51,7 +53,8 @@ from service.providers.registry import build_providers
 from service.push_api import PushApi
 from service.reload import watch
 from service.report_api import add_report_routes
-from service.sources.mqtt import MqttSource
+from service.sources.base import Source
+from service.sources.mqtt import MqttIntake
 
 log = logging.getLogger("tocsin")
 
@@ -95,16 +98,19 @@ class Service:
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)
+        # The one writer of the event path: outbox rows, alert state and the MQTT acknowledgement record of
+        # a batch commit together, in a thread (service/journal.py).
+        self.journal = Journal(config.store_path, config.store.synchronous)
         # Open alerts and pending timers survive a restart (service/alert_store.py).
-        self.alert_store = AlertStore(config.data_dir / "alerts.db")
+        self.alert_store = AlertStore(self.journal, legacy=config.data_dir / "alerts.db")
         self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
-        self._state_dirty = False
+        self.alert_store.track(lambda: self.state)
         self.store = SqliteRegistrationStore(config.store_path)
         self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time, remove=self.store.remove)
         # The deployment's own registrations; a Cumulocity tenant's are added while it is subscribed.
         self.stores = StoreDirectory(Registry(self.store, self.writer))
         self.providers: dict[str, Provider] = providers or build_providers(config)
-        self.outbox = Outbox(config.store_path)
+        self.outbox = Outbox(self.journal)
         self.dispatcher = Dispatcher(
             self.providers,
             self.stores,
@@ -153,7 +159,7 @@ class Service:
                 config.data_dir,
                 self.stores,
                 self.on_event,
-                self.outbox.flush,
+                self.commit,
                 self.noise,
                 self.metrics,
                 self.clock,
@@ -171,13 +177,18 @@ class Service:
         self.push_api = PushApi(
             self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
         )
-        self.source = MqttSource(
+        self.source = MqttIntake(
             config.mqtt,
             config.client_id,
             self.ruleset.subscriptions(),
-            self.on_event,
             self.metrics,
             self.clock,
+            self.journal,
+        )
+        # Every source feeds the same sink (``handle`` then ``commit``); the event path names none of them.
+        self.sources: list[Source] = [self.source] if self.mqtt_enabled else []
+        self.events_api = EventsApi(
+            self, self.auth, self.clock, lambda r, st: rejected.inc(r, str(st)), config.mqtt.event_id_field
         )
         self.cluster: ClusterNode | None = None
         self.gate: ClusterGate | None = None
@@ -230,9 +241,16 @@ class Service:
         )
 
     # -- the event path -----------------------------------------------------------------------------------
+    async def handle(self, event: Event) -> None:
+        """The sink of every source (``service.sources.base.EventSink``)."""
+        await self.on_event(event)
+
+    async def commit(self) -> None:
+        """Makes everything handled so far durable: outbox rows, alert state, acknowledgement records."""
+        await self.journal.commit()
+
     async def on_event(self, event: Event) -> None:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
-        self._state_dirty = True
         self.state, transitions = self.engine.evaluate(event, self.state, event.time)
         for t in transitions:
             await self._route(t)
@@ -287,31 +305,20 @@ class Service:
                 async with asyncio.timeout(wait):
                     await self._timer_changed.wait()
             self.state, transitions = self.engine.tick(self.state, self.clock.time())
-            self._state_dirty = True
             for t in transitions:
                 try:
                     await self._route(t)
                 except Exception:
                     self.metrics.internal_errors.inc("timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
-
-    async def _persist(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.rules.persist_s)
-            self.save_state()
-
-    def save_state(self) -> None:
-        if self._state_dirty:
-            self._state_dirty = False
-            try:
-                self.alert_store.save(self.state)
-            except Exception:
-                self.metrics.internal_errors.inc("alert_store")
-                log.exception("saving open alerts failed")
-
-    def _close_alert_store(self) -> None:
-        self.save_state()
-        self.alert_store.close()
+            if transitions or self.state.touched:
+                try:
+                    await self.commit()
+                except Exception:
+                    self.metrics.internal_errors.inc("timers")
+                    log.exception(
+                        "committing the state after rule timers failed; it is written with the next"
+                    )
 
     async def _noise_timers(self) -> None:
         """Sends what noise control scheduled: group flushes, repeats, escalations, rate-limit summaries."""
@@ -355,21 +362,15 @@ class Service:
     # -- health -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        mqtt_ok = not self.mqtt_enabled or self.source.is_connected
-        return mqtt_ok and (self.cumulocity is None or self.cumulocity.ready)
+        sources_ok = all(source.ready for source in self.sources)
+        return sources_ok and (self.cumulocity is None or self.cumulocity.ready)
 
     def health(self) -> dict[str, object]:
         degraded = {name: reason for name, reason in self.dispatcher.config_errors.items()}
         for name, p in self.providers.items():
             if p.degraded:
                 degraded[name] = p.degraded
-        broker: dict[str, object] = {
-            "connected": self.source.is_connected,
-            "host": self.config.mqtt.host,
-            "port": self.config.mqtt.port,
-        }
-        if self.source.last_error:
-            broker["error"] = self.source.last_error
+        broker = self.source.health()
         status = "ok" if self.ready and not degraded else "degraded"
         found: dict[str, object] = {
             "status": status,
@@ -398,8 +399,10 @@ class Service:
         self._stack.callback(self.writer.close)
         if self.cluster is not None:
             self._stack.callback(self.ledger_store.close)
-        self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
+        # Runs after everything else stopped: commits what is left (final states, alert state), then closes.
+        self._stack.callback(self.journal.close)
         self._stack.callback(self.outbox.close)
+        self.journal.start()
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -422,7 +425,7 @@ class Service:
         if cfg.http.enabled:
             if self.keys.open_loopback:
                 log.warning("no API keys configured (api.keys): callers on the loopback interface are admin")
-            routes = [*self.registration_api.routes(), *self.push_api.routes()]
+            routes = [*self.registration_api.routes(), *self.push_api.routes(), *self.events_api.routes()]
             self.http_app = build_app(self, self.metrics, routes, document())
             add_alert_routes(
                 self.http_app,
@@ -445,11 +448,10 @@ class Service:
         self._tasks = [
             asyncio.create_task(self._timers(), name="rule-timers"),
             asyncio.create_task(self._noise_timers(), name="noise-timers"),
-            asyncio.create_task(self._persist(), name="alert-persist"),
         ]
-        if self.mqtt_enabled:
-            self._tasks.append(asyncio.create_task(self.source.run(), name="mqtt-source"))
-        else:
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(source.run(self), name=f"source-{source.name}"))
+        if not self.mqtt_enabled:
             log.info("MQTT source off (mqtt.enabled)")
         if self.cluster is not None:
             self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
@@ -460,7 +462,8 @@ class Service:
             self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
-            self._stack.push_async_callback(self._leave_cluster)  # runs first on exit: hand over, then stop
+            self._stack.push_async_callback(self._leave_cluster)  # hand over, then stop
+        self._stack.push_async_callback(self._stop_sources)  # runs first on exit: take nothing new
         # What is loaded at start (libraries, rules, templates) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall the event path for tens of milliseconds.
         gc.collect()
@@ -472,6 +475,20 @@ class Service:
             len(self.ruleset.rules),
             cfg.store_path,
         )
+
+    async def _stop_sources(self) -> None:
+        """Graceful stop: each source finishes, commits and acknowledges its batch and disconnects; then
+        the deliveries already queued go out (for a while), so that nothing is left to resend at the next
+        start."""
+        await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.delivery.drain_s):
+                await self.dispatcher.drain()
+        if self.dispatcher.queue.qsize():
+            log.warning(
+                "%d deliveries still queued at stop: they stay pending and go out at the next start",
+                self.dispatcher.queue.qsize(),
+            )
 
     async def _leave_cluster(self) -> None:
         assert self.cluster is not None and self.gate is not None
@@ -556,3 +573,4 @@ class Service:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stack.aclose()
+        log.info("stopped")

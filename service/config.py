@@ -71,6 +71,25 @@ class MqttConfig(_Section):
     )
     reconnect_min_s: float = Field(0.2, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
+    protocol: Literal["3.1.1", "5"] = Field(
+        "5", description="MQTT version; 5 lets tocsin bound what the broker sends unacknowledged"
+    )
+    max_inflight: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="messages received and not yet acknowledged at most (MQTT 5 Receive Maximum; with"
+        " 3.1.1 the broker's own max_inflight_messages applies); a slow provider then slows the broker",
+    )
+    batch_max: int = Field(500, ge=1, le=65535, description="messages taken into one durable commit at most")
+    session_expiry_s: int = Field(
+        86400, ge=0, description="how long the broker keeps the session (and queues) while tocsin is away"
+    )
+    event_id_field: str | None = Field(
+        None,
+        description="payload field that is an event's own identity: a repeat of its value on the same"
+        " topic is a duplicate and dropped; none: every message is an event",
+    )
 
 
 class HttpConfig(_Section):
@@ -149,7 +168,11 @@ class RulesConfig(_Section):
     watch_s: float = Field(
         2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
     )
-    persist_s: float = Field(1.0, gt=0, description="how often open alerts and timers are written to disk")
+    persist_s: float = Field(
+        1.0,
+        gt=0,
+        description="deprecated, ignored: open alerts are committed with the events that changed them",
+    )
 
 
 class QuietHoursConfig(_Section):
@@ -237,8 +260,17 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class StoreConfig(_Section):
+    synchronous: Literal["normal", "full"] = Field(
+        "normal",
+        description="normal: a commit survives the process crashing (WAL); full: also a power cut, at an"
+        " fsync per commit",
+    )
+
+
 class Config(_Section):
     data_dir: Path = Field(default_factory=default_data_dir)
+    store: StoreConfig = StoreConfig()
     instance: InstanceConfig = InstanceConfig()
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()

@@ -45,6 +45,11 @@ class Metrics(Collector):
         self.suppressed = Counter(
             "tocsin_notifications_suppressed", "Notifications a stage held back.", ("stage",)
         )
+        self.duplicates = Counter(
+            "tocsin_events_duplicate",
+            "Messages not handled again: redelivered after being committed, or a repeat of an event id.",
+            ("source", "reason"),
+        )
         self.mqtt_connects = Counter("tocsin_mqtt_connects", "Successful connections to the MQTT broker.")
         self.mqtt_disconnects = Counter("tocsin_mqtt_disconnects", "Lost or failed MQTT connections.")
         self.rule_reloads = Counter(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from registrations.model import Audience
+from service.journal import Journal, Statement
 from service.notify.model import Delivery, Notification, describe
 from service.notify.options import PushOptions
 
@@ -80,25 +81,32 @@ def decode(text: str) -> Notification:
 
 
 class Outbox:
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.path = str(path)
+    """The rows live in the journal's database; writes are buffered here and committed by the journal.
+
+    ``Outbox(path)`` makes a journal of its own that writes in place (tools, benchmarks, tests); the
+    service passes its shared journal, so that a batch's rows commit with the rest of the batch.
+    """
+
+    def __init__(self, journal: Journal | Path | str) -> None:
+        self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+        self._owns_journal = not isinstance(journal, Journal)
+        self.path = self.journal.path
+        self.db = self.journal.db  # set-up and reads; writes go through the journal
         self._checkpointer: sqlite3.Connection | None = None
-        if str(path) != ":memory:":
-            self.db.execute("PRAGMA journal_mode=WAL")
+        self._read_db: sqlite3.Connection | None = None
+        if self.path != ":memory:":
             # Checkpoints (which fsync) run in a worker thread via checkpoint(), not on the event loop,
             # where they stalled the event path for tens of milliseconds.
             self.db.execute("PRAGMA wal_autocheckpoint=0")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self._notifications: list[tuple[str, str, float, float]] = []
         self._rows: list[tuple[str, str, str, str, float]] = []
         self._finals: list[tuple[str, str | None, int, float, str, str]] = []
+        self._badges: list[tuple[str, int]] = []
+        self._badge_counts: dict[str, int] = {}
         self._known: dict[str, None] = {}
         self._flush_scheduled = False
+        self.journal.register("outbox", self._collect)
 
     def _migrate(self) -> None:
         db = self.db
@@ -121,74 +129,104 @@ class Outbox:
             self._notifications.append((n.nid, encode(n), n.created, n.expires))
         self._rows.append((n.nid, reg.id, reg.provider, reg.token, now))
 
-    def written(self) -> None:
-        """Commit buffered new rows: called before a send, so no delivery leaves without its row."""
+    @property
+    def unwritten(self) -> bool:
+        return bool(self._rows or self._notifications)
+
+    async def written(self) -> None:
+        """Commit buffered new rows: awaited before a send, so no delivery leaves without its row."""
         if self._rows or self._notifications:
-            self.flush()
+            await self.journal.commit()
 
     def finish(self, delivery: Delivery, state: str, reason: str | None, now: float) -> None:
         n, reg = delivery.notification, delivery.registration
         self._finals.append((state, reason, delivery.attempt, now, n.nid, reg.id))
-        if len(self._finals) >= FLUSH_ROWS:
+        if self._flush_scheduled:
+            return
+        try:
+            # Final states wait up to FINALS_DELAY_S (or the next commit of the event path), so that one
+            # transaction carries many. A crash in that window only resends deliveries whose answer was not
+            # yet recorded, which their collapse key hides on the phone.
+            asyncio.get_running_loop().call_later(FINALS_DELAY_S, self._scheduled_flush)
+            self._flush_scheduled = True
+        except RuntimeError:  # no loop (tools, tests): write at once
             self.flush()
-        elif not self._flush_scheduled:
-            try:
-                # Final states wait up to FINALS_DELAY_S, so that one transaction carries many; new rows
-                # still commit before any send (written()). A crash in that window only resends deliveries
-                # whose answer was not yet recorded, which their collapse key hides on the phone.
-                asyncio.get_running_loop().call_later(FINALS_DELAY_S, self._scheduled_flush)
-                self._flush_scheduled = True
-            except RuntimeError:  # no loop (tools, tests): write at once
-                self.flush()
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        self.flush()
+        if self._finals or self._rows or self._notifications or self._badges:
+            self.journal.submit([])
 
-    def flush(self) -> None:
-        notifications, rows, finals = self._notifications, self._rows, self._finals
-        if not (notifications or rows or finals):
-            return
-        self._notifications, self._rows, self._finals = [], [], []
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            db.executemany("INSERT OR IGNORE INTO outbox_notifications VALUES (?, ?, ?, ?)", notifications)
-            db.executemany(
+    def _collect(self) -> list[Statement]:
+        notifications, rows, finals, badges = self._notifications, self._rows, self._finals, self._badges
+        if not (notifications or rows or finals or badges):
+            return []
+        self._notifications, self._rows, self._finals, self._badges = [], [], [], []
+        return [
+            Statement("INSERT OR IGNORE INTO outbox_notifications VALUES (?, ?, ?, ?)", notifications),
+            Statement(
                 "INSERT OR IGNORE INTO outbox (nid, registration_id, provider, token, state, updated)"
                 " VALUES (?, ?, ?, ?, 'pending', ?)",
                 rows,
-            )
-            db.executemany(
+            ),
+            Statement(
                 "UPDATE outbox SET state = ?, reason = ?, attempts = ?, updated = ?"
                 " WHERE nid = ? AND registration_id = ?",
                 finals,
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._notifications, self._rows, self._finals = notifications, rows, finals
-            raise
+            ),
+            Statement(
+                "INSERT INTO badges VALUES (?, ?)"
+                " ON CONFLICT(registration_id) DO UPDATE SET count = excluded.count",
+                badges,
+            ),
+        ]
+
+    def flush(self) -> None:
+        """Write what is buffered now, in place: only where the journal's writer is not running."""
+        if self.journal.started:
+            raise RuntimeError("Outbox.flush() while the journal's writer runs: await outbox.settle()")
+        self.journal.commit_now()
+
+    async def settle(self) -> None:
+        """Everything buffered so far is committed (before a report is read, say)."""
+        await self.journal.commit()
 
     def next_badge(self, registration_id: str) -> int:
         """Increment and return the registration's badge count (for ``badge_increment``)."""
-        row = self.db.execute(
-            "INSERT INTO badges VALUES (?, 1) ON CONFLICT(registration_id) DO UPDATE SET count = count + 1"
-            " RETURNING count",
-            [registration_id],
-        ).fetchone()
-        return int(row[0])
+        count = self._badge_counts.get(registration_id)
+        if count is None:
+            row = self.db.execute("SELECT count FROM badges WHERE registration_id = ?", [registration_id])
+            found = row.fetchone()
+            count = int(found[0]) if found else 0
+            if len(self._badge_counts) > 100_000:
+                self._badge_counts.clear()
+        count += 1
+        self._badge_counts[registration_id] = count
+        self._badges.append((registration_id, count))
+        return count
 
     def reset_badge(self, registration_id: str) -> None:
         """The app was opened and cleared its badge."""
-        self.db.execute("DELETE FROM badges WHERE registration_id = ?", [registration_id])
+        self._badge_counts[registration_id] = 0
+        self._badges.append((registration_id, 0))
 
     # -- reads ----------------------------------------------------------------------------------------------
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        """Reads use a connection of their own, never the writer thread's; standalone, buffered rows are
+        written first, so that what was just added reads back."""
+        if not self.journal.started:
+            self.journal.commit_now()
+            return self.db
+        if self._read_db is None:
+            self._read_db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._read_db.execute("PRAGMA busy_timeout=5000")
+        return self._read_db
+
     def pending(self) -> Iterator[tuple[Notification, str, str, int]]:
         """(notification, provider, token, attempts) of every row still pending, oldest notification first."""
-        self.flush()
         decoded: dict[str, Notification] = {}
-        rows = self.db.execute(
+        rows = self._reader.execute(
             "SELECT o.nid, o.provider, o.token, o.attempts, n.body FROM outbox o"
             " JOIN outbox_notifications n ON n.nid = o.nid WHERE o.state = 'pending' ORDER BY n.created"
         )
@@ -200,15 +238,14 @@ class Outbox:
             yield n, provider, token, attempts
 
     def report(self, nid: str) -> dict[str, Any] | None:
-        self.flush()
-        head = self.db.execute(
-            "SELECT created, expires FROM outbox_notifications WHERE nid = ?", [nid]
-        ).fetchone()
+        """What is committed of a notification's deliveries (``await settle()`` first for the latest)."""
+        db = self._reader
+        head = db.execute("SELECT created, expires FROM outbox_notifications WHERE nid = ?", [nid]).fetchone()
         if head is None:
             return None
         platforms: dict[str, dict[str, Any]] = {}
         total: dict[str, Any] = {"targeted": 0, "delivered": 0, "pending": 0, "failed": {}}
-        rows = self.db.execute(
+        rows = db.execute(
             "SELECT provider, state, reason, count(*) FROM outbox WHERE nid = ?"
             " GROUP BY provider, state, reason",
             [nid],
@@ -226,20 +263,22 @@ class Outbox:
 
     def purge(self, before: float) -> int:
         """Forget notifications created before ``before`` that have nothing pending any more."""
-        self.flush()
         old = [
             r[0]
-            for r in self.db.execute(
+            for r in self._reader.execute(
                 "SELECT nid FROM outbox_notifications n WHERE created < ? AND NOT EXISTS"
                 " (SELECT 1 FROM outbox o WHERE o.nid = n.nid AND o.state = 'pending')",
                 [before],
             )
         ]
         if old:
-            self.db.execute("BEGIN")
-            self.db.executemany("DELETE FROM outbox WHERE nid = ?", [(n,) for n in old])
-            self.db.executemany("DELETE FROM outbox_notifications WHERE nid = ?", [(n,) for n in old])
-            self.db.execute("COMMIT")
+            keys = [(n,) for n in old]
+            self.journal.submit(
+                [
+                    Statement("DELETE FROM outbox WHERE nid = ?", keys),
+                    Statement("DELETE FROM outbox_notifications WHERE nid = ?", keys),
+                ]
+            )
         return len(old)
 
     def checkpoint(self) -> None:
@@ -252,7 +291,10 @@ class Outbox:
         self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        self.flush()
-        self.db.close()
+        """Closes its connections; the journal (when it is the outbox's own) writes what is left."""
+        for db in (self._checkpointer, self._read_db):
+            if db is not None:
+                db.close()
+        self._checkpointer = self._read_db = None
+        if self._owns_journal:
+            self.journal.close()

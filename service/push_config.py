@@ -71,6 +71,9 @@ class DeliveryConfig(_Section):
     retry_base_s: float = Field(0.5, gt=0, description="first retry waits up to this (full jitter)")
     retry_cap_s: float = Field(60.0, gt=0, description="longest wait between retries")
     pause_probe_s: float = Field(30.0, gt=0, description="a paused credential is tried again this often")
+    drain_s: float = Field(
+        5.0, ge=0, description="at a graceful stop, how long queued deliveries may still go out"
+    )
     workers: int = Field(
         64, ge=1, le=10_000, description="deliveries in flight at once (HTTP/2 streams and HTTP connections)"
     )

@@ -11,7 +11,9 @@ OUTBOX_KEY: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
 
 async def notification_report(request: web.Request) -> web.Response:
     nid = request.match_info["id"]
-    report = request.app[OUTBOX_KEY].report(nid)
+    outbox = request.app[OUTBOX_KEY]
+    await outbox.settle()
+    report = outbox.report(nid)
     if report is None:
         return web.json_response(
             {

@@ -102,7 +102,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         print(f"rules are not valid:\n{exc}", file=sys.stderr)
         return 2
     try:
-        events = read_events(Path(args.events))
+        events = read_events(Path(args.events), args.event_id_field)
         extra = parse_duration(args.until) if args.until else 0.0
     except RecordingError as exc:
         print(f"recording is not valid: {exc}", file=sys.stderr)
@@ -135,4 +135,10 @@ def add_rules_commands(sub: Any) -> None:
     test.add_argument("--events", required=True, help="recorded events, JSON Lines")
     test.add_argument("--until", help="keep the clock running this long after the last event (e.g. 10m)")
     test.add_argument("--json", action="store_true", help="one JSON object per notification")
+    test.add_argument(
+        "--event-id-field",
+        metavar="FIELD",
+        help="payload field that is an event's own id, as mqtt.event_id_field (default: none; every "
+        "record is an event of its own unless it has an 'id')",
+    )
     test.set_defaults(func=cmd_rules_test)

@@ -81,7 +81,7 @@ class CumulocityRuntime:
         data_dir: Path,
         stores: StoreDirectory,
         on_event: Callable[[Event], Awaitable[None]],
-        settle: Callable[[], None],
+        settle: Callable[[], Awaitable[None]],
         noise: NoiseControl,
         metrics: Metrics,
         clock: Clock,
@@ -308,7 +308,7 @@ class CumulocityRuntime:
         await self.on_event(alarm_event(tenant, alarm, now))
         if str(alarm.get("status", "")).upper() == "ACKNOWLEDGED":
             self._acknowledged_on_platform(tenant, str(alarm.get("id", "")), now)
-        self.settle()
+        await self.settle()
         self.inbox.record(tenant, alarm, now)
         self.frames.inc("handled")
 

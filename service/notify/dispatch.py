@@ -115,7 +115,7 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.outbox is not None:
-            self.outbox.flush()
+            await self.outbox.settle()
 
     @property
     def parked_count(self) -> int:
@@ -154,7 +154,7 @@ class Dispatcher:
             self._finish(delivery, "failed", "expired")
             return
         if self.outbox is not None:
-            self.outbox.written()
+            await self.outbox.written()
             if delivery.attempt == 0 and delivery.notification.options.badge_increment:
                 self._badge(delivery, self.outbox)
         if self.guard is not None:

@@ -35,14 +35,30 @@ async def test_condition_filters_and_plain_text_payloads(running: RunningService
     assert running.printed.lines()[0]["labels"] == {"room": "garden"}
 
 
-async def test_redelivered_event_with_the_same_id_notifies_once(running: RunningService) -> None:
-    msg = ("home/front/doorbell", json.dumps({"event": "ring", "id": "abc-1"}))
-    await publish(
-        running.broker_port, msg, msg, ("home/front/doorbell", json.dumps({"event": "ring", "id": "abc-2"}))
+async def test_with_an_event_id_field_a_repeated_id_notifies_once(tmp_path: Path, broker: Mosquitto) -> None:
+    service, printed = await start_service(
+        service_config(tmp_path, broker.port, TOCSIN_MQTT__EVENT_ID_FIELD="id")
     )
-    await wait_until(lambda: running.service.metrics.events_received.get("mqtt") == 3, 5, "three events")
-    await wait_until(lambda: running.printed.count() == 2, 5, "two notifications")
-    assert running.service.metrics.suppressed.get("dedup") == 1
+    try:
+        await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
+        msg = ("home/front/doorbell", json.dumps({"event": "ring", "id": "abc-1"}))
+        await publish(
+            broker.port, msg, msg, ("home/front/doorbell", json.dumps({"event": "ring", "id": "abc-2"}))
+        )
+        await wait_until(lambda: service.metrics.events_received.get("mqtt") == 3, 5, "three events")
+        await wait_until(lambda: printed.count() == 2, 5, "two notifications")
+        assert service.metrics.suppressed.get("dedup") == 1
+    finally:
+        await service.__aexit__(None, None, None)
+
+
+async def test_without_an_event_id_field_every_message_is_an_event(running: RunningService) -> None:
+    """Devices often name themselves in "id"; genuine repeats of the same payload are events too."""
+    ring = ("home/front/doorbell", json.dumps({"event": "ring", "id": "front-bell"}))
+    await publish(running.broker_port, ring, ring, ring)
+    await wait_until(lambda: running.printed.count() == 3, 5, "three notifications")
+    assert running.service.metrics.suppressed.get("dedup") == 0
+    assert len({line["episode"] for line in running.printed.lines()}) == 3
 
 
 async def test_malformed_payloads_are_counted_and_do_not_stop_good_ones(running: RunningService) -> None:
