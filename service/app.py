@@ -411,6 +411,8 @@ class Service:
         local = self.mqtt_enabled and cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
         if local and not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
+            if cfg.mqtt.protocol == "auto":
+                self.source.protocol = "3.1.1"  # amqtt speaks 3.1.1 only
         self.dispatcher.start()
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.webhook.close)

@@ -71,8 +71,10 @@ class MqttConfig(_Section):
     )
     reconnect_min_s: float = Field(0.2, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
-    protocol: Literal["3.1.1", "5"] = Field(
-        "5", description="MQTT version; 5 lets tocsin bound what the broker sends unacknowledged"
+    protocol: Literal["auto", "3.1.1", "5"] = Field(
+        "auto",
+        description="MQTT version; auto: 5 (which lets tocsin bound what the broker sends unacknowledged),"
+        " 3.1.1 when the broker refuses 5",
     )
     max_inflight: int = Field(
         1000,

@@ -55,6 +55,7 @@ class ServiceProcess:
             "TOCSIN_MQTT__RECONNECT_MAX_S": "1",
             "TOCSIN_HTTP__PORT": str(self.http_port),
             "TOCSIN_PROVIDERS__LOG__FORMAT": "json",
+            "TOCSIN_MQTT__EVENT_ID_FIELD": "id",  # the simulator numbers its events in "id"
             **(extra_env or {}),
         }
         self.stderr = (workdir / "service.log").open("a")

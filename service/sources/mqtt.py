@@ -78,6 +78,8 @@ class MqttIntake:
         self.metrics, self.clock, self.journal = metrics, clock, journal
         self._configure = configure
         self.identity = EventIdentity(config.event_id_field)
+        # The version spoken: "auto" starts with 5 and keeps 3.1.1 once a broker refused 5.
+        self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
         self.connected = asyncio.Event()
         self.last_error: str | None = None
         self.subscribed: list[str] = []  # what the broker acknowledged on the live connection
@@ -115,7 +117,7 @@ class MqttIntake:
             "connected": self.is_connected,
             "host": self.config.host,
             "port": self.config.port,
-            "protocol": self.config.protocol,
+            "protocol": self.protocol,
             "unacknowledged": len(self._inbox) + sum(1 for t in self._settling if not t.done()),
         }
         if self.last_error:
@@ -145,7 +147,7 @@ class MqttIntake:
     # -- the connection -----------------------------------------------------------------------------------
     def _new_client(self, loop: asyncio.AbstractEventLoop) -> paho.Client:
         c = self.config
-        v5 = c.protocol == "5"
+        v5 = self.protocol == "5"
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
@@ -195,9 +197,11 @@ class MqttIntake:
         def opened(cl: paho.Client, userdata: Any, sock: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+            fd: int = sock.fileno()
+
             def add() -> None:
                 if cl.socket() is sock:  # not closed meanwhile
-                    loop.add_reader(sock.fileno(), reader)
+                    loop.add_reader(fd, reader)
 
             on_loop(add)
 
@@ -208,9 +212,11 @@ class MqttIntake:
                 loop.remove_writer(fd)
 
         def want_write(cl: paho.Client, userdata: Any, sock: Any) -> None:
+            fd: int = sock.fileno()
+
             def add() -> None:
                 if cl.socket() is sock and cl.want_write():
-                    loop.add_writer(sock.fileno(), writer)
+                    loop.add_writer(fd, writer)
 
             on_loop(add)
 
@@ -226,7 +232,7 @@ class MqttIntake:
     def _connect_blocking(self, client: paho.Client) -> None:
         """Runs in a worker thread: DNS, TCP and the TLS handshake may block."""
         c = self.config
-        if c.protocol == "5":
+        if self.protocol == "5":
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = c.session_expiry_s
             props.ReceiveMaximum = c.max_inflight
@@ -238,6 +244,7 @@ class MqttIntake:
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         waiter = self._connack
+        self._got_connack = not (reason.is_failure and reason.value in (0x01, 0x84))  # bad version
         if reason.is_failure:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(MqttError(f"the broker refused the connection: {reason}"))
@@ -283,6 +290,7 @@ class MqttIntake:
 
     # -- running ------------------------------------------------------------------------------------------
     _connack: asyncio.Future[None] | None = None
+    _got_connack = False
     _subacks = 0
 
     async def run(self, sink: EventSink) -> None:
@@ -322,13 +330,21 @@ class MqttIntake:
         client = self._new_client(loop)
         self._lost = loop.create_future()
         self._connack = loop.create_future()
+        self._connack.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved, always
+        self._got_connack = False
         self._inbox.clear()
         misc: asyncio.Task[None] | None = None
         try:
             await loop.run_in_executor(None, self._connect_blocking, client)
             misc = loop.create_task(self._misc(client), name="mqtt-keepalive")
-            async with asyncio.timeout(10):
-                await asyncio.shield(self._connack)
+            try:
+                async with asyncio.timeout(10):
+                    await asyncio.shield(self._connack)
+            except (MqttError, TimeoutError):
+                if self.config.protocol == "auto" and self.protocol == "5" and not self._got_connack:
+                    self.protocol = "3.1.1"
+                    log.info("the broker at %s:%d does not speak MQTT 5: using 3.1.1", *self._where())
+                raise
             self._client = client
             self.subscribed = list(self.topics)
             self.connected.set()
@@ -337,7 +353,7 @@ class MqttIntake:
             log.info(
                 "connected to MQTT broker %s:%d (MQTT %s), subscribed to %s",
                 *self._where(),
-                self.config.protocol,
+                self.protocol,
                 ", ".join(self.topics) or "nothing",
             )
             await self._consume(client, sink)

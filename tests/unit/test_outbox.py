@@ -21,7 +21,7 @@ def test_pending_rows_survive_a_reopen_and_finals_do_not(tmp_path: Path) -> None
     ds = [Delivery(n, Registration("fcm" if i % 2 else "apns", f"t{i}")) for i in range(4)]
     for d in ds:
         box.add(d, 1.0)
-    box.written()
+    box.flush()
     box.finish(ds[0], "delivered", None, 2.0)
     box.finish(ds[1], "failed", "token_invalid", 2.0)
     box.db.close()  # a crash: no flush of anything buffered after this point

@@ -1,6 +1,6 @@
 import pytest
 
-from rules.event import event_id
+from rules.event import EventIdentity
 from service.sources.payload import MAX_PAYLOAD_BYTES, MalformedPayload, parse_payload
 
 
@@ -34,10 +34,17 @@ def test_malformed(raw: bytes, message: str) -> None:
         parse_payload(raw)
 
 
-def test_event_id_prefers_device_ids_and_coalesces_repeats() -> None:
-    a = event_id("t", b'{"id": 5, "x": 1}', {"id": 5, "x": 1}, 100.0)
-    assert a == event_id("t", b'{"id": 5, "x": 2}', {"id": 5, "x": 2}, 999.0)
-    assert a != event_id("u", b'{"id": 5}', {"id": 5}, 100.0)
-    plain = event_id("t", b"ring", "ring", 100.1)
-    assert plain == event_id("t", b"ring", "ring", 100.9)  # same 2 s window
-    assert plain != event_id("t", b"ring", "ring", 102.5)
+def test_a_configured_id_field_is_the_identity() -> None:
+    ids = EventIdentity("id")
+    a = ids("t", b'{"id": 5, "x": 1}', {"id": 5, "x": 1}, 100.0)
+    assert a == ids("t", b'{"id": 5, "x": 2}', {"id": 5, "x": 2}, 999.0)
+    assert a != ids("u", b'{"id": 5}', {"id": 5}, 100.0)
+
+
+def test_without_an_id_field_every_message_is_its_own_event_and_instances_agree() -> None:
+    one, other = EventIdentity(), EventIdentity()
+    stream = [("t", b'{"id": "front"}', 100.1), ("t", b'{"id": "front"}', 100.9), ("t", b"ring", 101.0)]
+    ids = [one(t, raw, None, at) for t, raw, at in stream]
+    assert len(set(ids)) == 3  # repeats of a payload a moment apart are events of their own
+    assert ids == [other(t, raw, None, at) for t, raw, at in stream]  # every instance computes the same
+    assert one("t", b"ring", None, 102.5) != ids[2]
