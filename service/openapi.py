@@ -10,6 +10,7 @@ from typing import Any
 from registrations import openapi as reg
 from registrations.schemas import C8yNotification
 from service import __version__
+from service.events_api import EventsIn
 from service.push_api import PushIn
 
 _PLAIN = {"200": {"description": "OK"}}
@@ -29,6 +30,31 @@ SERVICE_PATHS: dict[str, Any] = {
     "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": _PLAIN}},
 }
 PUSH_PATHS: dict[str, Any] = {
+    "/v1/events": {
+        "post": {
+            "summary": "Ingest events over HTTP (one, or {events: [...]} up to 1,000): answered once durable",
+            "requestBody": reg.body(EventsIn),
+            "responses": {
+                "202": {
+                    "description": "Durable: the events went through the rules; what they caused is committed",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "accepted": {"type": "integer"},
+                                    "ids": {"type": "array", "items": {"type": "string"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                "413": reg.answer("Body larger than 64 KiB", "Error"),
+                "503": reg.answer("Not written: send the events again", "Error"),
+                **reg.NATIVE_ERRORS,
+            },
+        }
+    },
     "/v1/push": {
         "post": {
             "summary": "Send a notification to an audience, now or at schedule_at (admin)",
@@ -98,7 +124,7 @@ def document() -> dict[str, Any]:
         "info": {"title": "tocsin", "version": __version__},
         "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS},
         "components": {
-            "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn)},
+            "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,
         },
         "security": [{"apiKey": []}, {"bearer": []}, {"basic": []}],
