@@ -36,7 +36,7 @@ PUSH_PATHS: dict[str, Any] = {
             "requestBody": reg.body(EventsIn),
             "responses": {
                 "202": {
-                    "description": "Durable: the events went through the rules; what they caused is committed",
+                    "description": "Durable: the events and what they caused are committed",
                     "content": {
                         "application/json": {
                             "schema": {
