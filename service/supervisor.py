@@ -137,7 +137,7 @@ class Supervisor:
 
     def delay(self, attempt: int) -> float:
         """The wait before restart number ``attempt`` (1, 2, ...) of a run of crashes."""
-        return min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * (0.5 + self.rng() / 2)
+        return float(min(self.cap_s, self.base_s * 2.0 ** (attempt - 1)) * (0.5 + self.rng() / 2))
 
     async def close(self) -> None:
         """Cancel every task still running and wait for them."""

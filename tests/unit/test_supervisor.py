@@ -89,7 +89,7 @@ async def test_returning_when_it_should_run_forever_is_a_crash() -> None:
         calls += 1
 
     task = sup.spawn("quitter", quits)
-    await wait_until(lambda: sleeps.delays, 5, "the restart wait")
+    await wait_until(lambda: bool(sleeps.delays), 5, "the restart wait")
     assert sup.down == {"quitter": "RuntimeError: returned, but it should run until stopped"}
     assert errors.get("quitter") == 1
     task.cancel()
@@ -133,7 +133,7 @@ async def test_cancel_during_the_backoff_wait_stops_it() -> None:
         raise OSError("disk")
 
     task = sup.spawn("crashy", crash)
-    await wait_until(lambda: sleeps.delays, 5, "the restart wait")
+    await wait_until(lambda: bool(sleeps.delays), 5, "the restart wait")
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled() and sup.down == {} and errors.get("crashy") == 1
@@ -146,7 +146,7 @@ async def test_gives_up_after_crashes_in_a_row_and_stays_down() -> None:
         raise KeyError("gone")
 
     task = sup.spawn("hopeless", crash)
-    await wait_until(lambda: sleeps.delays, 5, "the first restart wait")
+    await wait_until(lambda: bool(sleeps.delays), 5, "the first restart wait")
     sleeps.release()
     await wait_until(lambda: sup.states()["hopeless"]["state"] == "failed", 5, "giving up")
     assert sup.down == {"hopeless": "KeyError: 'gone'"} and errors.get("hopeless") == 2
@@ -162,7 +162,7 @@ async def test_no_restart_for_one_off_work() -> None:
         raise RuntimeError("half done")
 
     sup.spawn("recovery", crash, forever=False, restart=False)
-    await wait_until(lambda: sup.down, 5, "the crash")
+    await wait_until(lambda: bool(sup.down), 5, "the crash")
     assert sup.down == {"recovery": "RuntimeError: half done"} and sleeps.delays == []
     await sup.close()
 
