@@ -52,6 +52,7 @@ from service.push_api import PushApi
 from service.reload import watch
 from service.report_api import add_report_routes
 from service.sources.mqtt import MqttSource
+from service.supervisor import Supervisor
 
 log = logging.getLogger("tocsin")
 
@@ -92,6 +93,8 @@ class Service:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        # Every long-running task runs under it: a crash is logged, counted, restarted (service/supervisor.py)
+        self.supervisor = Supervisor(self.metrics.internal_errors, self.clock)
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)
@@ -158,6 +161,7 @@ class Service:
                 self.metrics,
                 self.clock,
                 self.keys,
+                spawn=self.supervisor.spawn,
             )
             self.auth = self.cumulocity.authenticator
         self.mqtt_enabled = mqtt_enabled(config, self.platform is not None)
@@ -292,7 +296,7 @@ class Service:
                 try:
                     await self._route(t)
                 except Exception:
-                    self.metrics.internal_errors.inc("timers")
+                    self.metrics.internal_errors.inc("rule-timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
 
     async def _persist(self) -> None:
@@ -306,7 +310,7 @@ class Service:
             try:
                 self.alert_store.save(self.state)
             except Exception:
-                self.metrics.internal_errors.inc("alert_store")
+                self.metrics.internal_errors.inc("alert-persist")
                 log.exception("saving open alerts failed")
 
     def _close_alert_store(self) -> None:
@@ -332,7 +336,7 @@ class Service:
                 for n, registration in due.deliveries:
                     await self.dispatcher.submit(Delivery(n, registration))
             except Exception:
-                self.metrics.internal_errors.inc("noise_timers")
+                self.metrics.internal_errors.inc("noise-timers")
                 log.exception("sending scheduled notifications failed")
 
     # -- rule reloads -------------------------------------------------------------------------------------
@@ -355,8 +359,9 @@ class Service:
     # -- health -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
+        """Events can be received (broker connected, tenants read) and no supervised task is down."""
         mqtt_ok = not self.mqtt_enabled or self.source.is_connected
-        return mqtt_ok and (self.cumulocity is None or self.cumulocity.ready)
+        return mqtt_ok and (self.cumulocity is None or self.cumulocity.ready) and not self.supervisor.down
 
     def health(self) -> dict[str, object]:
         degraded = {name: reason for name, reason in self.dispatcher.config_errors.items()}
@@ -378,6 +383,8 @@ class Service:
             "broker": broker if self.mqtt_enabled else {"enabled": False},
             "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
             "rules": len(self.ruleset.rules),
+            "down": self.supervisor.down,  # task -> why: crashed and waiting to restart, or gave up
+            "tasks": self.supervisor.states(),
         }
         if self.cumulocity is not None:
             found["cumulocity"] = self.cumulocity.health()
@@ -400,6 +407,7 @@ class Service:
             self._stack.callback(self.ledger_store.close)
         self._stack.callback(self._close_alert_store)  # runs after the tasks stopped: the final state
         self._stack.callback(self.outbox.close)
+        self._stack.push_async_callback(self.supervisor.close)  # whatever is still running, after the rest
         now = self.clock.time()
         for seed in cfg.registrations.seed:
             self.store.upsert(
@@ -408,15 +416,17 @@ class Service:
         local = self.mqtt_enabled and cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
         if local and not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
-        self.dispatcher.start()
+        spawn = self.supervisor.spawn
+        self.dispatcher.start(spawn)
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
         self._stack.push_async_callback(self.push_api.close)
         self._background = [
-            asyncio.create_task(self._recover(), name="outbox-recovery"),
-            asyncio.create_task(self._purge_reports(), name="report-retention"),
-            asyncio.create_task(self._checkpoint_outbox(), name="outbox-checkpoint"),
+            # once: a second run would queue the recovered deliveries twice
+            spawn("outbox-recovery", self._recover, forever=False, restart=False),
+            spawn("report-retention", self._purge_reports),
+            spawn("outbox-checkpoint", self._checkpoint_outbox),
         ]
         self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
@@ -443,21 +453,21 @@ class Service:
                 "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port
             )
         self._tasks = [
-            asyncio.create_task(self._timers(), name="rule-timers"),
-            asyncio.create_task(self._noise_timers(), name="noise-timers"),
-            asyncio.create_task(self._persist(), name="alert-persist"),
+            spawn("rule-timers", self._timers),
+            spawn("noise-timers", self._noise_timers),
+            spawn("alert-persist", self._persist),
         ]
         if self.mqtt_enabled:
-            self._tasks.append(asyncio.create_task(self.source.run(), name="mqtt-source"))
+            self._tasks.append(spawn("mqtt-source", self.source.run))
         else:
             log.info("MQTT source off (mqtt.enabled)")
         if self.cluster is not None:
-            self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+            self._tasks.append(spawn("cluster", self.cluster.run, forever=False))  # ends when it left
         if self.cumulocity is not None:
             await self._stack.enter_async_context(self.cumulocity)
         if cfg.rules.watch_s > 0 and cfg.rules.paths:
-            watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)
-            self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))
+            paths, interval = list(cfg.rules.paths), cfg.rules.watch_s
+            self._tasks.append(spawn("rule-watch", lambda: watch(paths, interval, self.reload_rules)))
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
             self._stack.push_async_callback(self._leave_cluster)  # runs first on exit: hand over, then stop
@@ -507,7 +517,7 @@ class Service:
                 if removed:
                     log.info("forgot the delivery reports of %d notifications past retention", removed)
             except Exception:
-                self.metrics.internal_errors.inc("outbox_purge")
+                self.metrics.internal_errors.inc("report-retention")
                 log.exception("purging old delivery reports failed")
             await asyncio.sleep(min(3600.0, retention / 10))
 
@@ -517,7 +527,7 @@ class Service:
             try:
                 await asyncio.to_thread(self.outbox.checkpoint)
             except Exception:
-                self.metrics.internal_errors.inc("outbox_checkpoint")
+                self.metrics.internal_errors.inc("outbox-checkpoint")
                 log.exception("checkpointing the outbox failed")
 
     async def _cancel_background(self) -> None:
@@ -544,13 +554,8 @@ class Service:
         self._stopped.set()
 
     async def wait(self) -> None:
-        """Until ``stop()`` or a background task dies unexpectedly (which is then raised)."""
-        stopped = asyncio.create_task(self._stopped.wait())
-        done, _ = await asyncio.wait([stopped, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        for task in done:
-            if task is not stopped and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        """Until ``stop()``. A task that dies does not end it: the supervisor restarts it."""
+        await self._stopped.wait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
