@@ -164,6 +164,7 @@ async def test_no_restart_for_one_off_work() -> None:
     sup.spawn("recovery", crash, forever=False, restart=False)
     await wait_until(lambda: bool(sup.down), 5, "the crash")
     assert sup.down == {"recovery": "RuntimeError: half done"} and sleeps.delays == []
+    assert errors.get("recovery") == 1
     await sup.close()
 
 
