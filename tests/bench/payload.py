@@ -104,15 +104,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.3, help="per parser and case")
     ap.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     args = ap.parse_args()
-    seconds = 0.005 if args.smoke else args.seconds
+    print(json.dumps(bench(0.005 if args.smoke else args.seconds)))
+
+
+def bench(seconds: float, say: Callable[[str], None] = print) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     for pname, parse in parsers().items():
         for case, raw in CASES.items():
             us, outcome = measure(parse, raw, seconds)
-            print(f"{pname:8} {case:20} {us:10.2f} µs  {outcome}")
+            say(f"{pname:8} {case:20} {us:10.2f} µs  {outcome}")
             figures[f"{pname}_{case}_us"] = round(us, 2)
             figures[f"{pname}_{case}"] = outcome
-    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":
