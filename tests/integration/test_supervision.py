@@ -58,6 +58,15 @@ async def test_hostile_payloads_among_good_events(
     assert len(warnings) == len(topics), warnings  # rate-limited: once per topic per minute
     assert any("nested deeper than 64" in w for w in warnings)
     tasks = running.service.supervisor.states()
+    every = {
+        "rule-timers",
+        "noise-timers",
+        "alert-persist",
+        "mqtt-source",
+        "report-retention",
+        "outbox-checkpoint",
+    }
+    assert every | {f"dispatch-{i}" for i in range(running.service.config.delivery.workers)} <= set(tasks)
     assert m.internal_errors.total() == 0 and tasks["mqtt-source"]["restarts"] == 0
     assert running.service.source.is_connected
 
