@@ -34,7 +34,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """Readiness: 503 until the service can receive events (broker connected)."""
+    """Readiness: 503 until the service can receive events (broker connected) and while a supervised task is
+    down; the body is the health document, whose ``down`` names each such task and its error."""
     source = request.app[HEALTH_KEY]
     return web.json_response(source.health(), status=200 if source.ready else 503)
 

@@ -55,6 +55,7 @@ from service.reload import watch
 from service.report_api import add_report_routes
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
+from service.supervisor import Supervisor
 
 log = logging.getLogger("tocsin")
 
@@ -95,6 +96,8 @@ class Service:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        # Every long-running task runs under it: a crash is logged, counted, restarted (service/supervisor.py)
+        self.supervisor = Supervisor(self.metrics.internal_errors, self.clock)
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)
@@ -164,6 +167,7 @@ class Service:
                 self.metrics,
                 self.clock,
                 self.keys,
+                spawn=self.supervisor.spawn,
             )
             self.auth = self.cumulocity.authenticator
         self.mqtt_enabled = mqtt_enabled(config, self.platform is not None)
@@ -309,13 +313,13 @@ class Service:
                 try:
                     await self._route(t)
                 except Exception:
-                    self.metrics.internal_errors.inc("timers")
+                    self.metrics.internal_errors.inc("rule-timers")
                     log.exception("handling a timer transition of rule %s failed", t.rule)
             if transitions or self.state.touched:
                 try:
                     await self.commit()
                 except Exception:
-                    self.metrics.internal_errors.inc("timers")
+                    self.metrics.internal_errors.inc("rule-timers")
                     log.exception(
                         "committing the state after rule timers failed; it is written with the next"
                     )
@@ -339,7 +343,7 @@ class Service:
                 for n, registration in due.deliveries:
                     await self.dispatcher.submit(Delivery(n, registration))
             except Exception:
-                self.metrics.internal_errors.inc("noise_timers")
+                self.metrics.internal_errors.inc("noise-timers")
                 log.exception("sending scheduled notifications failed")
 
     # -- rule reloads -------------------------------------------------------------------------------------
@@ -362,8 +366,9 @@ class Service:
     # -- health -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
+        """Events can be received (sources connected, tenants read) and no supervised task is down."""
         sources_ok = all(source.ready for source in self.sources)
-        return sources_ok and (self.cumulocity is None or self.cumulocity.ready)
+        return sources_ok and (self.cumulocity is None or self.cumulocity.ready) and not self.supervisor.down
 
     def health(self) -> dict[str, object]:
         degraded = {name: reason for name, reason in self.dispatcher.config_errors.items()}
@@ -379,6 +384,8 @@ class Service:
             "broker": broker if self.mqtt_enabled else {"enabled": False},
             "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
             "rules": len(self.ruleset.rules),
+            "down": self.supervisor.down,  # task -> why: crashed and waiting to restart, or gave up
+            "tasks": self.supervisor.states(),
         }
         if self.cumulocity is not None:
             found["cumulocity"] = self.cumulocity.health()
@@ -402,6 +409,7 @@ class Service:
         # Runs after everything else stopped: commits what is left (final states, alert state), then closes.
         self._stack.callback(self.journal.close)
         self._stack.callback(self.outbox.close)
+        self._stack.push_async_callback(self.supervisor.close)  # whatever is still running, after the rest
         self.journal.start()
         now = self.clock.time()
         for seed in cfg.registrations.seed:
@@ -413,15 +421,17 @@ class Service:
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
             if cfg.mqtt.protocol == "auto":
                 self.source.protocol = "3.1.1"  # amqtt speaks 3.1.1 only
-        self.dispatcher.start()
+        spawn = self.supervisor.spawn
+        self.dispatcher.start(spawn)
         self._stack.push_async_callback(self._close_providers)
         self._stack.push_async_callback(self.webhook.close)
         self._stack.push_async_callback(self.dispatcher.stop)
         self._stack.push_async_callback(self.push_api.close)
         self._background = [
-            asyncio.create_task(self._recover(), name="outbox-recovery"),
-            asyncio.create_task(self._purge_reports(), name="report-retention"),
-            asyncio.create_task(self._checkpoint_outbox(), name="outbox-checkpoint"),
+            # once: a second run would queue the recovered deliveries twice
+            spawn("outbox-recovery", self._recover, forever=False, restart=False),
+            spawn("report-retention", self._purge_reports),
+            spawn("outbox-checkpoint", self._checkpoint_outbox),
         ]
         self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
@@ -448,20 +458,20 @@ class Service:
                 "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port
             )
         self._tasks = [
-            asyncio.create_task(self._timers(), name="rule-timers"),
-            asyncio.create_task(self._noise_timers(), name="noise-timers"),
+            spawn("rule-timers", self._timers),
+            spawn("noise-timers", self._noise_timers),
         ]
         for source in self.sources:
-            self._tasks.append(asyncio.create_task(source.run(self), name=f"source-{source.name}"))
+            self._tasks.append(spawn(f"source-{source.name}", lambda s=source: s.run(self)))  # type: ignore[misc]
         if not self.mqtt_enabled:
             log.info("MQTT source off (mqtt.enabled)")
         if self.cluster is not None:
-            self._tasks.append(asyncio.create_task(self.cluster.run(), name="cluster"))
+            self._tasks.append(spawn("cluster", self.cluster.run, forever=False))  # ends when it left
         if self.cumulocity is not None:
             await self._stack.enter_async_context(self.cumulocity)
         if cfg.rules.watch_s > 0 and cfg.rules.paths:
-            watcher = watch(list(cfg.rules.paths), cfg.rules.watch_s, self.reload_rules)
-            self._tasks.append(asyncio.create_task(watcher, name="rule-watch"))
+            paths, interval = list(cfg.rules.paths), cfg.rules.watch_s
+            self._tasks.append(spawn("rule-watch", lambda: watch(paths, interval, self.reload_rules)))
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
             self._stack.push_async_callback(self._leave_cluster)  # hand over, then stop
@@ -526,7 +536,7 @@ class Service:
                 if removed:
                     log.info("forgot the delivery reports of %d notifications past retention", removed)
             except Exception:
-                self.metrics.internal_errors.inc("outbox_purge")
+                self.metrics.internal_errors.inc("report-retention")
                 log.exception("purging old delivery reports failed")
             await asyncio.sleep(min(3600.0, retention / 10))
 
@@ -536,7 +546,7 @@ class Service:
             try:
                 await asyncio.to_thread(self.outbox.checkpoint)
             except Exception:
-                self.metrics.internal_errors.inc("outbox_checkpoint")
+                self.metrics.internal_errors.inc("outbox-checkpoint")
                 log.exception("checkpointing the outbox failed")
 
     async def _cancel_background(self) -> None:
@@ -563,13 +573,8 @@ class Service:
         self._stopped.set()
 
     async def wait(self) -> None:
-        """Until ``stop()`` or a background task dies unexpectedly (which is then raised)."""
-        stopped = asyncio.create_task(self._stopped.wait())
-        done, _ = await asyncio.wait([stopped, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        for task in done:
-            if task is not stopped and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        """Until ``stop()``. A task that dies does not end it: the supervisor restarts it."""
+        await self._stopped.wait()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -71,7 +71,9 @@ class Metrics(Collector):
             ("provider", "credential"),
         )
         self.internal_errors = Counter(
-            "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
+            "tocsin_internal_errors",
+            "Unexpected errors: a supervised task that crashed (by its name), or caught in place.",
+            ("task",),
         )
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
         self.extra_counters: list[Counter] = []  # counters other parts register

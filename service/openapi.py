@@ -14,16 +14,47 @@ from service.events_api import EventsIn
 from service.push_api import PushIn
 
 _PLAIN = {"200": {"description": "OK"}}
+_TASK = {
+    "type": "object",
+    "properties": {
+        "state": {"enum": ["running", "restarting", "failed"]},
+        "restarts": {"type": "integer"},
+        "error": {"type": ["string", "null"], "description": "the last crash, one line"},
+        "last_crash": {"type": ["number", "null"], "description": "epoch seconds"},
+    },
+}
+_HEALTH = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["ok", "degraded"]},
+        "down": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "supervised tasks that crashed and wait to restart, or gave up: name -> error",
+        },
+        "tasks": {"type": "object", "additionalProperties": _TASK, "description": "every supervised task"},
+    },
+}
 SERVICE_PATHS: dict[str, Any] = {
     "/": {"get": {"summary": "Name, version and main endpoints", "security": [], "responses": _PLAIN}},
     "/health": {
-        "get": {"summary": "Liveness; the body says what is degraded", "security": [], "responses": _PLAIN}
+        "get": {
+            "summary": "Liveness; the body says what is degraded and the state of each supervised task",
+            "security": [],
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": _HEALTH}}}},
+        }
     },
     "/health/ready": {
         "get": {
-            "summary": "Readiness: 503 until events can be received",
+            "summary": "Readiness: 503 until events can be received, and while a supervised task is down",
             "security": [],
-            "responses": {**_PLAIN, "503": {"description": "Not ready"}},
+            "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {"schema": _HEALTH}}},
+                "503": {
+                    "description": "Not ready: broker not connected, or the tasks in `down` crashed",
+                    "content": {"application/json": {"schema": _HEALTH}},
+                },
+            },
         }
     },
     "/metrics": {"get": {"summary": "Prometheus metrics (text format)", "security": [], "responses": _PLAIN}},

@@ -47,6 +47,7 @@ from service.cumulocity.subscriptions import SubscriptionPoller
 from service.metrics import Counter, Metrics
 from service.notify.model import Notification
 from service.notify.noise import Ack, NoiseControl
+from service.supervisor import Spawn, unsupervised
 
 log = logging.getLogger("tocsin.cumulocity")
 _TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -86,7 +87,10 @@ class CumulocityRuntime:
         metrics: Metrics,
         clock: Clock,
         keys: KeyRing,
+        spawn: Spawn = unsupervised,
     ) -> None:
+        """``spawn`` starts the long-running tasks (the service's supervisor restarts them if they die)."""
+        self.spawn = spawn
         self.platform, self.config, self.store_kind = platform, config, store_kind
         self.data_dir, self.stores, self.on_event, self.settle = data_dir, stores, on_event, settle
         self.noise, self.metrics, self.clock, self.keys = noise, metrics, clock, keys
@@ -135,8 +139,8 @@ class CumulocityRuntime:
         else:
             self.poller = SubscriptionPoller(base, self.config.poll_s, self._on_change)
         self._tasks = [
-            asyncio.create_task(self.poller.run(), name="cumulocity-subscriptions"),
-            asyncio.create_task(self._purge(), name="cumulocity-inbox-purge"),
+            self.spawn("cumulocity-subscriptions", self.poller.run),
+            self.spawn("cumulocity-inbox-purge", self._purge),
         ]
         log.info(
             "Cumulocity: %s at %s, registrations in %s",
@@ -216,9 +220,9 @@ class CumulocityRuntime:
         t = Tenant(tenant, client, registry, stream, threshold=await self._threshold(tenant, client))
         self.stores.add(tenant, registry)
         self.tenants[tenant] = t
-        t.task = asyncio.create_task(stream.run(), name=f"cumulocity-alarms-{tenant}")
+        t.task = self.spawn(f"cumulocity-alarms-{tenant}", stream.run)
         if isinstance(registry.store, InventoryRegistrationStore):
-            t.refresher = asyncio.create_task(self._refresh(t), name=f"cumulocity-inventory-{tenant}")
+            t.refresher = self.spawn(f"cumulocity-inventory-{tenant}", lambda: self._refresh(t))
         log.info(
             "tenant %s subscribed: %d registrations, alarm stream started", tenant, registry.store.count()
         )

@@ -32,6 +32,7 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.supervisor import Spawn, unsupervised
 
 log = logging.getLogger("tocsin.dispatch")
 
@@ -102,8 +103,9 @@ class Dispatcher:
         else:
             self.queue.put_nowait(delivery)
 
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(), name=f"dispatch-{i}") for i in range(self._workers)]
+    def start(self, spawn: Spawn = unsupervised) -> None:
+        """``spawn``: the service's supervisor, which restarts a worker that dies."""
+        self._tasks = [spawn(f"dispatch-{i}", self._work) for i in range(self._workers)]
 
     async def drain(self) -> None:
         await self.queue.join()

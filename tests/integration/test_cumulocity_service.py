@@ -113,10 +113,15 @@ async def test_a_tenant_that_unsubscribes_stops_receiving(tmp_path: Path) -> Non
         d1, d2 = t1.add_device("a"), t2.add_device("b")
         service = await rig.start()
         await rig.following(service, "t1", "t2")
+        supervised = service.supervisor.states()  # each tenant's stream runs under the supervisor
+        assert {"cumulocity-alarms-t1", "cumulocity-alarms-t2", "cumulocity-subscriptions"} <= set(supervised)
         p1, p2 = apns_token(), apns_token()
         assert await rig.register(service, alice, p1) == 204 and await rig.register(service, bob, p2) == 204
         rig.c8y.unsubscribe("t1")
         await wait_until(lambda: "t1" not in service.stores, 10, "t1 to be dropped")
+        gone = lambda: "cumulocity-alarms-t1" not in service.supervisor.states()  # noqa: E731
+        await wait_until(gone, 10, "t1's stream to stop")  # stopped: gone, not down
+        assert service.supervisor.down == {}
         assert rig.c8y.consumers("t1") == 0
         t1.create_alarm(d1, "c8y_A", "after unsubscribing")
         t2.create_alarm(d2, "c8y_B", "still subscribed")
