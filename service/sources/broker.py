@@ -25,7 +25,7 @@ class _NamedContext(ssl.SSLContext):
 
     server_name: str | None = None
 
-    def wrap_socket(  # type: ignore[override]
+    def wrap_socket(
         self,
         sock: socket.socket,
         server_side: bool = False,
@@ -72,7 +72,7 @@ def build_tls_context(tls: MqttTlsConfig) -> ssl.SSLContext:
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
-    """None when ``mqtt.tls.enabled`` is off. Warns (every time a context is made) when verification is off."""
+    """None when ``mqtt.tls.enabled`` is off. Warns each time it makes a context that verifies nothing."""
     if not cfg.tls.enabled:
         return None
     if cfg.tls.insecure_skip_verify:
@@ -107,7 +107,7 @@ def configure_paho(client: paho.Client, cfg: MqttConfig) -> None:
 
 
 def aiomqtt_options(cfg: MqttConfig) -> dict[str, Any]:
-    """Keyword arguments for ``aiomqtt.Client(cfg.host, cfg.port, identifier=..., **aiomqtt_options(cfg))``."""
+    """Keyword arguments: ``aiomqtt.Client(cfg.host, cfg.port, identifier=..., **aiomqtt_options(cfg))``."""
     username, password = credentials(cfg)
     options: dict[str, Any] = {
         "username": username,
