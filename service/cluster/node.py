@@ -122,6 +122,7 @@ class ClusterNode:
             will=will,
             timeout=10,
             socket_options=NO_DELAY,
+            **options,
         ) as client:
             await client.subscribe(self.prefix + "members/+", qos=1)
             await client.subscribe(self.stream_topic, qos=1)
