@@ -167,7 +167,7 @@ async def test_server_name_is_sent_and_checked(tmp_path: Path, ca: CertificateAu
     m.start()
     try:
         plain = mqtt_config(tmp_path, tls_section(m, ca))
-        with pytest.raises(aiomqtt.MqttError, match="IP address mismatch|doesn't match"):
+        with pytest.raises(aiomqtt.MqttError, match=r"IP address mismatch|doesn't match"):
             async with aiomqtt.Client(plain.host, plain.port, identifier="no-name", **aiomqtt_options(plain)):
                 pass
         named = mqtt_config(tmp_path, tls_section(m, ca, server_name="broker.example"))
@@ -232,7 +232,7 @@ async def test_username_and_password_from_a_secret_file(tmp_path: Path, ca: Cert
         wrong = mqtt_config(
             tmp_path, {**tls_section(m, ca), "username": "tocsin", "password_file": str(secret)}
         )
-        with pytest.raises(aiomqtt.MqttError, match="[Nn]ot authori[sz]ed|[Bb]ad user name or password"):
+        with pytest.raises(aiomqtt.MqttError, match=r"[Nn]ot authori[sz]ed|[Bb]ad user name or password"):
             async with aiomqtt.Client(wrong.host, wrong.port, identifier="bad", **aiomqtt_options(wrong)):
                 pass
     finally:
