@@ -78,7 +78,7 @@ class PahoRun:
         self.reason: str | None = None
         self.messages: list[bytes] = []
         self.client.on_connect = self._on_connect
-        self.client.on_message = lambda c, u, msg: self.messages.append(msg.payload)
+        self.client.on_message = lambda c, u, msg: self.messages.append(bytes(msg.payload))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.reason = str(reason)
