@@ -55,7 +55,7 @@ def test_a_file_that_is_not_a_certificate_is_a_configuration_error(tmp_path: Pat
 def test_client_key_with_the_wrong_passphrase_is_refused_at_load(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "pki")
     ours = ca.client(password="right-passphrase")
-    f, problems = load(
+    _, problems = load(
         tmp_path,
         f"mqtt:\n  tls:\n    enabled: true\n    ca_file: {ca.cert}\n    cert_file: {ours.cert}\n"
         f"    key_file: {ours.key}\n    key_password: wrong-passphrase\n",
