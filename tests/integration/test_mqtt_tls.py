@@ -8,6 +8,8 @@ import contextlib
 import logging
 import secrets
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +29,16 @@ from service.config import MqttConfig, load_config
 from service.sources.broker import aiomqtt_options, configure_paho, paho_protocol
 from tests.fakes.certs import CertificateAuthority
 from tests.fakes.keys import random_id
-from tests.support import Mosquitto, MosquittoTls, wait_until, wait_until_sync
+from tests.support import (
+    ROOT,
+    Mosquitto,
+    MosquittoTls,
+    ServiceRun,
+    free_port,
+    port_open,
+    wait_until,
+    wait_until_sync,
+)
 
 
 def mqtt_config(tmp_path: Path, section: dict[str, Any]) -> MqttConfig:
@@ -270,3 +281,43 @@ async def test_cluster_node_joins_over_tls(
             await task
     version = "p5" if protocol == "5" else "p2"
     assert f"as tocsin-cluster-n1 ({version}, c1, k5)" in broker_log(broker_mtls)
+
+
+def test_check_names_a_missing_certificate_file(tmp_path: Path) -> None:
+    missing = tmp_path / "client.pem"
+    f = tmp_path / "tocsin.yaml"
+    f.write_text(f"mqtt:\n  port: 8883\n  tls:\n    enabled: true\n    cert_file: {missing}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "service", "check", str(f)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert f"{f}:5: mqtt.tls.cert_file: cannot read {missing}: No such file or directory" in r.stderr
+
+
+def test_no_embedded_broker_when_tls_is_configured(tmp_path: Path) -> None:
+    """Nothing answers on the port, but the broker is a TLS one: starting a plain embedded broker there would
+    only hide the mistake."""
+    port = free_port()
+    run = ServiceRun(
+        {
+            "XDG_DATA_HOME": str(tmp_path),
+            "TOCSIN_MQTT__PORT": str(port),
+            "TOCSIN_MQTT__TLS__ENABLED": "true",
+            "TOCSIN_HTTP__PORT": str(free_port()),
+        }
+    )
+    lines = run.lines
+    try:
+        wait_until_sync(
+            lambda: any(f"MQTT broker 127.0.0.1:{port}" in line for line in lines),
+            30,
+            f"the service to try the broker; output: {lines}",
+        )
+        assert not any("started an embedded one" in line for line in lines), lines
+        assert not port_open(port)
+    finally:
+        assert run.stop() == 0
