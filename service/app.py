@@ -417,6 +417,8 @@ class Service:
                 Registration(seed.provider, seed.token, user_id=seed.user_id, tags=seed.tags), now
             )
         local = self.mqtt_enabled and cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
+        # A TLS broker is never the embedded one (that has no TLS listener), whatever answers on the port.
+        local = local and not cfg.mqtt.tls.enabled
         if local and not await broker_answers(cfg.mqtt.host, cfg.mqtt.port):
             await self._stack.enter_async_context(EmbeddedBroker(cfg.mqtt.host, cfg.mqtt.port))
             if cfg.mqtt.protocol == "auto":

@@ -30,7 +30,7 @@ from service.push_config import ApnsConfig, DeliveryConfig, FcmConfig
 ENV_PREFIX = "TOCSIN_"
 NOT_SETTINGS = frozenset({"TOCSIN_CONFIG", "TOCSIN_API_KEY"})  # read by the CLI, not configuration
 # A field named like this may instead be given as <name>_file: the path of a file holding the secret.
-SECRET_FIELDS = frozenset({"password", "token", "api_key", "private_key", "credentials"})
+SECRET_FIELDS = frozenset({"password", "key_password", "token", "api_key", "private_key", "credentials"})
 
 
 def default_data_dir() -> Path:
@@ -54,6 +54,55 @@ def _switch(value: Any) -> Any:
 Switch = Annotated[Literal["auto", "on", "off"], BeforeValidator(_switch)]
 
 
+def _readable(value: Path | None) -> Path | None:
+    """A file named in the configuration must be readable now, not at the first connection attempt."""
+    if value is None:
+        return None
+    path = value.expanduser()
+    try:
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc.__class__.__name__}") from None
+    return path
+
+
+class MqttTlsConfig(_Section):
+    """TLS to the broker. ``ca_file`` unset: the system's trust store (what a hosted broker needs)."""
+
+    enabled: bool = Field(False, description="on: connect with TLS (a hosted broker: port 8883)")
+    ca_file: Path | None = Field(None, description="PEM CA bundle the broker's certificate must chain to")
+    cert_file: Path | None = Field(None, description="PEM client certificate (may hold the key too)")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    key_password: SecretStr | None = Field(None, description="passphrase of key_file (or key_password_file)")
+    server_name: str | None = Field(
+        None, description="name sent as SNI and checked against the certificate; default: mqtt.host"
+    )
+    insecure_skip_verify: bool = Field(
+        False, description="accept any certificate: testing only, anyone on the path can read everything"
+    )
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file(cls, v: Path | None) -> Path | None:
+        return _readable(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttTlsConfig:
+        given = [
+            n for n in ("ca_file", "cert_file", "key_file", "server_name") if getattr(self, n) is not None
+        ]
+        if given and not self.enabled:
+            raise ValueError(f"{', '.join(given)} given but enabled is false (set mqtt.tls.enabled: true)")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file (the client certificate)")
+        if self.enabled:
+            from service.sources.broker import build_tls_context  # the same code that connects
+
+            build_tls_context(self)
+        return self
+
+
 class MqttConfig(_Section):
     enabled: Switch = Field(
         "auto", description="auto: off on Cumulocity (the Cumulocity source is on) unless a host is set"
@@ -66,6 +115,10 @@ class MqttConfig(_Section):
         None, description="default: tocsin-<instance id>; fixed, for a persistent session"
     )
     keepalive_s: int = Field(30, ge=5, le=3600)
+    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(lambda v: str(v))] = Field(
+        "3.1.1", description="MQTT version; 5 lets tocsin bound in-flight messages (Receive Maximum)"
+    )
+    tls: MqttTlsConfig = MqttTlsConfig()
     embedded_broker: Literal["auto", "never"] = Field(
         "auto", description="auto: start an in-process broker when none answers on 127.0.0.1 at start"
     )

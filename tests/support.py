@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -56,20 +57,53 @@ def mosquitto_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class MosquittoTls:
+    """A TLS listener: the broker's certificate and key, the CA it checks client certificates against."""
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+
 class Mosquitto:
     """A real Mosquitto process on a free port; ``stop``/``start``/``restart`` keep the port."""
 
-    def __init__(self, workdir: Path, persistence: bool = False, port: int | None = None) -> None:
-        self.workdir, self.persistence = workdir, persistence
+    def __init__(
+        self,
+        workdir: Path,
+        persistence: bool = False,
+        port: int | None = None,
+        tls: MosquittoTls | None = None,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        """``tls``: the listener speaks TLS only; ``users``: name -> password, and no anonymous clients."""
+        self.workdir, self.persistence, self.tls, self.users = workdir, persistence, tls, users
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     def _write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+        lines = [f"listener {self.port} 127.0.0.1"]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.cafile}",
+                f"certfile {self.tls.certfile}",
+                f"keyfile {self.tls.keyfile}",
+                f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
+            ]
+        if self.users is not None:
+            passwords = self.workdir / "passwords"
+            passwords.write_text("")
+            passwords.chmod(0o600)
+            for name, password in self.users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwords), name, password], check=True)
+            lines += [f"password_file {passwords}", "allow_anonymous false"]
+        else:
+            lines.append("allow_anonymous true")
+        lines += [
             # As root, mosquitto would switch to a user that cannot write here.
             f"user {getpass.getuser()}",
             f"persistence {'true' if self.persistence else 'false'}",
@@ -79,6 +113,7 @@ class Mosquitto:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            *(["log_type notice"] if self.tls is not None or self.users is not None else []),
         ]
         conf.write_text("\n".join(lines) + "\n")
         return conf

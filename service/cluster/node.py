@@ -34,6 +34,7 @@ from service.cluster.records import (
 )
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
+from service.sources.broker import aiomqtt_options
 from service.sources.mqtt import NO_DELAY
 
 log = logging.getLogger("tocsin.cluster")
@@ -110,17 +111,18 @@ class ClusterNode:
     async def _session(self) -> None:
         c = self.mqtt
         will = aiomqtt.Will(self.presence_topic, None, qos=1, retain=True)
+        options = aiomqtt_options(c)
+        options["keepalive"] = 5  # the others see this node gone within 1.5 keepalives
+        if c.protocol == "3.1.1":  # MQTT 5 has no clean session flag (clean start, aiomqtt's default)
+            options["clean_session"] = True
         async with aiomqtt.Client(
             c.host,
             c.port,
             identifier=f"tocsin-cluster-{self.me.id}",
-            clean_session=True,
-            keepalive=5,
-            username=c.username,
-            password=c.password.get_secret_value() if c.password else None,
             will=will,
             timeout=10,
             socket_options=NO_DELAY,
+            **options,
         ) as client:
             await client.subscribe(self.prefix + "members/+", qos=1)
             await client.subscribe(self.stream_topic, qos=1)
