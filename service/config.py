@@ -115,16 +115,13 @@ class MqttConfig(_Section):
         None, description="default: tocsin-<instance id>; fixed, for a persistent session"
     )
     keepalive_s: int = Field(30, ge=5, le=3600)
-    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(lambda v: str(v))] = Field(
-        "3.1.1", description="MQTT version; 5 lets tocsin bound in-flight messages (Receive Maximum)"
-    )
     tls: MqttTlsConfig = MqttTlsConfig()
     embedded_broker: Literal["auto", "never"] = Field(
         "auto", description="auto: start an in-process broker when none answers on 127.0.0.1 at start"
     )
     reconnect_min_s: float = Field(0.2, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
-    protocol: Literal["auto", "3.1.1", "5"] = Field(
+    protocol: Annotated[Literal["auto", "3.1.1", "5"], BeforeValidator(lambda v: str(v))] = Field(
         "auto",
         description="MQTT version; auto: 5 (which lets tocsin bound what the broker sends unacknowledged),"
         " 3.1.1 when the broker refuses 5",

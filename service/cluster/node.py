@@ -113,7 +113,7 @@ class ClusterNode:
         will = aiomqtt.Will(self.presence_topic, None, qos=1, retain=True)
         options = aiomqtt_options(c)
         options["keepalive"] = 5  # the others see this node gone within 1.5 keepalives
-        if c.protocol == "3.1.1":  # MQTT 5 has no clean session flag (clean start, aiomqtt's default)
+        if c.protocol != "5":  # MQTT 5 has no clean session flag (clean start, aiomqtt's default)
             options["clean_session"] = True
         async with aiomqtt.Client(
             c.host,

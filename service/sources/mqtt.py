@@ -38,6 +38,7 @@ from service.journal import Journal, Statement
 from service.metrics import Metrics
 from service.ratelimit import RateLimitedLog
 from service.sources.base import EventSink
+from service.sources.broker import configure_paho
 from service.sources.payload import MalformedPayload, parse_payload
 
 log = logging.getLogger("tocsin.mqtt")
@@ -72,11 +73,9 @@ class MqttIntake:
         metrics: Metrics,
         clock: Clock,
         journal: Journal,
-        configure: Callable[[paho.Client, MqttConfig], None] | None = None,
     ) -> None:
         self.config, self.client_id, self.topics = config, client_id, topics
         self.metrics, self.clock, self.journal = metrics, clock, journal
-        self._configure = configure
         self.identity = EventIdentity(config.event_id_field)
         # The version spoken: "auto" starts with 5 and keeps 3.1.1 once a broker refused 5.
         self.protocol = "3.1.1" if config.protocol == "3.1.1" else "5"
@@ -155,10 +154,7 @@ class MqttIntake:
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        if c.username:
-            client.username_pw_set(c.username, c.password.get_secret_value() if c.password else None)
-        if self._configure is not None:
-            self._configure(client, c)
+        configure_paho(client, c)  # TLS, server name, credentials (service/sources/broker.py)
         loop_thread = threading.get_ident()
         client.on_connect = self._on_connect
         client.on_message = self._on_message

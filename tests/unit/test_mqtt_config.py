@@ -22,7 +22,7 @@ def load(tmp_path: Path, text: str) -> tuple[Path, list[str]]:
 
 def test_defaults_are_plain_mqtt_311_without_tls(tmp_path: Path) -> None:
     c = load_config(None, {"XDG_DATA_HOME": str(tmp_path)}).mqtt
-    assert c.protocol == "3.1.1" and not c.tls.enabled and tls_context(c) is None
+    assert c.protocol == "auto" and not c.tls.enabled and tls_context(c) is None
     assert paho_protocol(c) is MQTTProtocolVersion.MQTTv311
     assert "tls_context" not in aiomqtt_options(c)
 
@@ -36,7 +36,9 @@ def test_protocol_5_reads_as_a_yaml_number_or_string(tmp_path: Path) -> None:
     c = load_config(None, {"TOCSIN_MQTT__PROTOCOL": "5"}).mqtt
     assert c.protocol == "5"
     f, problems = load(tmp_path, "mqtt:\n  protocol: 4\n")
-    assert any(p.startswith(f"{f}:2: mqtt.protocol: Input should be '3.1.1' or '5'") for p in problems)
+    assert any(
+        p.startswith(f"{f}:2: mqtt.protocol: Input should be 'auto', '3.1.1' or '5'") for p in problems
+    )
 
 
 def test_missing_ca_file_names_the_field_the_path_and_the_line(tmp_path: Path) -> None:
