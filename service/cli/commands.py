@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules
-from service import __version__, cli_api
+from service import __version__
 from service.app import Service, rule_paths
+from service.cli import api as cli_api
+from service.cli.rules import add_rules_commands
 from service.config import Config, ConfigError, load_config
 from service.cumulocity.env import PlatformEnv, PlatformEnvError
-from service.rules_cli import add_rules_commands
 
 
 def _config_path(arg: str | None) -> Path | None:
