@@ -12,7 +12,7 @@ import pytest
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from service.app import Service
-from tests.conftest import Printed, publish, service_config, start_service
+from tests.conftest import Printed, RunningService, publish, service_config, start_service
 from tests.support import Mosquitto, wait_until
 
 ADMIN = "console-admin-key-0123456789"
@@ -153,3 +153,16 @@ async def test_fire_silence_acknowledge_report(
     assert width <= 390, f"the page is {width} px wide at phone width"
     await phone.screenshot(path=str(shots / "console-alerts-phone.png"), full_page=True)
     assert not errors, errors
+
+
+async def test_no_keys_configured_sign_in_empty_from_this_machine(
+    running: RunningService, browser: Browser
+) -> None:
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{running.service.http_port}/ui/")
+    await page.click("#login-submit")
+    await expect(page.locator("#me")).to_have_text("loopback")
+    await page.click('#nav a[data-page="rules"]')
+    await expect(page.locator('tr[data-rule="doorbell"]')).to_contain_text("never")
+    await page.click("#logout")
+    await expect(page.locator("#login")).to_be_visible()

@@ -1,5 +1,5 @@
-"""``tocsin alerts``, ``ack``, ``silence add|list|expire``, ``report``, ``push --wait`` and ``cluster`` against
-a running service and a real Mosquitto: tables with headers, ``--json``, what the service did."""
+"""``tocsin alerts``, ``ack``, ``silence add|list|expire``, ``report``, ``push --wait`` and ``cluster``
+against a running service and a real Mosquitto: tables with headers, ``--json``, what the service did."""
 
 from __future__ import annotations
 

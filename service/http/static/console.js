@@ -46,7 +46,7 @@ function flash(text) {
 
 class ApiError extends Error { constructor(status, message) { super(message); this.status = status; } }
 async function api(method, path, body) {
-  const headers = { Authorization: state.auth };
+  const headers = state.auth ? { Authorization: state.auth } : {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await r.text();
@@ -74,7 +74,8 @@ async function signIn(auth) {
     $("login").hidden = true; $("main").hidden = false; $("logout").hidden = false;
     startStream(); route();
   } catch (e) {
-    if (e.status !== 401) signOut(e.message); else $("login-error").textContent = "That key was not accepted.";
+    if (e.status !== 401) signOut(e.message);
+    else $("login-error").textContent = auth ? "That key was not accepted." : "An API key is needed here.";
   }
 }
 $("login-form").addEventListener("submit", (ev) => {
@@ -82,7 +83,7 @@ $("login-form").addEventListener("submit", (ev) => {
   const key = $("login-key").value.trim(), user = $("login-user").value.trim();
   if (user) signIn("Basic " + btoa(unescape(encodeURIComponent(`${user}:${$("login-password").value}`))));
   else if (key) signIn(`Bearer ${key}`);
-  else $("login-error").textContent = "Give an API key or a platform user.";
+  else signIn("");  // no keys configured: callers on this machine are admin
 });
 $("logout").addEventListener("click", () => signOut());
 
@@ -90,9 +91,9 @@ $("logout").addEventListener("click", () => signOut());
 async function startStream() {
   if (state.streamAbort) state.streamAbort.abort();
   const ctrl = new AbortController(); state.streamAbort = ctrl;
-  while (!ctrl.signal.aborted && state.auth) {
+  while (!ctrl.signal.aborted && state.auth !== null) {
     try {
-      const r = await fetch("/ui/api/stream", { headers: { Authorization: state.auth }, signal: ctrl.signal });
+      const r = await fetch("/ui/api/stream", { headers: state.auth ? { Authorization: state.auth } : {}, signal: ctrl.signal });
       if (!r.ok) throw new Error(`stream ${r.status}`);
       $("live").className = "live on";
       const reader = r.body.getReader(), dec = new TextDecoder();
@@ -407,4 +408,4 @@ async function rulesPage() {
 }
 
 // -- start --------------------------------------------------------------------------------------------------
-if (state.auth) signIn(state.auth); else signOut();
+if (state.auth !== null) signIn(state.auth); else signOut();
