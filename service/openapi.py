@@ -10,11 +10,18 @@ from typing import Any
 from registrations import openapi as reg
 from registrations.schemas import C8yNotification
 from service import __version__
+from service.http.console import CONSOLE_PATHS
 from service.push_api import PushIn
 
 _PLAIN = {"200": {"description": "OK"}}
 SERVICE_PATHS: dict[str, Any] = {
-    "/": {"get": {"summary": "Name, version and main endpoints", "security": [], "responses": _PLAIN}},
+    "/": {
+        "get": {
+            "summary": "Index: name, version, the console, the docs and every route",
+            "security": [],
+            "responses": _PLAIN,
+        }
+    },
     "/health": {
         "get": {"summary": "Liveness; the body says what is degraded", "security": [], "responses": _PLAIN}
     },
@@ -96,7 +103,7 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS},
+        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS},
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

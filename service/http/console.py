@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from service.app import Service
 
 STATIC = Path(__file__).parent / "static"
+STATIC_FILES = frozenset({"console.js", "console.css", "docs.js"})
 SAMPLE_S = 1.0  # how often the console's sampler looks at alerts and counters
 CHART_MINUTES = 60
 MAX_TEST_EVENTS = 10_000
@@ -178,7 +179,8 @@ class Console:
         r = app.router
         r.add_get("/ui", self.redirect)
         r.add_get("/ui/", self.page)
-        r.add_static("/ui/static/", STATIC, append_version=False)
+        r.add_get("/ui/static/{name}", self.static)
+        r.add_get("/docs", self.docs)
         r.add_get("/ui/api/me", self.guarded(self.me))
         r.add_get("/ui/api/alerts", self.guarded(self.alerts))
         r.add_get("/ui/api/silences", self.guarded(self.silences))
@@ -215,6 +217,16 @@ class Console:
 
     async def page(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def docs(self, request: web.Request) -> web.StreamResponse:
+        """The OpenAPI document as a page to browse (rendered in the browser from /openapi.json)."""
+        return web.FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache"})
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in STATIC_FILES:  # only the console's own files: no path from the request reaches disk
+            return problem(404, "not_found", f"no file {name}")
+        return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
     # -- views ----------------------------------------------------------------------------------------------
     async def me(self, request: web.Request, principal: Principal) -> web.Response:
@@ -411,3 +423,69 @@ class Console:
         except ConnectionResetError:
             pass
         return response
+
+
+def _op(summary: str, extra: dict[str, Any] | None = None, public: bool = False) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK"}}
+    if not public:
+        responses.update(
+            {"401": {"description": "No or a wrong key"}, "403": {"description": "Not an admin"}}
+        )
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **(extra or {})}}
+    if public:
+        op["security"] = []
+    return op
+
+
+_BAD = {"400": {"description": "Bad body or query (application/problem+json)"}}
+_REG = [
+    {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
+    {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
+]
+# The console's paths, for /openapi.json (service/openapi.py merges them in).
+CONSOLE_PATHS: dict[str, Any] = {
+    "/ui": {"get": _op("Redirects to /ui/", {"302": {"description": "To /ui/"}}, public=True)},
+    "/ui/": {"get": _op("The web console (HTML; signs in with an API key)", public=True)},
+    "/ui/static/{name}": {
+        "get": {
+            **_op(
+                "The console's script and style sheet", {"404": {"description": "No such file"}}, public=True
+            ),
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        }
+    },
+    "/docs": {"get": _op("This API documented as a page to browse", public=True)},
+    "/ui/api/me": {"get": _op("Who is signed in, and this instance")},
+    "/ui/api/alerts": {
+        "get": {
+            **_op("Alerts in every state: firing, pending, recently resolved (state= filters)"),
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": ["firing", "pending", "resolved"]}}
+            ],
+        }
+    },
+    "/ui/api/silences": {"get": _op("Silences: active, and recently expired with when")},
+    "/ui/api/silences/preview": {"post": _op("The firing alerts that these matchers would mute now", _BAD)},
+    "/ui/api/notifications": {
+        "get": {
+            **_op("The latest notifications with delivery totals, and the latest suppressions", _BAD),
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 500}}],
+        }
+    },
+    "/ui/api/registrations/{provider}/{token}/disable": {
+        "post": {
+            **_op("Disable a registration (state invalid)", {"404": {"description": "Unknown"}}),
+            "parameters": _REG,
+        }
+    },
+    "/ui/api/rules": {
+        "get": _op("Loaded rules with last fired and transitions; the last reload and its errors")
+    },
+    "/ui/api/rules/test": {
+        "post": _op("Replay pasted events (JSON Lines) through the loaded rules: sent and held back", _BAD)
+    },
+    "/ui/api/chart": {"get": _op("Notifications per minute by outcome, the last hour")},
+    "/ui/api/stream": {
+        "get": _op("Server-sent events: 'changed' when alerts or counters changed (text/event-stream)")
+    },
+}

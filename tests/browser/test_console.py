@@ -145,6 +145,11 @@ async def test_fire_silence_acknowledge_report(
     await expect(page.locator("#test-results")).to_contain_text("Someone is at the back door.")
     await page.screenshot(path=str(shots / "console-rules.png"), full_page=True)
 
+    # The API's documentation page, rendered from /openapi.json.
+    await page.goto(f"{base}/docs")
+    await expect(page.locator("#paths")).to_contain_text("/v1/silences")
+    await page.screenshot(path=str(shots / "api-docs.png"), full_page=True)
+
     # Phone width: the alerts page still fits.
     phone = await browser.new_page(viewport={"width": 390, "height": 844})
     await sign_in(phone, base)
