@@ -172,7 +172,8 @@ async def list_silences(request: web.Request) -> web.Response:
 async def delete_silence(request: web.Request) -> web.Response:
     silences, principal = request.app[NOISE_KEY].silences, principal_of(request)
     found = silences.get(request.match_info["id"])
-    if found is not None and _own_silence(principal, found) and silences.remove(found.id):
+    now = request.app[CLOCK_KEY].time()
+    if found is not None and _own_silence(principal, found) and silences.remove(found.id, now):
         return web.Response(status=204)
     return web.json_response({"error": "no silence with this id"}, status=404)
 

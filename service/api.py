@@ -51,11 +51,21 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
+    """What is here: the console, the API's documentation, and every route by path with its methods."""
+    routes: dict[str, set[str]] = {}
+    for route in request.app.router.routes():
+        if route.resource is not None and route.method not in ("HEAD", "OPTIONS", "*"):
+            routes.setdefault(route.resource.canonical, set()).add(route.method)
     return web.json_response(
         {
             "service": "tocsin",
             "version": __version__,
-            "endpoints": ["/health", "/health/ready", "/metrics", "/v1/cluster", "/openapi.json"],
+            "console": "/ui/",
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "health": "/health",
+            "metrics": "/metrics",
+            "endpoints": [{"path": p, "methods": sorted(m)} for p, m in sorted(routes.items())],
         }
     )
 

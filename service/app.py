@@ -38,9 +38,11 @@ from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.events_api import EventsApi
+from service.http.console import Console, ReloadRecord
 from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
+from service.notify.explain import Explainer
 from service.notify.model import Delivery
 from service.notify.noise import NoiseControl, QuietHours, RateLimit, Silence
 from service.notify.pipeline import Pipeline
@@ -129,12 +131,14 @@ class Service:
         )
         self.webhook = WebhookDecider()
         self._noise_changed = asyncio.Event()
+        self.explainer = Explainer(self.clock.time)  # why notifications were held back (stage, reason)
         qh, rl = config.notify.quiet_hours, config.notify.rate_limit
         self.noise = NoiseControl(
             QuietHours(qh.start, qh.end, qh.timezone) if qh else None,
             RateLimit(rl.max, rl.per_s) if rl else None,
             on_schedule=self._noise_changed.set,
             on_held=self.metrics.suppressed.inc,
+            explain=self.explainer.held,
         )
         for stored in self.alert_store.load_silences():  # silences survive a restart too
             try:
@@ -150,6 +154,8 @@ class Service:
             self.noise,
             self.webhook,
         )
+        self.pipeline.explain = self.explainer.held
+        self.last_reload: ReloadRecord | None = None
         self.keys = keyring(config)
         self.auth: Authenticator = self.keys
         self.cumulocity: CumulocityRuntime | None = None
@@ -346,6 +352,9 @@ class Service:
                 self.metrics.internal_errors.inc("noise-timers")
                 log.exception("sending scheduled notifications failed")
 
+    def rule_paths(self) -> list[Path]:
+        return rule_paths(self.config, self.platform is not None)
+
     # -- rule reloads -------------------------------------------------------------------------------------
     def reload_rules(self) -> list[str]:
         """Load the rule files again; on errors keep the running rules and return the errors."""
@@ -353,13 +362,16 @@ class Service:
             ruleset = load_rules(rule_paths(self.config, self.platform is not None))
         except RuleLoadError as exc:
             self.metrics.rule_reloads.inc("refused")
+            errors = [str(e) for e in exc.errors]
+            self.last_reload = ReloadRecord(self.clock.time(), "refused", len(self.ruleset.rules), errors)
             log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
-            return [str(e) for e in exc.errors]
+            return errors
         # Alerts of rules that stay keep their state; those of removed rules are dropped at their next timer.
         self.ruleset, self.engine = ruleset, RuleEngine(ruleset)
         self.source.set_topics(ruleset.subscriptions())
         self._timer_changed.set()
         self.metrics.rule_reloads.inc("loaded")
+        self.last_reload = ReloadRecord(self.clock.time(), "loaded", len(ruleset.rules))
         log.info("rules reloaded: %d rules", len(ruleset.rules))
         return []
 
@@ -447,7 +459,8 @@ class Service:
                 self.clock,
                 self.cumulocity.acknowledge if self.cumulocity is not None else None,
             )
-            add_report_routes(self.http_app, self.outbox)
+            add_report_routes(self.http_app, self.outbox, self.explainer)
+            Console(self).add_to(self.http_app)
             self.http_app.middlewares.append(admin_only(self.auth))
             runner = web.AppRunner(self.http_app, access_log=None)
             await runner.setup()

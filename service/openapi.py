@@ -11,6 +11,7 @@ from registrations import openapi as reg
 from registrations.schemas import C8yNotification
 from service import __version__
 from service.events_api import EventsIn
+from service.http.console import CONSOLE_PATHS
 from service.push_api import PushIn
 
 _PLAIN = {"200": {"description": "OK"}}
@@ -36,7 +37,13 @@ _HEALTH = {
     },
 }
 SERVICE_PATHS: dict[str, Any] = {
-    "/": {"get": {"summary": "Name, version and main endpoints", "security": [], "responses": _PLAIN}},
+    "/": {
+        "get": {
+            "summary": "Index: name, version, the console, the docs and every route",
+            "security": [],
+            "responses": _PLAIN,
+        }
+    },
     "/health": {
         "get": {
             "summary": "Liveness; the body says what is degraded and the state of each supervised task",
@@ -153,7 +160,7 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS},
+        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS},
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

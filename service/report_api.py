@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from service.notify.explain import Explainer
 from service.outbox import Outbox
 
 OUTBOX_KEY: web.AppKey[Outbox] = web.AppKey("outbox", Outbox)
+EXPLAINER_KEY: web.AppKey[Explainer] = web.AppKey("explainer", Explainer)
 
 
 async def notification_report(request: web.Request) -> web.Response:
@@ -14,6 +16,12 @@ async def notification_report(request: web.Request) -> web.Response:
     outbox = request.app[OUTBOX_KEY]
     await outbox.settle()
     report = outbox.report(nid)
+    explainer = request.app.get(EXPLAINER_KEY)
+    held = [s.to_json() for s in explainer.of(nid)] if explainer is not None else []
+    if report is None and held:  # held back before any delivery was written: only why
+        report = {"id": nid, "targeted": 0, "delivered": 0, "pending": 0, "failed": {}, "platforms": {}}
+    if report is not None:
+        report["suppressed"] = held  # each with its stage and reason (and registration, per recipient)
     if report is None:
         return web.json_response(
             {
@@ -25,6 +33,8 @@ async def notification_report(request: web.Request) -> web.Response:
     return web.json_response(report)
 
 
-def add_report_routes(app: web.Application, outbox: Outbox) -> None:
+def add_report_routes(app: web.Application, outbox: Outbox, explainer: Explainer | None = None) -> None:
     app[OUTBOX_KEY] = outbox
+    if explainer is not None:
+        app[EXPLAINER_KEY] = explainer
     app.router.add_get("/v1/notifications/{id}", notification_report)

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
@@ -84,6 +85,8 @@ def _field(n: Notification, name: str) -> str | None:
 class Silences:
     def __init__(self) -> None:
         self._by_id: dict[str, Silence] = {}
+        # Expired or expired early (removed), newest last, with when: what the console lists as expired.
+        self.expired: deque[tuple[Silence, float]] = deque(maxlen=200)
         self.on_change: Callable[[list[Silence]], None] | None = None  # e.g. to store them
 
     def _changed(self) -> None:
@@ -95,11 +98,12 @@ class Silences:
         self._changed()
         return silence
 
-    def remove(self, silence_id: str) -> bool:
-        found = self._by_id.pop(silence_id, None) is not None
-        if found:
+    def remove(self, silence_id: str, now: float | None = None) -> bool:
+        found = self._by_id.pop(silence_id, None)
+        if found is not None:
+            self.expired.append((found, found.end if now is None else min(now, found.end)))
             self._changed()
-        return found
+        return found is not None
 
     def get(self, silence_id: str) -> Silence | None:
         return self._by_id.get(silence_id)
@@ -107,6 +111,7 @@ class Silences:
     def list(self, now: float) -> list[Silence]:
         for s in [s for s in self._by_id.values() if s.end <= now]:
             del self._by_id[s.id]  # expired
+            self.expired.append((s, s.end))
         return sorted(self._by_id.values(), key=lambda s: s.start)
 
     def silencing(self, n: Notification, now: float) -> Silence | None:
@@ -114,6 +119,12 @@ class Silences:
             if s.active(now) and s.matches(n):
                 return s
         return None
+
+
+def _silence_detail(s: Silence) -> str:
+    matchers = ", ".join(f"{k}={v}" for k, v in s.matchers.items())
+    by = f" by {s.created_by}" if s.created_by else ""
+    return f"silence {s.id}{by}: {matchers}" + (f" — {s.comment}" if s.comment else "")
 
 
 # -- acknowledgements ----------------------------------------------------------------------------------------
@@ -409,6 +420,7 @@ class NoiseControl:
         rate_limit: RateLimit | None = None,
         on_schedule: Callable[[], None] | None = None,
         on_held: Callable[[str], None] | None = None,
+        explain: Callable[[Notification, str, str, str | None], None] | None = None,
     ) -> None:
         self.silences = Silences()
         self.acks = Acks()
@@ -420,12 +432,23 @@ class NoiseControl:
         self.rate_limit = rate_limit
         self.on_schedule = on_schedule
         self.on_held = on_held
+        self.explain = explain  # (notification, stage, detail, registration id): service/notify/explain.py
         self.suppressed: dict[str, int] = {}
 
-    def _held(self, stage: str) -> None:
-        self.suppressed[stage] = self.suppressed.get(stage, 0) + 1
-        if self.on_held is not None:
-            self.on_held(stage)
+    def _held(
+        self,
+        stage: str,
+        n: Notification,
+        detail: str = "",
+        reg: Registration | None = None,
+        count: bool = True,
+    ) -> None:
+        if count:  # a grouped notification is explained but not counted: it goes out in the group's one
+            self.suppressed[stage] = self.suppressed.get(stage, 0) + 1
+            if self.on_held is not None:
+                self.on_held(stage)
+        if self.explain is not None:
+            self.explain(n, stage, detail, reg.id if reg is not None else None)
 
     def before_target(self, n: Notification, now: float) -> list[Notification]:
         """What to send now for this notification (nothing, or it): silence, cooldown, grouping."""
@@ -433,11 +456,12 @@ class NoiseControl:
             self.acks.closed(n.alert_id)
         elif n.state == "firing":
             self.acks.opened(n)  # open (and acknowledgeable) even when silenced or cooled down
-        if self.silences.silencing(n, now) is not None:
-            self._held("silence")
+        silence = self.silences.silencing(n, now)
+        if silence is not None:
+            self._held("silence", n, _silence_detail(silence))
             return []
         if not self.cooldown.admit(n, now):
-            self._held(self.cooldown.name)
+            self._held(self.cooldown.name, n)
             return []
         if n.state == "firing" and n.policy is not None:
             before = self.next_deadline()
@@ -446,24 +470,26 @@ class NoiseControl:
             if self.on_schedule is not None and self.next_deadline() != before:
                 self.on_schedule()
             if grouped:
+                self._held(self.grouping.name, n, count=False)
                 return []
         elif n.policy is not None and n.policy.group_by is not None and not self.grouping.admit(n, now):
             if self.on_schedule is not None:
                 self.on_schedule()
+            self._held(self.grouping.name, n, count=False)
             return []
         return [n]
 
     def for_recipient(self, n: Notification, reg: Registration, now: float) -> bool:
         if n.policy is not None and not self.quiet_hours.allows(n, reg, now):
-            self._held(self.quiet_hours.name)
+            self._held(self.quiet_hours.name, n, reg=reg)
             return False
         if n.policy is None and self.quiet_hours.quiet(reg, now):
-            self._held(self.quiet_hours.name)
+            self._held(self.quiet_hours.name, n, reg=reg)
             return False
         if self.rate_limit is not None:
             before = self.rate_limit.next_deadline()
             if not self.rate_limit.allows(n, reg, now):
-                self._held(self.rate_limit.name)
+                self._held(self.rate_limit.name, n, reg=reg)
                 if self.on_schedule is not None and self.rate_limit.next_deadline() != before:
                     self.on_schedule()  # a summary is due at the end of the window
                 return False
@@ -484,10 +510,11 @@ class NoiseControl:
     def due(self, now: float) -> Due:
         notes = self.grouping.due(now)
         for n in self.followups.due(now):
-            if self.silences.silencing(n, now) is None:
+            silence = self.silences.silencing(n, now)
+            if silence is None:
                 notes.append(n)
             else:
-                self._held("silence")
+                self._held("silence", n, _silence_detail(silence))
         deliveries = self.rate_limit.due(now) if self.rate_limit else []
         return Due(notes, deliveries)
 

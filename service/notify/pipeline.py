@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from registrations.model import Audience
 from registrations.tagexpr import TagExpressionError
@@ -79,6 +80,9 @@ class Pipeline:
         self.noise = noise
         self.webhook = webhook
         self._asking: set[asyncio.Task[int]] = set()
+        # (notification, stage, detail, registration id) for every suppression here: service/notify/explain.py
+        self.explain: Callable[[Notification, str, str, str | None], None] | None = None
+        self.last_fired: dict[str, float] = {}  # rule -> when it last produced a firing transition
 
     async def handle(self, transition: Transition, now: float, dedup: bool = True) -> int:
         """Hand the transition's deliveries to the dispatcher; returns how many there were.
@@ -87,6 +91,8 @@ class Pipeline:
         handed on before, decides what was already sent."""
         if dedup:
             self.metrics.rule_matches.inc(transition.rule, transition.state)
+            if transition.state == "firing" and len(self.last_fired) < 100_000:
+                self.last_fired[transition.rule] = now
         return await self.submit(to_notification(transition, now), now, dedup)
 
     async def submit(self, n: Notification, now: float, dedup: bool = True) -> int:
@@ -94,6 +100,7 @@ class Pipeline:
         then target and dispatch."""
         if dedup and not self.dedup.admit(n, now):
             self.metrics.suppressed.inc(self.dedup.name)
+            self._explain(n, self.dedup.name)
             return 0
         if self.noise is None:
             return await self.send(n, now)
@@ -116,6 +123,7 @@ class Pipeline:
         decided = await webhook.decide(n)
         if decided is None:
             self.metrics.suppressed.inc("webhook")
+            self._explain(n, "webhook")
             return 0
         return await self._send(decided, now)
 
@@ -132,11 +140,17 @@ class Pipeline:
                     count += 1
         except TagExpressionError as exc:  # a rule's templated expression rendered into something invalid
             self.metrics.suppressed.inc("bad_audience")
+            self._explain(n, "bad_audience", str(exc))
             log.error(
                 "notification %s (%s): its audience %r is not valid: %s", n.nid, n.rule, n.audience, exc
             )
             return count
         if count == 0 and held == 0:
             self.metrics.suppressed.inc("no_audience")
+            self._explain(n, "no_audience")
             log.info("notification %s (%s) has no registration in its audience %s", n.nid, n.rule, n.audience)
         return count
+
+    def _explain(self, n: Notification, stage: str, detail: str = "") -> None:
+        if self.explain is not None:
+            self.explain(n, stage, detail, None)

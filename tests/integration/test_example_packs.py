@@ -9,7 +9,7 @@ from rules.engine import RuleEngine
 from rules.event import Event
 from rules.loader import load_rules
 from service.cli import main
-from service.rules_cli import simulate
+from service.cli.rules import simulate
 from tests.integration.test_cli import ROOT
 
 PACKS = ROOT / "deploy" / "rules"

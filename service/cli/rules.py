@@ -16,6 +16,7 @@ from rules.engine import EngineState, RuleEngine, Transition
 from rules.event import Event
 from rules.loader import RuleLoadError, load_rules
 from rules.replay import RecordingError, read_events
+from service.notify.explain import REASONS
 from service.notify.model import Notification
 from service.notify.noise import NoiseControl
 from service.notify.pipeline import to_notification
@@ -41,11 +42,11 @@ def _stamp(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _audience(n: Notification) -> str:
-    a = n.audience
-    parts = [f"users={','.join(a.users)}"] if a.users else []
-    if a.tags:
-        parts.append(f"tags={','.join(a.tags)}")
+def _audience(r: dict[str, Any]) -> str:
+    a = r["audience"]
+    parts = [f"users={','.join(a['users'])}"] if a["users"] else []
+    if a["tags"]:
+        parts.append(f"tags={','.join(a['tags'])}")
     return " ".join(parts)
 
 
@@ -65,10 +66,52 @@ def notification_record(n: Notification) -> dict[str, Any]:
     }
 
 
-def simulate(engine: RuleEngine, events: list[Event], until: float | None) -> Iterator[Notification]:
+def explained(engine: RuleEngine, events: list[Event], until: float | None) -> Iterator[dict[str, Any]]:
     """Events through the rules and the rule-driven noise stages (silences, cooldown, grouping, repeats,
-    escalation) on simulated time. Quiet hours and rate limits depend on each recipient, so they are not
-    applied here."""
+    escalation) on simulated time: a record for every notification that would be sent (``"sent": true``)
+    and for every one a stage held back (``"sent": false`` with ``stage`` and ``reason``), in order. Quiet
+    hours and rate limits depend on each recipient, so they are not applied here."""
+    held: list[dict[str, Any]] = []
+
+    def hold(n: Notification, stage: str, detail: str, registration: str | None) -> None:
+        reason = REASONS.get(stage, stage) + (f" ({detail})" if detail else "")
+        held.append({**notification_record(n), "sent": False, "stage": stage, "reason": reason})
+
+    state, noise = EngineState(), NoiseControl(explain=hold)
+
+    def drain() -> Iterator[dict[str, Any]]:
+        yield from held
+        held.clear()
+
+    def admit(transitions: list[Transition], now: float) -> Iterator[dict[str, Any]]:
+        for t in transitions:
+            for n in noise.before_target(to_notification(t, now), now):
+                yield {**notification_record(n), "sent": True}
+            yield from drain()
+
+    def advance(now: float) -> Iterator[dict[str, Any]]:
+        nonlocal state
+        while True:
+            deadlines = [d for d in (noise.next_deadline(), engine.next_deadline(state)) if d is not None]
+            if not deadlines or min(deadlines) > now:
+                return
+            at = min(deadlines)
+            for n in noise.due(at).notifications:
+                yield {**notification_record(replace(n, created=at)), "sent": True}
+            yield from drain()
+            state, fired = engine.tick(state, at)
+            yield from admit(fired, at)
+
+    for event in events:
+        yield from advance(event.time)
+        state, out = engine.evaluate(event, state, event.time)
+        yield from admit(out, event.time)
+    if until is not None:
+        yield from advance(until)
+
+
+def simulate(engine: RuleEngine, events: list[Event], until: float | None) -> Iterator[Notification]:
+    """What ``explained`` would send, as notifications."""
     state, noise = EngineState(), NoiseControl()
 
     def admit(transitions: list[Transition], now: float) -> Iterator[Notification]:
@@ -111,15 +154,27 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         print(f"cannot read the recording: {exc}", file=sys.stderr)
         return 2
     until = events[-1].time + extra if events else None
-    count = 0
-    for n in simulate(RuleEngine(ruleset), events, until):
-        count += 1
-        if args.json:
-            print(json.dumps(notification_record(n), ensure_ascii=False))
+    count, held = 0, 0
+    for r in explained(RuleEngine(ruleset), events, until):
+        if not r["sent"]:
+            held += 1
+            if not args.explain:
+                continue
         else:
-            text = f"{n.title} — {n.body}" if n.body else n.title
-            print(f"{_stamp(n.created)} {n.state.upper()} {n.rule} ({n.severity}) to {_audience(n)}: {text}")
-    print(f"{len(events)} events, {count} notifications", file=sys.stderr)
+            count += 1
+        if args.json:
+            record = r if args.explain else {k: v for k, v in r.items() if k != "sent"}
+            print(json.dumps(record, ensure_ascii=False))
+            continue
+        text = f"{r['title']} — {r['body']}" if r["body"] else r["title"]
+        if r["sent"]:
+            print(f"{r['time']} {r['state'].upper()} {r['rule']} ({r['severity']}) to {_audience(r)}: {text}")
+        else:
+            print(
+                f"{r['time']} HELD {r['rule']} ({r['severity']}) {r['state']} at {r['stage']}: {r['reason']}"
+            )
+    summary = f"{len(events)} events, {count} notifications"
+    print(summary + (f", {held} held back" if args.explain else ""), file=sys.stderr)
     return 0
 
 
@@ -140,5 +195,11 @@ def add_rules_commands(sub: Any) -> None:
         metavar="FIELD",
         help="payload field that is an event's own id, as mqtt.event_id_field (default: none; every "
         "record is an event of its own unless it has an 'id')",
+    )
+    test.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print each notification a stage held back, with the stage and why "
+        "(e.g. tocsin rules test rules/ --events day.jsonl --explain)",
     )
     test.set_defaults(func=cmd_rules_test)

@@ -12,11 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rules.loader import RuleLoadError, load_rules
-from service import __version__, cli_api
+from service import __version__
 from service.app import Service, rule_paths
+from service.cli import api as cli_api
+from service.cli import operator
+from service.cli.rules import add_rules_commands
 from service.config import Config, ConfigError, load_config
 from service.cumulocity.env import PlatformEnv, PlatformEnvError
-from service.rules_cli import add_rules_commands
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -98,15 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"tocsin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the service (embedded defaults when no configuration is given)")
-    run.add_argument("--config", "-c", help="YAML configuration file (or TOCSIN_CONFIG)")
+    run.add_argument("--config", "-c", help="YAML configuration file (or TOCSIN_CONFIG), e.g. -c tocsin.yaml")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a configuration and its rules without starting")
     check.add_argument("config", nargs="?", help="YAML configuration file (or TOCSIN_CONFIG)")
     check.set_defaults(func=cmd_check)
     add_rules_commands(sub)
     cli_api.add_commands(sub, _load)
+    operator.add_commands(sub, _load)
     args = parser.parse_args(argv)
-    if args.command in ("registrations", "push"):
+    if args.command in ("registrations", "push", "alerts", "ack", "silence", "report", "cluster"):
         return cli_api.run(args)
     return int(args.func(args))
 
