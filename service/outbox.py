@@ -237,6 +237,12 @@ class Outbox:
                 self._known[nid] = None
             yield n, provider, token, attempts
 
+    def recent(self, limit: int) -> list[tuple[str, str]]:
+        """(nid, stored body) of the latest notifications, newest first."""
+        return self._reader.execute(
+            "SELECT nid, body FROM outbox_notifications ORDER BY created DESC LIMIT ?", [limit]
+        ).fetchall()
+
     def report(self, nid: str) -> dict[str, Any] | None:
         """What is committed of a notification's deliveries (``await settle()`` first for the latest)."""
         db = self._reader

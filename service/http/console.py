@@ -285,10 +285,8 @@ class Console:
         except ValueError:
             return problem(400, "invalid_query", "limit: a whole number from 1 to 500")
         outbox = self.service.outbox
-        outbox.flush()
-        rows = outbox.db.execute(
-            "SELECT nid, body FROM outbox_notifications ORDER BY created DESC LIMIT ?", [limit]
-        ).fetchall()
+        await outbox.settle()
+        rows = outbox.recent(limit)
         items = []
         for nid, body in rows:
             n = decode(body)
