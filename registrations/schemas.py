@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from registrations.model import check_quiet_hours, check_tag, check_token
 
 MAX_TAGS = 60  # as Azure Notification Hubs allows per installation
-_CHANNEL = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$")
-_APP = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+_CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}")
+_APP = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 Text = Field(default=None, min_length=1, max_length=255)
 
@@ -28,13 +28,13 @@ def _tags(v: list[str]) -> list[str]:
 
 def _channels(v: list[str]) -> list[str]:
     for c in v:
-        if not _CHANNEL.match(c):
+        if not _CHANNEL.fullmatch(c):
             raise ValueError(f"channel {c!r} must be 1-64 characters of letters, digits and _.:-")
     return v
 
 
 def _app(v: str | None) -> str | None:
-    if v is not None and not _APP.match(v):
+    if v is not None and not _APP.fullmatch(v):
         raise ValueError("an app is a bundle id or package name: letters, digits and _.-")
     return v
 
@@ -58,7 +58,7 @@ class RegistrationFields(Strict):
     @field_validator("locale")
     @classmethod
     def _locale(cls, v: str | None) -> str | None:
-        if v is not None and not _LOCALE.match(v):
+        if v is not None and not _LOCALE.fullmatch(v):
             raise ValueError("a locale is a language tag such as 'de' or 'de-DE'")
         return v
 
