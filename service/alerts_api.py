@@ -14,7 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from registrations import jsonbody
 from registrations.auth import Principal
+from registrations.http import ApiError, read_body
 from rules.durations import parse_duration
 from service.api import principal_of
 from service.clock import Clock
@@ -38,7 +40,9 @@ def _own_silence(principal: Principal, s: Silence) -> bool:
 
 
 class BadRequest(ValueError):
-    pass
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _time(value: Any, field: str) -> float:
@@ -56,7 +60,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
+        body = jsonbody.loads(await read_body(request))
+    except ApiError as exc:  # too large
+        raise BadRequest(exc.message, exc.status) from None
+    except jsonbody.BodyError as exc:
+        raise BadRequest(f"(body): {exc}") from None
     except ValueError:
         raise BadRequest("the body is not JSON") from None
     if not isinstance(body, dict):
@@ -64,8 +72,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _bad(exc: Exception) -> web.Response:
-    return web.json_response({"error": str(exc)}, status=400)
+def _bad(exc: BadRequest) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=exc.status)
 
 
 async def list_alerts(request: web.Request) -> web.Response:
