@@ -19,7 +19,7 @@ Text = Field(default=None, min_length=1, max_length=255)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _tags(v: list[str]) -> list[str]:

@@ -17,7 +17,7 @@ Severity = Literal["info", "warning", "minor", "major", "critical"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class Threshold(_Strict):

@@ -7,6 +7,7 @@ platform sets the Cumulocity alarm to ACKNOWLEDGED)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -45,15 +46,21 @@ class BadRequest(ValueError):
         self.status = status
 
 
+MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def _time(value: Any, field: str) -> float:
+    t: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    raise BadRequest(f"{field}: give epoch seconds or an ISO-8601 time, not {value!r}")
+        t = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            t = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    if t is not None and 0 <= t <= MAX_EPOCH_S:  # NaN fails both comparisons
+        return t
+    raise BadRequest(
+        f"{field}: give epoch seconds (from 0 to {MAX_EPOCH_S:.0f}) or an ISO-8601 time, not {value!r}"
+    )
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -130,8 +130,8 @@ class Service:
         for stored in self.alert_store.load_silences():  # silences survive a restart too
             try:
                 self.noise.silences.add(Silence.from_json(stored))
-            except (KeyError, TypeError, ValueError, re.error):
-                log.warning("skipping a damaged stored silence")
+            except (KeyError, TypeError, ValueError, re.error) as exc:
+                log.warning("skipping a damaged stored silence: %s", exc)
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),

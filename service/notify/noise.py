@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,6 +40,8 @@ class Silence:
     _compiled: tuple[tuple[str, Callable[[str], bool]], ...] = ()
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.start) and math.isfinite(self.end) and self.start < self.end):
+            raise ValueError(f"a silence needs finite start < end, not {self.start!r}..{self.end!r}")
         checks = []
         for name, value in self.matchers.items():
             if value.startswith("~"):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
-from tests.integration.conftest import APNS, Api, reg
+from service.alert_store import AlertStore
+from tests.conftest import service_config, start_service
+from tests.integration.conftest import ADMIN, APNS, Api, reg
+from tests.support import Mosquitto
 
 DEEP_PARENS = "(" * 400 + "a" + ")" * 400
 DEEP_NOT = "!" * 300 + "a"
@@ -68,3 +74,60 @@ async def test_deeply_nested_bodies_are_refused_on_every_json_route(api: Api, me
     assert "nests deeper than 32" in json.dumps(body), body
     status, body = await api.call(method, path, raw=b"[" * 100_000)
     assert status in (400, 413), body
+
+
+def _strict(text: str) -> Any:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in a response")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"matchers": {"rule": "x"}, "start": NaN, "duration": "1h"}', "NaN"),
+        (b'{"matchers": {"rule": "x"}, "end": Infinity}', "Infinity"),
+        (b'{"matchers": {"rule": "x"}, "duration": 1e309}', "1e309"),
+        (b'{"matchers": {"rule": "x"}, "duration": 1e12}', "duration"),
+        (b'{"matchers": {"rule": "x"}, "duration": "99999999999d"}', "duration"),
+        (b'{"matchers": {"rule": "x"}, "end": 1e300}', "end"),
+    ],
+)
+async def test_non_finite_and_unbounded_silences_are_refused(api: Api, body: bytes, field: str) -> None:
+    status, answer = await api.call("POST", "/v1/silences", raw=body)
+    assert status == 400, answer
+    assert field in json.dumps(answer), answer
+    async with api.http.get(api.base + "/v1/silences", headers={"Authorization": "Bearer " + ADMIN}) as r:
+        assert _strict(await r.text()) == {"silences": []}
+
+
+async def test_non_finite_numbers_are_refused_by_the_model_routes(api: Api) -> None:
+    status, answer = await api.call("POST", "/v1/registrations", raw=b'{"provider": "apns", "badge": NaN}')
+    assert status == 400 and "NaN" in answer["message"], answer
+
+
+async def test_a_stored_nan_silence_is_refused_at_load_with_a_warning(
+    tmp_path: Path, broker: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "data").mkdir()
+    store = AlertStore(tmp_path / "data" / "alerts.db")
+    good = {
+        "id": "good",
+        "matchers": {"rule": "x"},
+        "start": 0.0,
+        "end": 4e9,
+        "comment": "",
+        "created_by": "",
+    }
+    store.save_silences([good, {**good, "id": "bad", "start": float("nan")}])
+    store.close()
+    caplog.set_level(logging.WARNING)
+    service, _ = await start_service(service_config(tmp_path, broker.port))
+    try:
+        url = f"http://127.0.0.1:{service.http_port}/v1/silences"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            assert [s["id"] for s in _strict(await r.text())["silences"]] == ["good"]
+    finally:
+        await service.__aexit__(None, None, None)
+    assert any("skipping a damaged stored silence" in m and "finite" in m for m in caplog.messages)
