@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from rules.conditions import compile_conditions, parse_path
 from rules.durations import parse_duration
-from rules.templates import compile_expression, compile_template
+from rules.templates import compile_expression, compile_tag_template, compile_template
 from rules.topics import compile_filter
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -115,15 +115,21 @@ def _check_expression(value: str) -> str:
     return value
 
 
+def _check_tag_template(value: str) -> str:
+    compile_tag_template(value)
+    return value
+
+
 Text = Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]
 TemplateText = Annotated[Text, BeforeValidator(_check_template)]
+TagExpressionText = Annotated[Text, BeforeValidator(_check_tag_template)]
 
 
 class Audience(_Strict):
     tags: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
     channels: tuple[str, ...] = Field((), description="channels: registrations tagged 'channel:<name>'")
-    expression: TemplateText | None = Field(
+    expression: TagExpressionText | None = Field(
         None,
         description="a tag expression, templated per alert, e.g. the Cumulocity alarm app's watch list: "
         '"severity:all || severity:{{ alarm.severity | lower | tag }}"',
