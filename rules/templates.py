@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from jinja2 import TemplateSyntaxError, Undefined
+from jinja2 import TemplateSyntaxError, Undefined, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from registrations import tagexpr
@@ -49,12 +49,22 @@ class _Constant:
         return self.source
 
 
+def _check_names(env: ImmutableSandboxedEnvironment, source: str) -> None:
+    """Jinja looks up a filter or test inside ``{% if %}`` only when the branch runs: check them now."""
+    for node in env.parse(source).find_all((nodes.Filter, nodes.Test)):
+        known = env.filters if isinstance(node, nodes.Filter) else env.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise TemplateSyntaxError(f"No {kind} named {node.name!r}.", node.lineno)
+
+
 class _Jinja:
     __slots__ = ("_template", "source")
 
     def __init__(self, source: str, env: ImmutableSandboxedEnvironment = _ENV) -> None:
         self.source = source
         self._template = env.from_string(source)
+        _check_names(env, source)
 
     def render(self, context: Mapping[str, Any]) -> str:
         try:
@@ -162,6 +172,7 @@ def compile_expression(source: str) -> Expression:
         text = text[2:-2].strip()
     try:
         compiled = _ENV.compile_expression(text, undefined_to_none=True)
+        _check_names(_ENV, "{{ " + text + " }}")
     except TemplateSyntaxError as exc:
         raise ValueError(f"expression syntax error: {exc.message}") from None
 
