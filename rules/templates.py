@@ -5,8 +5,11 @@ Templates are compiled once when rules load; text without ``{`` skips Jinja enti
 
 from __future__ import annotations
 
+import contextvars
+import operator
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 from jinja2 import TemplateSyntaxError, Undefined, nodes
@@ -23,14 +26,100 @@ def as_tag(value: Any) -> str:
     return _NOT_TAG.sub("_", str(value)) or "_"
 
 
-_ENV = ImmutableSandboxedEnvironment(undefined=Undefined, autoescape=False, keep_trailing_newline=False)
-_ENV.filters["tag"] = as_tag
+# The budget of one render: loop iterations, output characters and time. Over it, the render stops with
+# a counted error (``on_error``) and the notification gets a fallback text: never a stall of the loop.
+MAX_ITERATIONS = 10_000
+MAX_OUTPUT = 16 * 1024
+MAX_RENDER_S = 0.005
+_CHECK_EVERY = 256
+
+
+class BudgetExceeded(Exception):
+    pass
+
+
+class _Budget:
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps, self.deadline = 0, time.perf_counter() + MAX_RENDER_S
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_ITERATIONS:
+            raise BudgetExceeded(f"more than {MAX_ITERATIONS} loop iterations")
+        if self.steps % _CHECK_EVERY == 0:
+            self.check_time()
+
+    def check_time(self) -> None:
+        if time.perf_counter() > self.deadline:
+            raise BudgetExceeded(f"longer than {MAX_RENDER_S * 1000:.0f} ms")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("template_budget", default=None)
+
+
+def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Wraps every ``{% for %}`` iterable: each iteration spends from the render's budget."""
+    budget = _BUDGET.get()
+    for item in iterable:
+        if budget is not None:
+            budget.step()
+        yield item
+
+
+def _sized(value: Any) -> Any:
+    if isinstance(value, str | list | tuple | bytes) and len(value) > MAX_OUTPUT:
+        raise BudgetExceeded(f"a value longer than {MAX_OUTPUT} characters")
+    return value
+
+
+class _BudgetEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, plus: ``*`` cannot build huge strings or lists, ``**`` huge numbers (both are also
+    kept out of constant folding at load, which would otherwise compute them)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
+        if operator_ == "**":
+            huge_exponent = isinstance(right, int | float) and abs(right) > 64
+            if huge_exponent or (isinstance(left, int | float) and abs(left) > 2**64):
+                raise BudgetExceeded("a power that large")
+            return operator.pow(left, right)
+        if operator_ == "*":
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, str | list | tuple) and isinstance(b, int) and len(a) * b > MAX_OUTPUT:
+                    raise BudgetExceeded(f"a value longer than {MAX_OUTPUT} characters")
+            return _sized(operator.mul(left, right))
+        return super().call_binop(context, operator_, left, right)
+
+
+def _environment(**kw: Any) -> _BudgetEnvironment:
+    env = _BudgetEnvironment(undefined=Undefined, autoescape=False, keep_trailing_newline=False, **kw)
+    env.filters["tag"] = as_tag
+    env.globals["_tocsin_budgeted"] = _budgeted
+    return env
+
+
+_ENV = _environment()
 # Tag expressions (a rule's audience): every value a template puts in is escaped as by ``| tag``, so a
 # payload like ``{"room": "r2 || home"}`` cannot widen the audience.
-_TAG_ENV = ImmutableSandboxedEnvironment(
-    undefined=Undefined, autoescape=False, keep_trailing_newline=False, finalize=as_tag
-)
-_TAG_ENV.filters["tag"] = as_tag
+_TAG_ENV = _environment(finalize=as_tag)
+
+
+def _uncounted(reason: str) -> None:
+    pass
+
+
+on_error: Callable[[str], None] = _uncounted  # the service counts: tocsin_template_errors_total
+
+
+def _budgeted_template(env: ImmutableSandboxedEnvironment, source: str) -> Any:
+    """The compiled template with every ``{% for %}`` iterable wrapped in ``_budgeted``."""
+    tree = env.parse(source)
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(nodes.Name("_tocsin_budgeted", "load"), [loop.iter], [], None, None)
+    return env.template_class.from_code(env, env.compile(tree), env.make_globals(None), None)
 
 
 class Template(Protocol):
@@ -63,14 +152,29 @@ class _Jinja:
 
     def __init__(self, source: str, env: ImmutableSandboxedEnvironment = _ENV) -> None:
         self.source = source
-        self._template = env.from_string(source)
+        self._template = _budgeted_template(env, source)
         _check_names(env, source)
 
     def render(self, context: Mapping[str, Any]) -> str:
+        budget = _Budget()
+        token = _BUDGET.set(budget)
         try:
-            return self._template.render(context)
-        except Exception as exc:  # a template must never stop a notification
-            return f"{self.source} [template error: {type(exc).__name__}: {exc}]"
+            out, size = [], 0
+            for chunk in self._template.generate(context):
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    raise BudgetExceeded(f"output longer than {MAX_OUTPUT} characters")
+                budget.check_time()
+                out.append(chunk)
+            return "".join(out)
+        except BudgetExceeded:
+            on_error("budget")
+        except Exception:  # a template must never stop a notification, nor ship its source or the error
+            on_error("error")
+        finally:
+            _BUDGET.reset(token)
+        rule = context.get("rule")
+        return f"{rule} (template error)" if isinstance(rule, str) else "(template error)"
 
 
 class _Substitution:

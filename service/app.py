@@ -20,6 +20,7 @@ from registrations.http import RegistrationApi
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
+from rules import templates
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
@@ -92,6 +93,7 @@ class Service:
         self.config = config
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
+        templates.on_error = self.metrics.template_errors.inc  # one service a process
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)

@@ -65,6 +65,11 @@ class Metrics(Collector):
             "Times a provider credential was paused for a configuration error (the log says why).",
             ("provider", "credential"),
         )
+        self.template_errors = Counter(
+            "tocsin_template_errors",
+            "Template renders that failed (error) or went over budget (budget); a fallback text was sent.",
+            ("reason",),
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )
