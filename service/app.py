@@ -38,6 +38,7 @@ from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
+from service.http_limits import MalformedRequestLog
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery
@@ -434,7 +435,12 @@ class Service:
             )
             add_report_routes(self.http_app, self.outbox)
             self.http_app.middlewares.append(admin_only(self.auth))
-            runner = web.AppRunner(self.http_app, access_log=None)
+            runner = web.AppRunner(
+                self.http_app,
+                access_log=None,
+                keepalive_timeout=cfg.http.keepalive_s,
+                logger=MalformedRequestLog(self.clock, self.metrics.http_malformed.inc),
+            )
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)

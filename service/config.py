@@ -77,6 +77,9 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    keepalive_s: float = Field(
+        15.0, gt=0, le=3600, description="close connections idle this long (before or between requests)"
+    )
 
 
 class LogProviderConfig(_Section):

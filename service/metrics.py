@@ -70,6 +70,9 @@ class Metrics(Collector):
             "Template renders that failed (error) or went over budget (budget); a fallback text was sent.",
             ("reason",),
         )
+        self.http_malformed = Counter(
+            "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors", "Unexpected errors caught, by place.", ("where",)
         )
