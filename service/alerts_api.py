@@ -80,7 +80,12 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _bad(exc: BadRequest) -> web.Response:
-    return web.json_response({"error": str(exc)}, status=exc.status)
+    error = "body_too_large" if exc.status == 413 else "invalid_body"
+    return web.json_response({"error": error, "message": str(exc)}, status=exc.status)
+
+
+def _not_found(message: str) -> web.Response:
+    return web.json_response({"error": "not_found", "message": message}, status=404)
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -111,11 +116,11 @@ async def ack_alert(request: web.Request) -> web.Response:
         return _bad(exc)
     n = noise.open_alerts().get(request.match_info["id"])
     if n is None or not _visible(principal, n):
-        return web.json_response({"error": "no open alert with this id"}, status=404)
+        return _not_found("no open alert with this id")
     by = str(body.get("by") or principal.user or principal.name)
     ack = noise.ack(n.alert_id, by, str(body.get("comment") or ""), clock.time())
     if ack is None:
-        return web.json_response({"error": "no open alert with this id"}, status=404)
+        return _not_found("no open alert with this id")
     answer: dict[str, Any] = {
         "alert_id": ack.alert_id,
         "episode": ack.episode,
@@ -189,7 +194,7 @@ async def delete_silence(request: web.Request) -> web.Response:
     found = silences.get(request.match_info["id"])
     if found is not None and _own_silence(principal, found) and silences.remove(found.id):
         return web.Response(status=204)
-    return web.json_response({"error": "no silence with this id"}, status=404)
+    return _not_found("no silence with this id")
 
 
 def add_alert_routes(

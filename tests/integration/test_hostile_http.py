@@ -131,3 +131,36 @@ async def test_a_stored_nan_silence_is_refused_at_load_with_a_warning(
     finally:
         await service.__aexit__(None, None, None)
     assert any("skipping a damaged stored silence" in m and "finite" in m for m in caplog.messages)
+
+
+async def test_operator_errors_are_documented_and_carry_a_message(api: Api) -> None:
+    async with api.http.get(api.base + "/openapi.json") as r:
+        doc = await r.json()
+    calls = [
+        ("DELETE", "/v1/silences/nope", "/v1/silences/{id}", None),
+        ("GET", "/v1/notifications/nope", "/v1/notifications/{id}", None),
+        ("POST", "/v1/alerts/nope/ack", "/v1/alerts/{id}/ack", None),
+        ("POST", "/v1/silences", "/v1/silences", b'{"matchers": {}}'),
+        ("POST", "/v1/alerts/nope/ack", "/v1/alerts/{id}/ack", b"[1]"),
+    ]
+    required = doc["components"]["schemas"]["Error"]["required"]
+    for method, path, template, raw in calls:
+        status, body = await api.call(method, path, raw=raw)
+        assert str(status) in doc["paths"][template][method.lower()]["responses"], (method, path, status)
+        assert all(isinstance(body.get(k), str) for k in required), (path, body)
+
+
+async def test_gateway_answers_match_the_document_for_native_registrations(api: Api) -> None:
+    async with api.http.get(api.base + "/openapi.json") as r:
+        schemas = (await r.json())["components"]["schemas"]
+    await api.call("POST", "/v1/registrations", {"provider": "apns", "token": APNS})  # no app, user, name
+    status, items = await api.call("GET", "/registrations")
+    [item] = [i for i in items if i["device"]["deviceToken"] == APNS]
+    assert status == 200 and item["bundleId"] is None
+    ref = schemas["C8yRegistrationList"]["items"]["$ref"].rsplit("/", 1)[1]
+    props = schemas[ref]["properties"]
+    for name in ("userId", "bundleId"):
+        assert item[name] is None and "null" in props[name]["type"], name
+    assert (
+        item["device"]["deviceName"] is None and "null" in props["device"]["properties"]["deviceName"]["type"]
+    )
