@@ -121,13 +121,19 @@ class AudienceIn(Strict):
 # -- the Cumulocity push gateway's bodies (specs/cumulocity.md §6), field names as its clients send them --
 
 
-class C8yDevice(Strict):
+class C8yStrict(BaseModel):
+    """Strict types, but unknown fields are ignored: a newer alarm app sends fields this version lacks."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class C8yDevice(C8yStrict):
     deviceName: str | None = Field(default=None, max_length=255)
     deviceToken: str = Field(min_length=1, max_length=4096)
     platform: Literal["IOS", "Android"]
 
 
-class C8yRegistration(Strict):
+class C8yRegistration(C8yStrict):
     userId: str = Field(min_length=1, max_length=255)
     bundleId: str = Field(min_length=1, max_length=255)
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS - 2)
@@ -137,21 +143,21 @@ class C8yRegistration(Strict):
     _check_app = field_validator("bundleId")(_app)
 
 
-class C8yReceiver(Strict):
+class C8yReceiver(C8yStrict):
     userIds: list[str] = Field(default_factory=list, max_length=10_000)
     deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
 
 
-class C8yBody(Strict):
+class C8yBody(C8yStrict):
     alarmId: str = Field(min_length=1, max_length=255)
 
 
-class C8yMessage(Strict):
+class C8yMessage(C8yStrict):
     title: str = Field(min_length=1, max_length=1000)
     body: C8yBody
 
 
-class C8yNotification(Strict):
+class C8yNotification(C8yStrict):
     receiver: C8yReceiver | None = None
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     message: C8yMessage

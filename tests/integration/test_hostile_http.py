@@ -164,3 +164,22 @@ async def test_gateway_answers_match_the_document_for_native_registrations(api: 
     assert (
         item["device"]["deviceName"] is None and "null" in props["device"]["properties"]["deviceName"]["type"]
     )
+
+
+async def test_the_cumulocity_api_ignores_fields_a_newer_alarm_app_sends(api: Api) -> None:
+    device = {"deviceName": "phone", "deviceToken": APNS, "platform": "IOS", "osVersion": "18.1"}
+    body = {
+        "userId": "ann",
+        "bundleId": "com.example.alarms",
+        "tags": [],
+        "device": device,
+        "appVersion": "9",
+    }
+    status, answer = await api.call("POST", "/registrations", body)
+    assert status == 204, answer
+    assert api.service.store.get("apns", APNS) is not None
+    message = {**MESSAGE, "subtitle": "new", "body": {"alarmId": "1", "sourceId": "7"}}
+    status, answer = await api.call("POST", "/notification", {"tags": ["a"], "message": message, "ttl": 3})
+    assert status == 204, answer
+    status, answer = await api.call("POST", "/registrations", {**body, "device": {**device, "platform": "x"}})
+    assert status == 400 and set(answer) == {"message"}  # known fields are still checked
