@@ -105,19 +105,23 @@ class AlarmMatch(_Strict):
         return [x.upper() if isinstance(x, str) else x for x in v] if isinstance(v, list | tuple) else v
 
 
-def _check_template(value: str) -> str:
-    compile_template(value)
-    return value
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
-def _check_expression(value: str) -> str:
-    compile_expression(value)
-    return value
+def _check_template(value: object) -> str:
+    compile_template(_as_text(value))  # runs before Text's own conversion
+    return _as_text(value)
 
 
-def _check_tag_template(value: str) -> str:
-    compile_tag_template(value)
-    return value
+def _check_expression(value: object) -> str:
+    compile_expression(_as_text(value))
+    return _as_text(value)
+
+
+def _check_tag_template(value: object) -> str:
+    compile_tag_template(_as_text(value))
+    return _as_text(value)
 
 
 Text = Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]
