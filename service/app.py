@@ -229,7 +229,14 @@ class Service:
             lambda: float(self.dispatcher.parked_count),
         )
         self.metrics.gauge(
-            "tocsin_open_alerts", "Alerts pending, firing or watched.", lambda: float(len(self.state.alerts))
+            "tocsin_open_alerts",
+            "Firing alerts, as GET /v1/alerts lists them.",
+            lambda: float(len(self.noise.open_alerts())),
+        )
+        self.metrics.gauge(
+            "tocsin_tracked_alerts",
+            "Alerts the rules track: pending, firing or watched.",
+            lambda: float(len(self.state.alerts)),
         )
 
     # -- the event path -----------------------------------------------------------------------------------

@@ -148,6 +148,8 @@ class Acks:
         return a is not None and a.episode == n.episode
 
     def opened(self, n: Notification) -> None:
+        if n.origin == "api":  # a push sent through the API is no alert: nothing resolves it
+            return
         self.open.pop(n.alert_id, None)
         self.open[n.alert_id] = n
         if len(self.open) > 100_000:  # event alerts (a doorbell) never resolve: forget the oldest

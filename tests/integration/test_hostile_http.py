@@ -13,7 +13,7 @@ import pytest
 from service.alert_store import AlertStore
 from tests.conftest import service_config, start_service
 from tests.integration.conftest import ADMIN, APNS, Api, reg
-from tests.support import Mosquitto
+from tests.support import Mosquitto, wait_until
 
 DEEP_PARENS = "(" * 400 + "a" + ")" * 400
 DEEP_NOT = "!" * 300 + "a"
@@ -183,3 +183,16 @@ async def test_the_cumulocity_api_ignores_fields_a_newer_alarm_app_sends(api: Ap
     assert status == 204, answer
     status, answer = await api.call("POST", "/registrations", {**body, "device": {**device, "platform": "x"}})
     assert status == 400 and set(answer) == {"message"}  # known fields are still checked
+
+
+async def test_the_open_alerts_gauge_agrees_with_the_alerts_list(api: Api) -> None:
+    await api.call("POST", "/v1/registrations", reg(tags=["home"]))
+    for _ in range(3):
+        status, _ = await api.call("POST", "/v1/push", {"audience": {"tags": "home"}, "title": "t"})
+        assert status == 202
+    await wait_until(lambda: api.service.metrics.notifications.total() >= 3, 5, "the pushes delivered")
+    status, listed = await api.call("GET", "/v1/alerts")
+    async with api.http.get(api.base + "/metrics") as r:
+        text = await r.text()
+    [gauge] = [line for line in text.splitlines() if line.startswith("tocsin_open_alerts ")]
+    assert float(gauge.split()[1]) == len(listed["alerts"]) == 0, (gauge, listed)
