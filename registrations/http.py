@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from registrations import tagexpr
+from registrations import jsonbody, tagexpr
 from registrations.auth import Authenticator, AuthError, Principal
 from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
@@ -104,6 +105,12 @@ def problems(exc: ValidationError) -> list[dict[str, Any]]:
 async def parse(request: web.Request, model: type[M]) -> M:
     body = await read_body(request)
     try:
+        jsonbody.check(body)
+    except jsonbody.BodyError as exc:
+        raise ApiError(
+            400, "invalid_body", f"(body): {exc}", [{"field": "(body)", "reason": str(exc)}]
+        ) from None
+    try:
         return model.model_validate_json(body or b"null")
     except ValidationError as exc:
         details = problems(exc)
@@ -113,7 +120,7 @@ async def parse(request: web.Request, model: type[M]) -> M:
 
 def check_expression(text: str, field: str) -> str:
     try:
-        tagexpr.parse(text)
+        tagexpr.parse(text, tagexpr.MAX_DEPTH)
     except tagexpr.TagExpressionError as exc:
         raise ApiError(
             400,
@@ -172,6 +179,7 @@ def to_c8y(r: Registration) -> dict[str, Any]:
     }
 
 
+_CURSOR = re.compile(r"[0-9]{1,19}")
 _LIST_PARAMS = {"user_id", "app", "provider", "tags", "channel", "state", "token", "limit", "after"}
 
 
@@ -349,7 +357,15 @@ class RegistrationApi:
             platforms=tuple(q.getall("provider", [])),
             channels=tuple(q.getall("channel", [])),
         )
-        page, following = store.query(where, states=states, after=q.get("after", ""), limit=limit)
+        after = q.get("after", "")
+        if after and not (_CURSOR.fullmatch(after) and int(after) < 2**63):
+            raise ApiError(
+                400,
+                "invalid_parameter",
+                "after: the 'next' cursor of the previous page (a whole number)",
+                [{"field": "after", "reason": "the 'next' cursor of the previous page (a whole number)"}],
+            )
+        page, following = store.query(where, states=states, after=after, limit=limit)
         return web.json_response({"items": [to_json(r) for r in page], "next": following})
 
     # -- Cumulocity push gateway ----------------------------------------------------------------------------

@@ -13,8 +13,9 @@ background, retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from registrations.model import Audience, Registration
@@ -57,6 +58,7 @@ class InventoryApi(Protocol):
         params: Mapping[str, str] | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        retry: bool = True,
     ) -> Any: ...
 
 
@@ -87,7 +89,8 @@ class InventoryRegistrationStore:
         self.cache = SqliteRegistrationStore(":memory:")
         self._versions = 0  # versions of the copies replaced by a refresh
         self._ids: dict[tuple[str, str], str] = {}  # (provider, token) -> managed object id
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # One lock per key while anyone holds or waits for it: (lock, how many hold or wait)
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.damaged = 0  # managed objects of our type that could not be read
 
@@ -135,7 +138,7 @@ class InventoryRegistrationStore:
     # -- durable writes (the API) ----------------------------------------------------------------------------
     async def upsert_async(self, registration: Registration, now: float) -> Registration:
         key = (registration.provider, registration.token)
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self._key_lock(key):
             previous = self.cache.get(*key)
             merged = self.cache.upsert(registration, now)  # fills id, created, state_since like the store
             try:
@@ -146,8 +149,27 @@ class InventoryRegistrationStore:
                 else:
                     self.cache.remove(*key)
                 raise
-        self._locks.pop(key, None)
         return merged
+
+    @contextlib.asynccontextmanager
+    async def _key_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Writes of one registration one after another. The lock is dropped only when nobody holds or
+        waits for it (dropping it while a waiter held it let a third writer run beside that one)."""
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    async def _write_locked(self, reg: Registration) -> None:
+        async with self._key_lock((reg.provider, reg.token)):
+            await self._write(reg)
 
     async def remove_async(self, provider: str | None, token: str) -> bool:
         found = [r for r in self.cache.by_token(token) if provider is None or r.provider == provider]
@@ -173,13 +195,16 @@ class InventoryRegistrationStore:
                     raise
                 self._ids.pop(key, None)  # deleted in the inventory meanwhile: create it again
         body = {"type": MO_TYPE, "name": f"tocsin {reg.provider} registration {reg.id}", **fragment}
-        created = await self._call("POST", "/inventory/managedObjects", body)
+        # Not retried: a POST whose answer was lost may have created the object, and a retry a second one.
+        created = await self._call("POST", "/inventory/managedObjects", body, retry=False)
         if isinstance(created, Mapping) and created.get("id") is not None:
             self._ids[key] = str(created["id"])
 
-    async def _call(self, method: str, path: str, body: Any = None, ignore_missing: bool = False) -> Any:
+    async def _call(
+        self, method: str, path: str, body: Any = None, ignore_missing: bool = False, retry: bool = True
+    ) -> Any:
         try:
-            return await self.api.request(method, path, json=body)
+            return await self.api.request(method, path, json=body, retry=retry)
         except Exception as exc:
             status = getattr(exc, "status", None)
             if ignore_missing and status == 404:
@@ -197,7 +222,7 @@ class InventoryRegistrationStore:
     def upsert(self, registration: Registration, now: float) -> Registration:
         """From the delivery path (token hygiene): the copy at once, the inventory in the background."""
         merged = self.cache.upsert(registration, now)
-        self._in_background(self._write, merged)
+        self._in_background(self._write_locked, merged)
         return merged
 
     def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:

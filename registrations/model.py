@@ -13,13 +13,13 @@ Environment = Literal["production", "sandbox"]
 State = Literal["active", "suspect", "invalid"]
 PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log")
 STATES: tuple[str, ...] = ("active", "suspect", "invalid")
-_TAG = re.compile(r"^[A-Za-z0-9_@#.:\-]{1,120}$")
+_TAG = re.compile(r"[A-Za-z0-9_@#.:\-]{1,120}")
 # APNs device tokens are 32 bytes, written as 64 hex digits (specs/push-providers.md).
-_APNS_TOKEN = re.compile(r"^[0-9a-fA-F]{64}$")
+_APNS_TOKEN = re.compile(r"[0-9a-fA-F]{64}")
 # FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
-_FCM_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?$")
+_FCM_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
 FCM_TOKEN_LENGTH = (32, 4096)
-_LOG_TOKEN = re.compile(r"^[\x21-\x7e]{1,200}$")
+_LOG_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 @dataclass(slots=True)
@@ -54,7 +54,7 @@ def new_id() -> str:
 
 def check_tag(tag: str) -> str:
     """Tags are what audiences match on; keep them to characters that tag expressions can carry."""
-    if not _TAG.match(tag):
+    if not _TAG.fullmatch(tag):
         raise ValueError(f"tag {tag!r} must be 1-120 characters of letters, digits and _@#.:-")
     return tag
 
@@ -62,30 +62,30 @@ def check_tag(tag: str) -> str:
 def check_token(provider: str, token: str) -> str:
     """The token in the shape its provider issues; returns it normalised (APNs: lower-case hex)."""
     if provider == "apns":
-        if not _APNS_TOKEN.match(token):
+        if not _APNS_TOKEN.fullmatch(token):
             raise ValueError("an APNs device token is 64 hexadecimal characters")
         return token.lower()
     if provider == "fcm":
         low, high = FCM_TOKEN_LENGTH
-        if not (low <= len(token) <= high) or not _FCM_TOKEN.match(token):
+        if not (low <= len(token) <= high) or not _FCM_TOKEN.fullmatch(token):
             raise ValueError(
                 f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
                 "with at most one ':'"
             )
         return token
     if provider == "log":
-        if not _LOG_TOKEN.match(token):
+        if not _LOG_TOKEN.fullmatch(token):
             raise ValueError("a log token is 1-200 printable characters without spaces")
         return token
     raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
 
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"
-_QUIET = re.compile(rf"^{_HHMM}-{_HHMM}$")
+_QUIET = re.compile(rf"{_HHMM}-{_HHMM}")
 
 
 def check_quiet_hours(value: str) -> str:
-    if not _QUIET.match(value):
+    if not _QUIET.fullmatch(value):
         raise ValueError("quiet hours are 'HH:MM-HH:MM' (24 h clock, may wrap midnight, e.g. 22:00-07:00)")
     return value
 

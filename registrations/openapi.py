@@ -189,7 +189,27 @@ SCHEMAS: dict[str, Any] = {
             "next": {"type": ["string", "null"], "description": "pass as `after` for the next page"},
         },
     },
-    "C8yRegistrationList": {"type": "array", "items": {"$ref": REF.format(model="C8yRegistration")}},
+    # What the gateway routes answer: a registration made through the native API may have no user, app or
+    # device name, so those may be null here (the request schema C8yRegistration requires them).
+    "C8yRegistrationOut": {
+        "type": "object",
+        "required": ["userId", "bundleId", "tags", "device"],
+        "properties": {
+            "userId": _TEXT,
+            "bundleId": _TEXT,
+            "tags": _LIST,
+            "device": {
+                "type": "object",
+                "required": ["deviceName", "deviceToken", "platform"],
+                "properties": {
+                    "deviceName": _TEXT,
+                    "deviceToken": {"type": "string"},
+                    "platform": {"enum": ["IOS", "Android"]},
+                },
+            },
+        },
+    },
+    "C8yRegistrationList": {"type": "array", "items": {"$ref": REF.format(model="C8yRegistrationOut")}},
     "Error": {
         "type": "object",
         "required": ["error", "message"],

@@ -11,15 +11,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from registrations.model import check_quiet_hours, check_tag, check_token
 
 MAX_TAGS = 60  # as Azure Notification Hubs allows per installation
-_CHANNEL = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}$")
-_APP = re.compile(r"^[A-Za-z0-9_.\-]{1,255}$")
+_CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}")
+_APP = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 Text = Field(default=None, min_length=1, max_length=255)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def _tags(v: list[str]) -> list[str]:
@@ -28,13 +28,13 @@ def _tags(v: list[str]) -> list[str]:
 
 def _channels(v: list[str]) -> list[str]:
     for c in v:
-        if not _CHANNEL.match(c):
+        if not _CHANNEL.fullmatch(c):
             raise ValueError(f"channel {c!r} must be 1-64 characters of letters, digits and _.:-")
     return v
 
 
 def _app(v: str | None) -> str | None:
-    if v is not None and not _APP.match(v):
+    if v is not None and not _APP.fullmatch(v):
         raise ValueError("an app is a bundle id or package name: letters, digits and _.-")
     return v
 
@@ -58,7 +58,7 @@ class RegistrationFields(Strict):
     @field_validator("locale")
     @classmethod
     def _locale(cls, v: str | None) -> str | None:
-        if v is not None and not _LOCALE.match(v):
+        if v is not None and not _LOCALE.fullmatch(v):
             raise ValueError("a locale is a language tag such as 'de' or 'de-DE'")
         return v
 
@@ -121,13 +121,19 @@ class AudienceIn(Strict):
 # -- the Cumulocity push gateway's bodies (specs/cumulocity.md §6), field names as its clients send them --
 
 
-class C8yDevice(Strict):
+class C8yStrict(BaseModel):
+    """Strict types, but unknown fields are ignored: a newer alarm app sends fields this version lacks."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class C8yDevice(C8yStrict):
     deviceName: str | None = Field(default=None, max_length=255)
     deviceToken: str = Field(min_length=1, max_length=4096)
     platform: Literal["IOS", "Android"]
 
 
-class C8yRegistration(Strict):
+class C8yRegistration(C8yStrict):
     userId: str = Field(min_length=1, max_length=255)
     bundleId: str = Field(min_length=1, max_length=255)
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS - 2)
@@ -137,21 +143,21 @@ class C8yRegistration(Strict):
     _check_app = field_validator("bundleId")(_app)
 
 
-class C8yReceiver(Strict):
+class C8yReceiver(C8yStrict):
     userIds: list[str] = Field(default_factory=list, max_length=10_000)
     deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
 
 
-class C8yBody(Strict):
+class C8yBody(C8yStrict):
     alarmId: str = Field(min_length=1, max_length=255)
 
 
-class C8yMessage(Strict):
+class C8yMessage(C8yStrict):
     title: str = Field(min_length=1, max_length=1000)
     body: C8yBody
 
 
-class C8yNotification(Strict):
+class C8yNotification(C8yStrict):
     receiver: C8yReceiver | None = None
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     message: C8yMessage

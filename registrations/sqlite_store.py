@@ -263,7 +263,7 @@ class SqliteRegistrationStore:
     ) -> tuple[list[Registration], str | None]:
         """One page of the registrations matching ``where`` (everyone if it is empty), and the cursor of the
         next page (None on the last)."""
-        start = int(after) if after.isdigit() else 0
+        start = int(after) if after.isascii() and after.isdigit() and len(after) <= 18 else 0
         plan = audience_sql.page_plan(where, tuple(states), self._tag_rows)
         if plan is None:
             params: list[object] = []

@@ -12,6 +12,10 @@ from functools import lru_cache
 
 MAX_LENGTH = 2000
 MAX_TAGS = 64
+# Parentheses and '!' nest at most this deep (the parser, the evaluator and SQLite's parser recurse per
+# level). Expressions tocsin combines itself (the gateway's tag list, a rule's audience) get a few more.
+MAX_DEPTH = 32
+COMBINED_DEPTH = MAX_DEPTH + 4
 _TAG_CHAR = re.compile(r"[A-Za-z0-9_@#.:\-]")
 
 
@@ -45,8 +49,9 @@ Node = Tag | Not | And | Or
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, max_depth: int) -> None:
         self.text, self.i, self.tags = text, 0, 0
+        self.depth, self.max_depth = 0, max_depth
 
     def fail(self, reason: str, at: int | None = None) -> TagExpressionError:
         return TagExpressionError(reason, (self.i if at is None else at) + 1, self.text)
@@ -88,18 +93,12 @@ class _Parser:
         if self.i >= len(self.text):
             raise self.fail("expected a tag, '!' or '(' but the expression ended")
         c = self.text[self.i]
-        if c == "!":
-            self.i += 1
-            return Not(self.unary())
-        if c == "(":
-            opened = self.i
-            self.i += 1
-            node = self.or_()
-            if not self.peek(")"):
-                if self.i >= len(self.text):
-                    raise self.fail("'(' is never closed", opened)
-                raise self.fail("expected ')', '&&' or '||' here")
-            self.i += 1
+        if c in "!(":
+            self.depth += 1
+            if self.depth > self.max_depth:
+                raise self.fail(f"the expression nests deeper than {self.max_depth} levels")
+            node = self.negated() if c == "!" else self.group()
+            self.depth -= 1
             return node
         start = self.i
         while self.i < len(self.text) and _TAG_CHAR.match(self.text[self.i]):
@@ -116,15 +115,33 @@ class _Parser:
             raise self.fail(f"at most {MAX_TAGS} tags in one expression", start)
         return Tag(name)
 
+    def negated(self) -> Node:
+        self.i += 1
+        return Not(self.unary())
+
+    def group(self) -> Node:
+        opened = self.i
+        self.i += 1
+        node = self.or_()
+        if not self.peek(")"):
+            if self.i >= len(self.text):
+                raise self.fail("'(' is never closed", opened)
+            raise self.fail("expected ')', '&&' or '||' here")
+        self.i += 1
+        return node
+
 
 @lru_cache(maxsize=1024)
-def parse(text: str) -> Node:
-    """The expression's tree, or TagExpressionError with the position of the first problem."""
+def parse(text: str, max_depth: int = COMBINED_DEPTH) -> Node:
+    """The expression's tree, or TagExpressionError with the position of the first problem.
+
+    Callers validating what a user wrote pass ``MAX_DEPTH``; the default leaves room for the levels that
+    combining expressions adds."""
     if len(text) > MAX_LENGTH:
         raise TagExpressionError(
             f"the expression is longer than {MAX_LENGTH} characters", MAX_LENGTH + 1, text
         )
-    return _Parser(text).parse()
+    return _Parser(text, max_depth).parse()
 
 
 def any_of(tags: tuple[str, ...]) -> Node:

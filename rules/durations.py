@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION_S = 10 * 366 * 86400.0  # ten years: longer is a typo, and NaN/inf would never expire
+
+
+def _bounded(seconds: float, value: object) -> float:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration is at most 10 years, not {value!r}")
+    return seconds
 
 
 def parse_duration(value: object) -> float:
@@ -15,7 +23,7 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
+        return _bounded(float(value), value)
     if not isinstance(value, str):
         raise ValueError("a duration is a number of seconds or text such as 30s, 2m, 1h30m")
     text = value.strip().replace(" ", "")
@@ -28,4 +36,4 @@ def parse_duration(value: object) -> float:
         pos = m.end()
     if not text:
         raise ValueError("empty duration")
-    return total
+    return _bounded(total, value)

@@ -18,7 +18,7 @@ from rules.cumulocity import Alarm, alarm_from_payload, alarms_from_smartrest
 from rules.event import Event, short_hash
 from rules.policy import Policy, compile_policy
 from rules.schema import Rule, Threshold
-from rules.templates import Expression, Template, compile_expression, compile_template
+from rules.templates import Expression, Template, compile_expression, compile_tag_template, compile_template
 from rules.topics import TopicFilter, TopicIndex, compile_filter, match_levels
 
 TransitionState = Literal["firing", "resolved"]
@@ -191,7 +191,9 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         policy=compile_policy(rule),
         id=rule.id,
         priority=rule.priority or ("high" if rule.severity in ("major", "critical") else "normal"),
-        audience_expression=compile_template(rule.audience.expression) if rule.audience.expression else None,
+        audience_expression=compile_tag_template(rule.audience.expression)
+        if rule.audience.expression
+        else None,
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None

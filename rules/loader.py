@@ -48,27 +48,58 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def parse_rule_text(text: str, filename: str) -> tuple[list[Rule], list[RuleError]]:
+    """The rules of one file that are valid, and every error of the others (each rule is validated on its
+    own, so one bad rule hides nothing about the rest)."""
+    rules, errors, _ = _parse_located(text, filename)
+    return rules, errors
+
+
+def _parse_located(
+    text: str, filename: str
+) -> tuple[list[Rule], list[RuleError], list[tuple[int, str, int, int]]]:
+    """Also the ``(index, id, line, column)`` of every rule that names an id, valid or not."""
     try:
         located = yaml_source.load(text, filename)
     except yaml_source.YamlError as exc:
-        return [], [RuleError(exc.filename, exc.line, exc.column, "", exc.reason)]
+        return [], [RuleError(exc.filename, exc.line, exc.column, "", exc.reason)], []
     data = located.data if located.data is not None else {}
     if isinstance(data, list):  # a bare list of rules is accepted too
         data = {"rules": data}
         located.positions = {("rules", *k): v for k, v in located.positions.items()}
-    try:
-        return list(RuleFile.model_validate(data).rules), []
-    except ValidationError as exc:
-        errors = []
+    errors: list[RuleError] = []
+
+    def add(exc: ValidationError, prefix: tuple[str | int, ...]) -> None:
         for err in exc.errors():
-            loc = tuple(err["loc"])
+            loc = (*prefix, *err["loc"])
             pos = located.position_of(loc)
             field = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in loc).replace(".[", "[")
             reason = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 reason = "unknown field"
             errors.append(RuleError(filename, pos.line, pos.column, field, reason))
-        return [], errors
+
+    items = data.get("rules", []) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        try:
+            RuleFile.model_validate(data)
+        except ValidationError as exc:
+            add(exc, ())
+        return [], errors, []
+    try:
+        RuleFile.model_validate({**data, "rules": []})  # the file's other keys
+    except ValidationError as exc:
+        add(exc, ())
+    rules: list[Rule] = []
+    ids: list[tuple[int, str, int, int]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            pos = located.position_of(("rules", index, "id"))
+            ids.append((index, item["id"], pos.line, pos.column))
+        try:
+            rules.append(Rule.model_validate(item))
+        except ValidationError as exc:
+            add(exc, ("rules", index))
+    return (rules if not errors else []), errors, ids
 
 
 def load_rules(paths: Iterable[Path]) -> RuleSet:
@@ -83,22 +114,21 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
         except (OSError, UnicodeDecodeError) as exc:
             errors.append(RuleError(str(file), 1, 1, "", f"cannot read rule file: {exc}"))
             continue
-        parsed, file_errors = parse_rule_text(text, str(file))
+        parsed, file_errors, ids = _parse_located(text, str(file))
         errors.extend(file_errors)
-        for index, rule in enumerate(parsed):
-            if rule.id in seen:
-                pos = yaml_source.load(text, str(file)).position_of(("rules", index, "id"))
+        for index, rule_id, line, column in ids:  # duplicates among valid and invalid rules alike
+            if rule_id in seen:
                 errors.append(
                     RuleError(
                         str(file),
-                        pos.line,
-                        pos.column,
+                        line,
+                        column,
                         f"rules[{index}].id",
-                        f"rule id {rule.id!r} is already used in {seen[rule.id]}",
+                        f"rule id {rule_id!r} is already used in {seen[rule_id]}",
                     )
                 )
-            seen[rule.id] = str(file)
-            rules.append(rule)
+            seen.setdefault(rule_id, str(file))
+        rules.extend(parsed)
     if not files:
         errors.append(
             RuleError(", ".join(str(p) for p in paths) or "(none)", 1, 1, "", "no rule files found")

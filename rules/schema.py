@@ -9,7 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from rules.conditions import compile_conditions, parse_path
 from rules.durations import parse_duration
-from rules.templates import compile_expression, compile_template
+from rules.templates import compile_expression, compile_tag_template, compile_template
 from rules.topics import compile_filter
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -17,7 +17,7 @@ Severity = Literal["info", "warning", "minor", "major", "critical"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
 
 class Threshold(_Strict):
@@ -105,25 +105,35 @@ class AlarmMatch(_Strict):
         return [x.upper() if isinstance(x, str) else x for x in v] if isinstance(v, list | tuple) else v
 
 
-def _check_template(value: str) -> str:
-    compile_template(value)
-    return value
+def _as_text(value: object) -> str:
+    return value if isinstance(value, str) else str(value)
 
 
-def _check_expression(value: str) -> str:
-    compile_expression(value)
-    return value
+def _check_template(value: object) -> str:
+    compile_template(_as_text(value))  # runs before Text's own conversion
+    return _as_text(value)
+
+
+def _check_expression(value: object) -> str:
+    compile_expression(_as_text(value))
+    return _as_text(value)
+
+
+def _check_tag_template(value: object) -> str:
+    compile_tag_template(_as_text(value))
+    return _as_text(value)
 
 
 Text = Annotated[str, BeforeValidator(lambda v: v if isinstance(v, str) else str(v))]
 TemplateText = Annotated[Text, BeforeValidator(_check_template)]
+TagExpressionText = Annotated[Text, BeforeValidator(_check_tag_template)]
 
 
 class Audience(_Strict):
     tags: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
     channels: tuple[str, ...] = Field((), description="channels: registrations tagged 'channel:<name>'")
-    expression: TemplateText | None = Field(
+    expression: TagExpressionText | None = Field(
         None,
         description="a tag expression, templated per alert, e.g. the Cumulocity alarm app's watch list: "
         '"severity:all || severity:{{ alarm.severity | lower | tag }}"',

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-_NAMED = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_NAMED = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ def compile_filter(pattern: str) -> TopicFilter:
     mqtt_levels: list[str] = []
     names: list[tuple[int, str]] = []
     for i, level in enumerate(levels):
-        m = _NAMED.match(level)
+        m = _NAMED.fullmatch(level)
         if m:
             if any(n == m.group(1) for _, n in names):
                 raise ValueError(f"segment name {m.group(1)!r} is used twice in {pattern!r}")

@@ -7,6 +7,7 @@ platform sets the Cumulocity alarm to ACKNOWLEDGED)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -14,7 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from registrations import jsonbody
 from registrations.auth import Principal
+from registrations.http import ApiError, read_body
 from rules.durations import parse_duration
 from service.api import principal_of
 from service.clock import Clock
@@ -38,25 +41,37 @@ def _own_silence(principal: Principal, s: Silence) -> bool:
 
 
 class BadRequest(ValueError):
-    pass
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
 def _time(value: Any, field: str) -> float:
+    t: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    raise BadRequest(f"{field}: give epoch seconds or an ISO-8601 time, not {value!r}")
+        t = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            t = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    if t is not None and 0 <= t <= MAX_EPOCH_S:  # NaN fails both comparisons
+        return t
+    raise BadRequest(
+        f"{field}: give epoch seconds (from 0 to {MAX_EPOCH_S:.0f}) or an ISO-8601 time, not {value!r}"
+    )
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
+        body = jsonbody.loads(await read_body(request))
+    except ApiError as exc:  # too large
+        raise BadRequest(exc.message, exc.status) from None
+    except jsonbody.BodyError as exc:
+        raise BadRequest(f"(body): {exc}") from None
     except ValueError:
         raise BadRequest("the body is not JSON") from None
     if not isinstance(body, dict):
@@ -64,8 +79,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _bad(exc: Exception) -> web.Response:
-    return web.json_response({"error": str(exc)}, status=400)
+def _bad(exc: BadRequest) -> web.Response:
+    error = "body_too_large" if exc.status == 413 else "invalid_body"
+    return web.json_response({"error": error, "message": str(exc)}, status=exc.status)
+
+
+def _not_found(message: str) -> web.Response:
+    return web.json_response({"error": "not_found", "message": message}, status=404)
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -96,11 +116,11 @@ async def ack_alert(request: web.Request) -> web.Response:
         return _bad(exc)
     n = noise.open_alerts().get(request.match_info["id"])
     if n is None or not _visible(principal, n):
-        return web.json_response({"error": "no open alert with this id"}, status=404)
+        return _not_found("no open alert with this id")
     by = str(body.get("by") or principal.user or principal.name)
     ack = noise.ack(n.alert_id, by, str(body.get("comment") or ""), clock.time())
     if ack is None:
-        return web.json_response({"error": "no open alert with this id"}, status=404)
+        return _not_found("no open alert with this id")
     answer: dict[str, Any] = {
         "alert_id": ack.alert_id,
         "episode": ack.episode,
@@ -175,7 +195,7 @@ async def delete_silence(request: web.Request) -> web.Response:
     now = request.app[CLOCK_KEY].time()
     if found is not None and _own_silence(principal, found) and silences.remove(found.id, now):
         return web.Response(status=204)
-    return web.json_response({"error": "no silence with this id"}, status=404)
+    return _not_found("no silence with this id")
 
 
 def add_alert_routes(

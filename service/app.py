@@ -20,6 +20,7 @@ from registrations.http import RegistrationApi
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
+from rules import templates
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
@@ -39,6 +40,7 @@ from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.events_api import EventsApi
 from service.http.console import Console, ReloadRecord
+from service.http_limits import MalformedRequestLog
 from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -100,6 +102,7 @@ class Service:
         self.metrics = Metrics()
         # Every long-running task runs under it: a crash is logged, counted, restarted (service/supervisor.py)
         self.supervisor = Supervisor(self.metrics.internal_errors, self.clock)
+        templates.on_error = self.metrics.template_errors.inc  # one service a process
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
         self.engine = RuleEngine(self.ruleset)
@@ -143,8 +146,8 @@ class Service:
         for stored in self.alert_store.load_silences():  # silences survive a restart too
             try:
                 self.noise.silences.add(Silence.from_json(stored))
-            except (KeyError, TypeError, ValueError, re.error):
-                log.warning("skipping a damaged stored silence")
+            except (KeyError, TypeError, ValueError, re.error) as exc:
+                log.warning("skipping a damaged stored silence: %s", exc)
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
             DedupStage(NotificationLog(config.notify.dedup_window_s)),
@@ -247,7 +250,14 @@ class Service:
             lambda: float(self.dispatcher.parked_count),
         )
         self.metrics.gauge(
-            "tocsin_open_alerts", "Alerts pending, firing or watched.", lambda: float(len(self.state.alerts))
+            "tocsin_open_alerts",
+            "Firing alerts, as GET /v1/alerts lists them.",
+            lambda: float(len(self.noise.open_alerts())),
+        )
+        self.metrics.gauge(
+            "tocsin_tracked_alerts",
+            "Alerts the rules track: pending, firing or watched.",
+            lambda: float(len(self.state.alerts)),
         )
 
     # -- the event path -----------------------------------------------------------------------------------
@@ -462,7 +472,12 @@ class Service:
             add_report_routes(self.http_app, self.outbox, self.explainer)
             Console(self).add_to(self.http_app)
             self.http_app.middlewares.append(admin_only(self.auth))
-            runner = web.AppRunner(self.http_app, access_log=None)
+            runner = web.AppRunner(
+                self.http_app,
+                access_log=None,
+                keepalive_timeout=cfg.http.keepalive_s,
+                logger=MalformedRequestLog(self.clock, self.metrics.http_malformed.inc),
+            )
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, cfg.http.host, cfg.http.port)

@@ -39,7 +39,7 @@ def default_data_dir() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class InstanceConfig(_Section):
@@ -148,6 +148,9 @@ class HttpConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    keepalive_s: float = Field(
+        15.0, gt=0, le=3600, description="close connections idle this long (before or between requests)"
+    )
 
 
 class LogProviderConfig(_Section):

@@ -70,6 +70,14 @@ class Metrics(Collector):
             "Times a provider credential was paused for a configuration error (the log says why).",
             ("provider", "credential"),
         )
+        self.template_errors = Counter(
+            "tocsin_template_errors",
+            "Template renders that failed (error) or went over budget (budget); a fallback text was sent.",
+            ("reason",),
+        )
+        self.http_malformed = Counter(
+            "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
+        )
         self.internal_errors = Counter(
             "tocsin_internal_errors",
             "Unexpected errors: a supervised task that crashed (by its name), or caught in place.",

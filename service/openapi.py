@@ -133,23 +133,38 @@ def _admin(summary: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_TOO_BIG = {"413": reg.answer("Body larger than 64 KiB", "Error")}
 OPERATOR_PATHS: dict[str, Any] = {
     "/v1/cluster": {"get": _admin("Members and ranks, role, leader, term, lease age, ledger (admin)")},
     "/v1/alerts": {"get": _admin("Alerts that fired and are open (admin)")},
     "/v1/alerts/{id}/ack": {
-        "post": {**_admin("Acknowledge an alert: stops repeats and escalation (admin)"), "parameters": _ID}
+        "post": {
+            **_admin(
+                "Acknowledge an alert: stops repeats and escalation (admin)",
+                {"404": reg.answer("No open alert with this id", "Error"), **_TOO_BIG},
+            ),
+            "parameters": _ID,
+        }
     },
     "/v1/silences": {
         "get": _admin("Silences in force (admin)"),
         "post": _admin(
             "Create a silence: matchers, start, end or duration, comment (admin)",
-            {"201": {"description": "Made"}},
+            {"201": {"description": "Made"}, **_TOO_BIG},
         ),
     },
-    "/v1/silences/{id}": {"delete": {**_admin("Remove a silence (admin)"), "parameters": _ID}},
+    "/v1/silences/{id}": {
+        "delete": {
+            **_admin("Remove a silence (admin)", {"404": reg.answer("No silence with this id", "Error")}),
+            "parameters": _ID,
+        }
+    },
     "/v1/notifications/{id}": {
         "get": {
-            **_admin("Delivery report: targeted, delivered, pending, failed by reason, per platform"),
+            **_admin(
+                "Delivery report: targeted, delivered, pending, failed by reason, per platform",
+                {"404": reg.answer("Unknown notification, or older than the retention", "Error")},
+            ),
             "parameters": _ID,
         }
     },

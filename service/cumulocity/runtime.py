@@ -50,7 +50,7 @@ from service.notify.noise import Ack, NoiseControl
 from service.supervisor import Spawn, unsupervised
 
 log = logging.getLogger("tocsin.cumulocity")
-_TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ALARM_APIS = ("alarms", "alarmsWithChildren")
 SETTING = "severityThreshold"  # the manifest's setting, a tenant option
 SEVERITY_RANK = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL": 3}
@@ -198,7 +198,7 @@ class CumulocityRuntime:
             raise RuntimeError(f"tenants not started: {', '.join(failed)}")
 
     async def _start_tenant(self, tenant: str, credentials: Credentials) -> None:
-        if not _TENANT_ID.match(tenant):
+        if not _TENANT_ID.fullmatch(tenant):
             raise ValueError(f"unusable tenant id {tenant!r}")
         assert self.bootstrap is not None
         client = self.bootstrap.for_credentials(credentials)

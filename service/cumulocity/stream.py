@@ -39,7 +39,7 @@ log = logging.getLogger("tocsin.cumulocity")
 SUBSCRIPTIONS = "/notification2/subscriptions"
 TOKEN = "/notification2/token"
 CONSUMER = "/notification2/consumer/"
-NAME = re.compile(r"^[a-zA-Z0-9]+$")
+NAME = re.compile(r"[a-zA-Z0-9]+")
 
 FrameHandler = Callable[[Frame], Awaitable[None]]
 CountHook = Callable[[str, str], None]  # (event, tenant); events: see StreamStats' fields
@@ -150,7 +150,7 @@ class AlarmStream:
         good_after_s: float = 5.0,
     ) -> None:
         for what, value in (("subscription", subscription), ("subscriber", subscriber)):
-            if not NAME.match(value):
+            if not NAME.fullmatch(value):
                 raise ValueError(f"the {what} name must be letters and digits only, not {value!r}")
         self.client, self.tenant, self.handler = client, tenant, handler
         self.subscription, self.subscriber, self.token_minutes = subscription, subscriber, token_minutes

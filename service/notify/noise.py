@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import re
 import uuid
 from collections import deque
@@ -40,6 +41,8 @@ class Silence:
     _compiled: tuple[tuple[str, Callable[[str], bool]], ...] = ()
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.start) and math.isfinite(self.end) and self.start < self.end):
+            raise ValueError(f"a silence needs finite start < end, not {self.start!r}..{self.end!r}")
         checks = []
         for name, value in self.matchers.items():
             if value.startswith("~"):
@@ -156,6 +159,8 @@ class Acks:
         return a is not None and a.episode == n.episode
 
     def opened(self, n: Notification) -> None:
+        if n.origin == "api":  # a push sent through the API is no alert: nothing resolves it
+            return
         self.open.pop(n.alert_id, None)
         self.open[n.alert_id] = n
         if len(self.open) > 100_000:  # event alerts (a doorbell) never resolve: forget the oldest

@@ -13,6 +13,14 @@ from service.config import LogProviderConfig
 from service.notify.model import Delivery, describe
 from service.providers.base import Delivered, Outcome
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+_CONTROL |= {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # line breaks to some readers
+
+
+def escaped(text: str) -> str:
+    """Text with control characters written as escapes: one notification is always one line."""
+    return text.translate(_CONTROL)
+
 
 class LogProvider:
     name = "log"
@@ -44,6 +52,7 @@ class LogProvider:
             line = f"[notification] {stamp} {state} {n.rule} ({n.severity}) to {reg.token}: {n.title}"
             if n.body:
                 line += f" — {n.body}"
+            line = escaped(line)
         self._stream.write(line + "\n")
         if not self._flush_pending:  # one flush per loop iteration, however many lines it wrote
             self._flush_pending = True

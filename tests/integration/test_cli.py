@@ -43,6 +43,46 @@ def test_check_reports_every_config_error_and_exits_non_zero(tmp_path: Path) -> 
     assert f"{f}:4: http.prot: unknown field" in r.stderr
 
 
+def test_check_of_the_example_configuration_passes_as_its_header_says() -> None:
+    r = tocsin("check", "deploy/config.example.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "ok: configuration deploy/config.example.yaml" in r.stdout
+
+
+def test_a_missing_secret_file_is_a_located_error_next_to_the_others(tmp_path: Path) -> None:
+    f = tmp_path / "tocsin.yaml"
+    f.write_text(f"mqtt:\n  password_file: {tmp_path / 'nope'}\n  port: 0\nhttp:\n  prot: 80\n")
+    r = tocsin("check", str(f))
+    assert r.returncode == 2
+    assert f"{f}:2: mqtt.password_file: cannot read secret file" in r.stderr
+    assert f"{f}:3: mqtt.port:" in r.stderr and f"{f}:5: http.prot: unknown field" in r.stderr
+
+
+def test_one_bad_rule_hides_no_other_error(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule = "  - id: {id}\n    topic: a/{{x}}\n    title: {title}\n    audience: {{tags: [a]}}\n"
+    (rules / "a.yaml").write_text(
+        "rules:\n"
+        + rule.format(id="dup", title='"{% if x %}{{ x | nosuch }}{% endif %}"')
+        + rule.format(id="other", title="T")
+        + "    severity: loud\n"
+    )
+    (rules / "b.yaml").write_text("rules:\n" + rule.format(id="dup", title="T") + "    for: soon\n")
+    r = tocsin("rules", "check", str(rules))
+    assert r.returncode == 2
+    assert (
+        f"{rules / 'a.yaml'}:4:12: rules[0].title: template syntax error on its line 1: "
+        "No filter named 'nosuch'" in r.stderr
+    )
+    assert f"{rules / 'a.yaml'}:10:15: rules[1].severity:" in r.stderr
+    assert (
+        f"{rules / 'b.yaml'}:2:9: rules[0].id: rule id 'dup' is already used in {rules / 'a.yaml'}"
+        in r.stderr
+    )
+    assert f"{rules / 'b.yaml'}:6:10: rules[0].for: unknown field" in r.stderr
+
+
 def test_check_reports_rule_errors_with_position(tmp_path: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()

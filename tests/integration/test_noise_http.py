@@ -54,7 +54,7 @@ async def test_ack_stops_repeats_and_escalation_and_silences_mute(tmp_path: Path
             assert titles == {"Leak in the cellar"}
 
             async with http.post(f"{base}/v1/silences", json={"matchers": {"room": "hall"}}) as r:
-                assert r.status == 400 and "duration" in (await r.json())["error"]
+                assert r.status == 400 and "duration" in (await r.json())["message"]
             body = {"matchers": {"rule": "bell", "room": "~^ha"}, "duration": "1h", "comment": "party"}
             async with http.post(f"{base}/v1/silences", json=body) as r:
                 assert r.status == 201

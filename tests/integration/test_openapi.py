@@ -46,8 +46,10 @@ async def test_documented_request_schemas_reject_what_the_api_rejects(api: Api) 
     """The request schemas are generated from the validating models: forbidding extras shows in both."""
     async with api.http.get(api.base + "/openapi.json") as r:
         schemas = (await r.json())["components"]["schemas"]
-    for name in ("RegistrationIn", "RegistrationPatch", "C8yRegistration", "C8yNotification", "PushIn"):
+    for name in ("RegistrationIn", "RegistrationPatch", "PushIn"):
         assert schemas[name]["additionalProperties"] is False, name
+    for name in ("C8yRegistration", "C8yNotification"):  # a newer alarm app may send more
+        assert schemas[name].get("additionalProperties", True) is not False, name
     assert set(schemas["RegistrationIn"]["required"]) == {"provider", "token"}
     status, body = await api.call("POST", "/v1/registrations", {"provider": "apns"})
     assert status == 400 and body["details"] == [{"field": "token", "reason": "Field required"}]

@@ -35,7 +35,7 @@ def test_example_configuration_is_valid_and_documents_every_section(tmp_path: Pa
     text = (
         (ROOT / "deploy" / "config.example.yaml")
         .read_text()
-        .replace("/etc/tocsin/mqtt-password", str(secret))
+        .replace("# password_file: /etc/tocsin/mqtt-password", f"password_file: {secret}")
     )
     f = tmp_path / "c.yaml"
     f.write_text(text)

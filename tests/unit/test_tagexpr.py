@@ -50,3 +50,16 @@ def test_evaluate_and_driver_options() -> None:
     assert tagexpr.driver_options(parse("!a")) == []
     assert tagexpr.driver_options(parse("a || !b")) == []
     assert tagexpr.driver_options(parse("(a && b) || c")) == [("a", "c")]
+
+
+@pytest.mark.parametrize("text", ["(" * 400 + "a" + ")" * 400, "!" * 300 + "a", "(!" * 17 + "a" + ")" * 17])
+def test_nesting_deeper_than_the_limit_is_a_located_error(text: str) -> None:
+    with pytest.raises(tagexpr.TagExpressionError, match="nests deeper than 32 levels") as info:
+        tagexpr.parse(text, tagexpr.MAX_DEPTH)
+    assert 30 <= info.value.position <= 35
+
+
+def test_combined_expressions_get_a_few_more_levels() -> None:
+    inner = "(" * 32 + "a" + ")" * 32
+    tagexpr.parse(inner, tagexpr.MAX_DEPTH)
+    assert tagexpr.evaluate(tagexpr.parse(f"({inner}) || b"), {"a"})

@@ -1,0 +1,126 @@
+"""Hostile events through a running service (issue 14): template budgets where they take effect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import publish, service_config, start_service
+from tests.support import Mosquitto, wait_until
+
+RULES = """rules:
+  - id: loop
+    topic: home/{room}/bell
+    title: "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}{{ room }}"
+    body: "{% if room %}{{ room.nope() }}{% endif %}"
+    audience: {users: [console]}
+"""
+
+
+async def test_a_template_over_budget_pushes_a_fallback_title_and_is_counted(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    service, printed = await start_service(
+        service_config(tmp_path, broker.port, TOCSIN_RULES__PATHS=f"[{rules}]")
+    )
+    try:
+        await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
+        await publish(broker.port, ("home/hall/bell", "{}"))
+        await wait_until(lambda: printed.count() >= 1, 5, "the notification")
+        [line] = printed.lines()
+        assert line["title"] == "loop (template error)", line
+        assert "range" not in str(line) and "nope" not in str(line) and "Undefined" not in str(line)
+        assert service.metrics.template_errors.get("budget") == 1
+        assert service.metrics.template_errors.get("error") == 1
+    finally:
+        await service.__aexit__(None, None, None)
+
+
+async def test_a_newline_in_a_payload_cannot_forge_a_line_of_the_text_log(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - id: msg\n    topic: home/msg\n"
+        '    title: "{{ payload.text }}"\n    audience: {users: [console]}\n'
+    )
+    config = service_config(
+        tmp_path, broker.port, TOCSIN_RULES__PATHS=f"[{rules}]", TOCSIN_PROVIDERS__LOG__FORMAT="text"
+    )
+    service, printed = await start_service(config)
+    try:
+        await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
+        forged = "hi\n[notification] 2026-01-01 00:00:00 FIRING door (critical) to console: forged\r\x1b[2K"
+        await publish(broker.port, ("home/msg", json.dumps({"text": forged})))
+        await wait_until(lambda: "hi" in printed.stream.getvalue(), 5, "the notification")
+        lines = printed.stream.getvalue().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].endswith(
+            r"hi\n[notification] 2026-01-01 00:00:00 FIRING door (critical) to console: forged\r\x1b[2K"
+        )
+    finally:
+        await service.__aexit__(None, None, None)
+
+
+async def _closed_within(port: int, seconds: float, send: bytes = b"", drip: bytes = b"") -> bool:
+    """Whether the server closes a connection that sends ``send`` and then ``drip`` a byte at a time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        i = 0
+        while loop.time() < deadline:
+            if drip:
+                writer.write(drip[i % len(drip) : i % len(drip) + 1])
+                i += 1
+            try:
+                if await asyncio.wait_for(reader.read(1024), 0.1) == b"":
+                    return True
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                return True
+        return False
+    finally:
+        writer.close()
+
+
+async def test_idle_and_slow_clients_are_disconnected(tmp_path: Path, broker: Mosquitto) -> None:
+    service, _ = await start_service(service_config(tmp_path, broker.port, TOCSIN_HTTP__KEEPALIVE_S="0.5"))
+    try:
+        port = service.http_port
+        assert port is not None
+        assert await _closed_within(port, 3), "an idle socket"
+        assert await _closed_within(port, 3, b"GET /health HTTP/1.1\r\n", drip=b"X-Slow: aaaa"), (
+            "slow headers"
+        )
+        assert await _closed_within(port, 3, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"), "keep-alive idle"
+    finally:
+        await service.__aexit__(None, None, None)
+
+
+async def test_malformed_requests_are_logged_rate_limited_and_counted(
+    tmp_path: Path, broker: Mosquitto, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    service, _ = await start_service(service_config(tmp_path, broker.port))
+    try:
+        for _ in range(100):
+            reader, writer = await asyncio.open_connection("127.0.0.1", service.http_port)
+            writer.write(b"GET /v1/alerts HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n")
+            assert b" 400 " in await reader.readline()
+            writer.close()
+        await wait_until(lambda: service.metrics.http_malformed.get() == 100, 5, "the requests counted")
+    finally:
+        await service.__aexit__(None, None, None)
+    server_lines = [r for r in caplog.records if r.name in ("tocsin.http", "aiohttp.server")]
+    assert 1 <= len(server_lines) <= 6, [r.getMessage() for r in server_lines]
+    assert all(r.exc_info is None and "\n" not in r.getMessage() for r in server_lines)
+    assert "Traceback" not in capsys.readouterr().err
