@@ -492,7 +492,7 @@ class Service:
             spawn("noise-timers", self._noise_timers),
         ]
         for source in self.sources:
-            self._tasks.append(spawn(f"source-{source.name}", lambda s=source: s.run(self)))  # type: ignore[misc]
+            self._tasks.append(spawn(f"source-{source.name}", lambda s=source: s.run(self), forever=False))  # type: ignore[misc]
         if not self.mqtt_enabled:
             log.info("MQTT source off (mqtt.enabled)")
         if self.cluster is not None:

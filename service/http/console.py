@@ -266,7 +266,8 @@ class Console:
             matchers = body["matchers"]
             if not isinstance(matchers, dict) or not matchers:
                 raise ValueError("matchers: give an object of label (or rule, severity) to value")
-            probe = Silence({str(k): str(v) for k, v in matchers.items()}, 0.0, float("inf"))
+            now = self.service.clock.time()  # a preview: what it would mute now
+            probe = Silence({str(k): str(v) for k, v in matchers.items()}, now - 1.0, now + 86400.0)
         except (ValueError, KeyError, TypeError) as exc:
             return problem(400, "invalid_body", str(exc) or "give {'matchers': {...}}")
         except Exception as exc:  # a bad regular expression

@@ -18,6 +18,8 @@ from schemathesis.checks import (
 from tests.integration.conftest import ADMIN, Api
 
 EXAMPLES = 50
+# Server-sent event streams answer forever by design; a fuzzer's request would only wait for its time-out.
+STREAMS = {"/ui/api/stream"}
 CHECKS = (not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance)
 
 
@@ -31,6 +33,8 @@ def fuzz(doc: dict[str, Any], base: str) -> tuple[int, list[str]]:
             failures.append(f"invalid operation: {result}")
             continue
         operation = result.ok()
+        if operation.path in STREAMS:
+            continue
 
         @settings(
             max_examples=EXAMPLES,
@@ -58,5 +62,6 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(api: A
         doc = await r.json()
     made, failures = await asyncio.to_thread(fuzz, doc, api.base)
     print(f"schemathesis: {made} requests, {len(failures)} failures")
-    assert made >= 10 * len([m for item in doc["paths"].values() for m in item])
+    operations = [m for path, item in doc["paths"].items() if path not in STREAMS for m in item]
+    assert made >= 10 * len(operations)
     assert failures == [], "\n".join(sorted(set(failures))[:30])
