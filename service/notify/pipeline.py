@@ -12,6 +12,7 @@ from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import CHANNEL_TAG, Delivery, Notification, notification_key
 from service.notify.noise import NoiseControl
+from service.notify.options import DEFAULT_OPTIONS, PushOptions
 from service.notify.stages import DedupStage, TargetStage
 from service.notify.webhook import WebhookDecider
 
@@ -39,6 +40,13 @@ def _audience(
     return found
 
 
+def rule_options(t: Transition) -> PushOptions:
+    """The rule's push fields as the options every provider maps (sound, category, priority, collapse key)."""
+    if t.sound is None and t.category is None and t.collapse_key is None and t.priority == "high":
+        return DEFAULT_OPTIONS
+    return PushOptions(sound=t.sound, category=t.category, priority=t.priority, collapse_key=t.collapse_key)
+
+
 def to_notification(t: Transition, now: float) -> Notification:
     return Notification(
         nid=notification_key(t.alert_id, t.episode, t.state),
@@ -54,6 +62,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
         data=t.data,
+        options=rule_options(t),
         texts=t.texts,
         sound=t.sound,
         category=t.category,
