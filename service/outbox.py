@@ -170,12 +170,13 @@ class Outbox:
             self._notifications, self._rows, self._finals = notifications, rows, finals
             raise
 
-    def next_badge(self, registration_id: str) -> int:
-        """Increment and return the registration's badge count (for ``badge_increment``)."""
+    def next_badge(self, registration_id: str, start: int = 0) -> int:
+        """Increment and return the registration's badge count (for ``badge_increment``); a registration with
+        no count here yet starts from ``start``, the count its app registered with."""
         row = self.db.execute(
-            "INSERT INTO badges VALUES (?, 1) ON CONFLICT(registration_id) DO UPDATE SET count = count + 1"
+            "INSERT INTO badges VALUES (?, ?) ON CONFLICT(registration_id) DO UPDATE SET count = count + 1"
             " RETURNING count",
-            [registration_id],
+            [registration_id, max(0, start) + 1],
         ).fetchone()
         return int(row[0])
 
