@@ -264,6 +264,20 @@ def test_resolve_notice_uses_its_own_text() -> None:
     ]
 
 
+def test_resolve_notice_is_not_replaced_by_the_firing_translations() -> None:
+    e = engine_for(
+        "rules:\n  - id: hot\n    topic: t\n    threshold: {above: 5}\n    title: hot\n"
+        "    body: 'at {{ value }}'\n"
+        "    locales: {de: {title: heiss}}\n    resolved: {title: 'cool again', body: 'now {{ value }}'}\n"
+        + AUD
+    )
+    out = run(e, [ev("t", 6, 0), ev("t", 4, 1)], 2)
+    assert [(x.state, x.title, x.body, dict(x.texts)) for x in out] == [
+        ("firing", "hot", "at 6.0", {"de": ("heiss", "at 6.0")}),
+        ("resolved", "cool again", "now 4.0", {}),
+    ]
+
+
 def test_notification_carries_rule_fields_and_picks_the_recipients_locale() -> None:
     from service.notify.pipeline import to_notification
 
