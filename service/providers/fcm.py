@@ -23,6 +23,7 @@ from google.oauth2 import service_account
 
 from registrations.model import Registration
 from service.notify.model import Delivery, Notification
+from service.providers import apns_payload
 from service.providers.base import (
     ConfigError,
     Delivered,
@@ -237,11 +238,37 @@ def message(n: Notification, token: str, ttl: int, locale: str | None = None) ->
             notification["image"] = o.image
         msg["notification"] = notification
         android["notification"] = android_notification
-    if o.fcm_apns:
-        msg["apns"] = dict(o.fcm_apns)
+    apns = _apns_block(n, collapse)
+    if o.fcm_apns:  # the caller's own block wins, key by key
+        apns = {**apns, **o.fcm_apns}
+    if apns:
+        msg["apns"] = apns
     if o.fcm_webpush:
         msg["webpush"] = dict(o.fcm_webpush)
     return msg
+
+
+def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
+    """What the rule says for iOS devices reached through FCM: APNs headers and ``aps`` keys (spec §3)."""
+    o = n.options
+    headers: dict[str, str] = {}
+    if o.priority is not None or o.push_type != "alert":
+        headers["apns-priority"] = str(apns_payload.priority(n))
+    if o.collapse_key is not None:
+        headers["apns-collapse-id"] = collapse
+    aps: dict[str, Any] = {}
+    if o.sound and o.push_type != "background":
+        aps["sound"] = o.sound
+    if o.category:
+        aps["category"] = o.category
+    if o.badge is not None:
+        aps["badge"] = o.badge
+    block: dict[str, Any] = {}
+    if headers:
+        block["headers"] = headers
+    if aps:
+        block["payload"] = {"aps": aps}
+    return block
 
 
 def _error(raw: bytes) -> dict[str, Any]:

@@ -113,6 +113,10 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
             assert m["android"]["priority"] == "NORMAL"
             assert m["android"]["collapse_key"] == "bell-hall"
             assert m["android"]["notification"]["sound"] == "bell.caf"
+            assert m["apns"] == {  # for iOS apps reached through FCM
+                "headers": {"apns-priority": "5", "apns-collapse-id": "bell-hall"},
+                "payload": {"aps": {"sound": "bell.caf", "category": "DOORBELL"}},
+            }
         assert sent[FCM_DE]["notification"] == {"title": "Es klingelt: hall", "body": "Jemand ist an der Tür"}
         assert sent[FCM_PLAIN]["notification"] == {"title": "Ring at hall", "body": "Someone is at the door"}
     finally:
