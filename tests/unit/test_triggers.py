@@ -287,7 +287,7 @@ def test_notification_carries_rule_fields_and_picks_the_recipients_locale() -> N
     )
     [t] = run(e, [ev("b", 1, 0)], 0)
     n = to_notification(t, 0)
-    assert (n.sound, n.data, n.audience.tags) == ("ding", {"link": "app://x"}, ("channel:doors",))
+    assert (n.options.sound, n.data, n.audience.tags) == ("ding", {"link": "app://x"}, ("channel:doors",))
     assert [n.text_for(loc)[0] for loc in ("de", "de-AT", "de_CH", "fr", None)] == [
         "Klingel",
         "Klingel",
