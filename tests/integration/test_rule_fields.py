@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import aiohttp
 import yaml
 
 from registrations.model import Registration
@@ -119,6 +120,64 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
             }
         assert sent[FCM_DE]["notification"] == {"title": "Es klingelt: hall", "body": "Jemand ist an der Tür"}
         assert sent[FCM_PLAIN]["notification"] == {"title": "Ring at hall", "body": "Someone is at the door"}
+    finally:
+        await service.__aexit__(None, None, None)
+        await apns.stop()
+        await fcm.stop()
+
+
+async def test_push_api_options_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
+    apns = await FakeAPNs(tmp_path / "apns").start()
+    fcm = await FakeFCM().start()
+    service = await _service(tmp_path, broker, apns, fcm)
+    body = {
+        "audience": {"tags": "home"},
+        "title": "Water leak",
+        "body": "Basement sensor is wet",
+        "locales": {"de": {"title": "Wasserschaden"}},
+        "sound": "leak.caf",
+        "badge": 4,
+        "priority": "normal",
+        "collapse_key": "leak-basement",
+        "content_available": True,
+        "mutable_content": True,
+        "interruption_level": "time-sensitive",
+        "thread_id": "leaks",
+        "category": "LEAK",
+    }
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{service.http_port}/v1/push"
+            async with http.post(url, json={**body, "collapse_key": "x" * 65}) as bad:
+                assert bad.status == 400
+            async with http.post(url, json=body) as ok:
+                assert ok.status == 202, await ok.text()
+        await wait_until(lambda: len(apns.received) == 3 and len(fcm.sent) == 2, 10, "five pushes")
+        got = {r.token: r for r in apns.received}
+        for r in got.values():
+            assert (r.headers["apns-priority"], r.headers["apns-collapse-id"]) == ("5", "leak-basement")
+            assert r.headers["apns-push-type"] == "alert"
+            aps = r.payload["aps"]
+            assert {k: v for k, v in aps.items() if k != "alert"} == {
+                "sound": "leak.caf",
+                "badge": 4,
+                "category": "LEAK",
+                "thread-id": "leaks",
+                "content-available": 1,
+                "mutable-content": 1,
+                "interruption-level": "time-sensitive",
+            }
+        assert got[DE_AT].payload["aps"]["alert"] == {
+            "title": "Wasserschaden",
+            "body": "Basement sensor is wet",
+        }
+        assert got[PLAIN].payload["aps"]["alert"] == {"title": "Water leak", "body": "Basement sensor is wet"}
+        sent = {s.token: s.message for s in fcm.sent}
+        assert sent[FCM_DE]["notification"]["title"] == "Wasserschaden"
+        for m in sent.values():
+            assert (m["android"]["priority"], m["android"]["collapse_key"]) == ("NORMAL", "leak-basement")
+            assert m["apns"]["headers"] == {"apns-priority": "5", "apns-collapse-id": "leak-basement"}
+            assert m["apns"]["payload"]["aps"] == {"sound": "leak.caf", "category": "LEAK", "badge": 4}
     finally:
         await service.__aexit__(None, None, None)
         await apns.stop()
