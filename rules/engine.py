@@ -599,9 +599,11 @@ class RuleEngine:
             else None,
         )
         if r is not None:
-            if st == "resolved" and r.resolved is not None:
+            resolve_notice = st == "resolved" and r.resolved is not None
+            if resolve_notice:
+                assert r.resolved is not None
                 title_t, body_t = r.resolved
-            if r.locales:
+            if r.locales and not resolve_notice:  # the locales translate the firing text, not the notice
                 t.texts = {name: (lt.render(ctx), lb.render(ctx)) for name, lt, lb in r.locales}
             if r.collapse_key is not None:
                 t.collapse_key = r.collapse_key.render(ctx)

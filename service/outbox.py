@@ -47,9 +47,15 @@ FLUSH_ROWS = 2000
 FINALS_DELAY_S = 0.05
 
 
+# The stored notification's layout. 1 (no "v"): sound, category, priority and collapse_key beside the options.
+BODY_VERSION = 2
+_V1_OPTIONS = ("sound", "category", "priority", "collapse_key")
+
+
 def encode(n: Notification) -> str:
     return json.dumps(
         {
+            "v": BODY_VERSION,
             **describe(n),
             "audience": {"tags": list(n.audience.tags), "users": list(n.audience.users)},
             "created": n.created,
@@ -57,10 +63,6 @@ def encode(n: Notification) -> str:
             "data": dict(n.data),
             "options": n.options.to_dict(),
             "texts": {k: list(v) for k, v in n.texts.items()},
-            "sound": n.sound,
-            "category": n.category,
-            "priority": n.priority,
-            "collapse_key": n.collapse_key,
             "on_ambiguous": n.on_ambiguous,
             "origin": n.origin,
             "channels": list(n.audience.channels),
@@ -72,6 +74,10 @@ def encode(n: Notification) -> str:
 
 def decode(text: str) -> Notification:
     d: dict[str, Any] = json.loads(text)
+    if d.pop("v", 1) == 1:  # rows written before version 2 keep decoding: their push fields join the options
+        legacy = {k: d.pop(k) for k in _V1_OPTIONS if k in d}
+        legacy = {k: v for k, v in legacy.items() if v is not None}
+        d["options"] = {**legacy, **d["options"]}
     aud = d.pop("audience")
     channels = tuple(d.pop("channels", ()))  # rows written before these fields existed lack them
     d["audience"] = Audience(tags=tuple(aud["tags"]), users=tuple(aud["users"]), channels=channels)
@@ -191,13 +197,16 @@ class Outbox:
         """Everything buffered so far is committed (before a report is read, say)."""
         await self.journal.commit()
 
-    def next_badge(self, registration_id: str) -> int:
-        """Increment and return the registration's badge count (for ``badge_increment``)."""
+    def next_badge(self, registration_id: str, start: int = 0) -> int:
+        """Increment and return the registration's badge count (for ``badge_increment``); a registration with
+        no count here yet starts from ``start``, the count its app registered with."""
         count = self._badge_counts.get(registration_id)
         if count is None:
-            row = self.db.execute("SELECT count FROM badges WHERE registration_id = ?", [registration_id])
+            row = self._reader.execute(
+                "SELECT count FROM badges WHERE registration_id = ?", [registration_id]
+            )
             found = row.fetchone()
-            count = int(found[0]) if found else 0
+            count = int(found[0]) if found else max(0, start)
             if len(self._badge_counts) > 100_000:
                 self._badge_counts.clear()
         count += 1

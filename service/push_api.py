@@ -24,11 +24,17 @@ from registrations.model import Audience
 from registrations.schemas import AudienceIn, C8yNotification, Strict
 from service.clock import Clock
 from service.notify.model import Notification
+from service.notify.options import PushOptions
 from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
 
 log = logging.getLogger("tocsin.push")
 MAX_SCHEDULE_S = 30 * 86400
 MAX_EXPIRY_S = 28 * 86400  # APNs and FCM keep a message at most about four weeks
+
+
+class LocaleText(Strict):
+    title: str | None = Field(default=None, min_length=1, max_length=1000)
+    body: str | None = Field(default=None, max_length=4000)
 
 
 class PushIn(Strict):
@@ -39,6 +45,31 @@ class PushIn(Strict):
     severity: Literal["info", "warning", "minor", "major", "critical"] = "info"
     schedule_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default now")
     expires_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default 1 h")
+    # What a rule can say, spelled as in rules (spec: APNs headers and aps, FCM android and apns blocks).
+    locales: dict[str, LocaleText] = Field(
+        default_factory=dict, max_length=50, description="locale -> title/body (de-AT, then de, then default)"
+    )
+    sound: str | None = Field(default=None, min_length=1, max_length=200)
+    badge: int | None = Field(default=None, ge=0, le=1_000_000)
+    badge_increment: bool = Field(default=False, description="the registration's stored count plus one")
+    priority: Literal["high", "normal", "low"] | None = None
+    collapse_key: str | None = Field(default=None, min_length=1, max_length=64)
+    push_type: Literal[
+        "alert",
+        "background",
+        "location",
+        "voip",
+        "complication",
+        "fileprovider",
+        "mdm",
+        "liveactivity",
+        "pushtotalk",
+    ] = "alert"
+    content_available: bool = False
+    mutable_content: bool = False
+    interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = None
+    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
+    category: str | None = Field(default=None, min_length=1, max_length=200)
 
     @model_validator(mode="after")
     def _zones(self) -> PushIn:
@@ -46,7 +77,30 @@ class PushIn(Strict):
             value = getattr(self, name)
             if value is not None and value.tzinfo is None:
                 raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T08:00:00Z)")
+        if self.collapse_key is not None and len(self.collapse_key.encode()) > 64:
+            raise ValueError("collapse_key: at most 64 bytes (APNs apns-collapse-id)")
         return self
+
+    def options(self) -> PushOptions:
+        return PushOptions(
+            push_type=self.push_type,
+            priority=self.priority,
+            sound=self.sound,
+            badge=self.badge,
+            badge_increment=self.badge_increment,
+            collapse_key=self.collapse_key,
+            content_available=self.content_available,
+            mutable_content=self.mutable_content,
+            interruption_level=self.interruption_level,
+            thread_id=self.thread_id,
+            category=self.category,
+        )
+
+    def texts(self) -> dict[str, tuple[str, str]]:
+        return {
+            k: (v.title or self.title, v.body if v.body is not None else self.body)
+            for k, v in self.locales.items()
+        }
 
 
 def audience_of(a: AudienceIn) -> Audience:
@@ -120,7 +174,7 @@ class PushApi:
                 400, "invalid_body", f"expires_at: {reason}", [{"field": "expires_at", "reason": reason}]
             )
         n = self.notification(audience, body.title, body.body, dict(body.data), body.severity, now, expires)
-        n.tenant = principal.tenant
+        n.options, n.texts, n.tenant = body.options(), body.texts(), principal.tenant
         self.submit(n, at)
         scheduled = timestamp(at) if at > now else None
         return web.json_response(

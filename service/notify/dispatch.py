@@ -159,6 +159,12 @@ class Dispatcher:
             await self.outbox.written()
             if delivery.attempt == 0 and delivery.notification.options.badge_increment:
                 self._badge(delivery, self.outbox)
+        o = delivery.notification.options
+        if delivery.attempt == 0 and reg.badge is not None and o.badge is None and not o.badge_increment:
+            # the count the app registered with
+            delivery.notification = dataclasses.replace(
+                delivery.notification, options=dataclasses.replace(o, badge=reg.badge)
+            )
         if self.guard is not None:
             verdict = await self.guard.before_send(delivery)
             if verdict == "later":
@@ -206,7 +212,7 @@ class Dispatcher:
     def _badge(delivery: Delivery, outbox: Outbox) -> None:
         """This delivery's own copy of the notification, with the registration's next badge number."""
         n = delivery.notification
-        count = outbox.next_badge(delivery.registration.id)
+        count = outbox.next_badge(delivery.registration.id, delivery.registration.badge or 0)
         options = dataclasses.replace(n.options, badge=count, badge_increment=False)
         delivery.notification = dataclasses.replace(n, options=options)
 

@@ -14,7 +14,7 @@ from service.notify.options import DEFAULT_OPTIONS, PushOptions
 
 @dataclass(slots=True)
 class Notification:
-    nid: str  # doubles as apns-collapse-id and Android tag: an escaped duplicate replaces the first
+    nid: str  # the default apns-collapse-id and Android tag: an escaped duplicate replaces the first
     alert_id: str
     episode: str
     rule: str
@@ -27,17 +27,15 @@ class Notification:
     created: float
     expires: float
     data: Mapping[str, str] = field(default_factory=dict)
-    options: PushOptions = DEFAULT_OPTIONS  # push type, priority, badge, sound, ... (providers map them)
+    # Push type, priority, sound, category, collapse key, badge, ...: the one place a push field lives,
+    # whether it came from a rule, the push API or a webhook's answer (providers map them).
+    options: PushOptions = DEFAULT_OPTIONS
     on_ambiguous: str = "resend"
     # "rule": computed by every instance from the shared event stream, so the cluster picks one sender;
     # "api": known only to the instance that took the request, which must send it itself.
     origin: str = "rule"
     # From the rule (see rules/schema.py); defaults keep notifications built elsewhere valid.
     texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)
-    sound: str | None = None
-    category: str | None = None
-    priority: str = "normal"
-    collapse_key: str | None = None
     policy: Policy | None = None
     count: int = 1  # alerts this notification stands for (grouping, rate-limit summaries)
     # The Cumulocity tenant it belongs to: targeted at that tenant's registrations only. None: the
@@ -70,6 +68,11 @@ def describe(n: Notification) -> dict[str, Any]:
         "body": n.body,
         "labels": dict(n.labels),
     }
+
+
+def effective_priority(o: PushOptions) -> str:
+    """``high`` or ``normal``/``low``: what the providers send when the options leave it open."""
+    return o.priority or ("high" if o.push_type == "alert" else "normal")
 
 
 def notification_key(alert_id: str, episode: str, state: str) -> str:

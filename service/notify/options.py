@@ -48,6 +48,7 @@ class PushOptions:
     android_color: str | None = None
     fcm_apns: Mapping[str, Any] = field(default_factory=dict)  # FCM message.apns override
     fcm_webpush: Mapping[str, Any] = field(default_factory=dict)  # FCM message.webpush override
+    collapse_key: str | None = None  # apns-collapse-id and android.collapse_key; None: the notification id
 
     def __post_init__(self) -> None:
         if self.push_type not in PUSH_TYPES:

@@ -13,6 +13,7 @@ from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.model import CHANNEL_TAG, Delivery, Notification, notification_key
 from service.notify.noise import NoiseControl
+from service.notify.options import PushOptions
 from service.notify.stages import DedupStage, TargetStage
 from service.notify.webhook import WebhookDecider
 
@@ -40,6 +41,16 @@ def _audience(
     return found
 
 
+_PLAIN = {p: PushOptions(priority=p) for p in ("high", "normal", "low")}
+
+
+def rule_options(t: Transition) -> PushOptions:
+    """The rule's push fields as the options every provider maps (sound, category, priority, collapse key)."""
+    if t.sound is None and t.category is None and t.collapse_key is None and t.priority in _PLAIN:
+        return _PLAIN[t.priority]
+    return PushOptions(sound=t.sound, category=t.category, priority=t.priority, collapse_key=t.collapse_key)
+
+
 def to_notification(t: Transition, now: float) -> Notification:
     return Notification(
         nid=notification_key(t.alert_id, t.episode, t.state),
@@ -55,11 +66,8 @@ def to_notification(t: Transition, now: float) -> Notification:
         created=t.time,
         expires=now + DEFAULT_EXPIRY_S,
         data=t.data,
+        options=rule_options(t),
         texts=t.texts,
-        sound=t.sound,
-        category=t.category,
-        priority=t.priority,
-        collapse_key=t.collapse_key,
         policy=t.policy,
         on_ambiguous=t.on_ambiguous,
         tenant=t.tenant,

@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 
 from registrations.model import Audience
-from service.notify.model import Notification, describe
+from service.notify.model import Notification, describe, effective_priority
 
 log = logging.getLogger("tocsin.webhook")
-_TEXT_FIELDS = ("title", "body", "sound", "category")
+_TEXT_FIELDS = ("title", "body")
+_OPTION_TEXT_FIELDS = ("sound", "category")
 
 
 class BadAnswer(ValueError):
@@ -34,10 +35,10 @@ def request_body(n: Notification) -> dict[str, Any]:
             **describe(n),
             "audience": {"tags": list(n.audience.tags), "users": list(n.audience.users)},
             "data": dict(n.data),
-            "sound": n.sound,
-            "category": n.category,
-            "priority": n.priority,
-            "collapse_key": n.collapse_key,
+            "sound": n.options.sound,
+            "category": n.options.category,
+            "priority": effective_priority(n.options),
+            "collapse_key": n.options.collapse_key,
         }
     }
 
@@ -61,15 +62,20 @@ def apply_answer(n: Notification, answer: Any) -> Notification | None:
     if not isinstance(changes, dict):
         raise BadAnswer("'changes' must be an object")
     out: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for key, value in changes.items():
-        if key in _TEXT_FIELDS:
+        if key in _OPTION_TEXT_FIELDS:
+            if not isinstance(value, str):
+                raise BadAnswer(f"changes.{key} must be text")
+            options[key] = value
+        elif key in _TEXT_FIELDS:
             if not isinstance(value, str):
                 raise BadAnswer(f"changes.{key} must be text")
             out[key] = value
         elif key == "priority":
             if value not in ("high", "normal"):
                 raise BadAnswer("changes.priority must be high or normal")
-            out[key] = value
+            options[key] = value
         elif key == "data":
             if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
                 raise BadAnswer("changes.data must map names to text")
@@ -84,6 +90,8 @@ def apply_answer(n: Notification, answer: Any) -> Notification | None:
             raise BadAnswer(f"changes.{key} cannot be changed")
     if "title" in out or "body" in out:
         out["texts"] = {}  # the server's text replaces the per-locale variants
+    if options:
+        out["options"] = replace(n.options, **options)
     return replace(n, **out) if out else n
 
 

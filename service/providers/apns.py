@@ -224,7 +224,7 @@ class ApnsProvider:
         if found is None:
             return ConfigError(f"no APNs credentials are configured for app {reg.app!r}", str(reg.app))
         app, cfg = found
-        body = apns_payload.payload(n)
+        body = apns_payload.payload(n, reg.locale)
         try:
             apns_payload.check_size(n, body)
         except apns_payload.PayloadTooLarge as exc:
@@ -245,7 +245,7 @@ class ApnsProvider:
             notification_id=str(uuid.uuid4()),
             time_to_live=ttl,
             priority=apns_payload.priority(n),
-            collapse_key=n.nid,  # an escaped duplicate replaces the first on the phone
+            collapse_key=n.options.collapse_key or n.nid,  # a repeat replaces the first on the phone
             push_type=_push_type(n.options.push_type),
             apns_topic=apns_payload.topic(app, n.options.push_type),
         )

@@ -24,19 +24,21 @@ class PayloadTooLarge(ValueError):
     pass
 
 
-def payload(n: Notification) -> dict[str, Any]:
+def payload(n: Notification, locale: str | None = None) -> dict[str, Any]:
+    """``aps`` and custom keys, in the registration's language (``de-AT`` -> ``de`` -> default)."""
     o = n.options
+    title, text = n.text_for(locale)
     aps: dict[str, Any] = {}
     if o.push_type == "background":
         aps["content-available"] = 1  # the integer 1: Apple checks it, "1" does not wake the app
     else:
         alert: dict[str, Any] = {}
-        if n.title:
-            alert["title"] = n.title
+        if title:
+            alert["title"] = title
         if o.subtitle:
             alert["subtitle"] = o.subtitle
-        if n.body:
-            alert["body"] = n.body
+        if text:
+            alert["body"] = text
         if o.title_loc_key:
             alert["title-loc-key"] = o.title_loc_key
             alert["title-loc-args"] = list(o.title_loc_args)

@@ -23,6 +23,7 @@ from google.oauth2 import service_account
 
 from registrations.model import Registration
 from service.notify.model import Delivery, Notification
+from service.providers import apns_payload
 from service.providers.base import (
     ConfigError,
     Delivered,
@@ -135,7 +136,7 @@ class FcmProvider:
         if remaining <= 0:
             return Rejected("expired before it could be sent")
         ttl = max(1, int(remaining))
-        body = json.dumps({"message": message(n, reg.token, ttl)}, separators=(",", ":"))
+        body = json.dumps({"message": message(n, reg.token, ttl, reg.locale)}, separators=(",", ":"))
         if len(body) > MAX_MESSAGE + 1024:
             return Rejected(
                 f"FCM message of notification {n.nid} is {len(body)} bytes, over the 4096-byte limit"
@@ -198,13 +199,15 @@ class FcmProvider:
             self._session = None
 
 
-def message(n: Notification, token: str, ttl: int) -> dict[str, Any]:
+def message(n: Notification, token: str, ttl: int, locale: str | None = None) -> dict[str, Any]:
     """The HTTP v1 message: notification, string-only data, android options, apns and webpush overrides."""
     o = n.options
+    title, text = n.text_for(locale)
+    collapse = o.collapse_key or n.nid
     background = o.push_type == "background"
     data = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in {**n.data, **o.custom}.items()}
     data["nid"] = n.nid
-    android_notification: dict[str, Any] = {"tag": n.nid}  # a repeat replaces the first on the phone
+    android_notification: dict[str, Any] = {"tag": collapse}  # a repeat replaces the first on the phone
     for key, value in (
         ("channel_id", o.android_channel),
         ("sound", o.android_sound or o.sound),
@@ -221,23 +224,51 @@ def message(n: Notification, token: str, ttl: int) -> dict[str, Any]:
     if o.loc_args:
         android_notification["body_loc_args"] = list(o.loc_args)
     android: dict[str, Any] = {
-        "priority": o.android_priority
-        or ("normal" if background or o.priority in ("normal", "low") else "high"),
+        # The v1 schema's AndroidMessagePriority enum: HIGH or NORMAL.
+        "priority": (
+            o.android_priority or ("normal" if background or o.priority in ("normal", "low") else "high")
+        ).upper(),
         "ttl": f"{max(0, min(ttl, 2_419_200))}s",
-        "collapse_key": n.nid,
+        "collapse_key": collapse,
     }
     msg: dict[str, Any] = {"token": token, "data": data, "android": android}
     if not background:
-        notification: dict[str, Any] = {"title": n.title, "body": n.body}
+        notification: dict[str, Any] = {"title": title, "body": text}
         if o.image:
             notification["image"] = o.image
         msg["notification"] = notification
         android["notification"] = android_notification
-    if o.fcm_apns:
-        msg["apns"] = dict(o.fcm_apns)
+    apns = _apns_block(n, collapse)
+    if o.fcm_apns:  # the caller's own block wins, key by key
+        apns = {**apns, **o.fcm_apns}
+    if apns:
+        msg["apns"] = apns
     if o.fcm_webpush:
         msg["webpush"] = dict(o.fcm_webpush)
     return msg
+
+
+def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
+    """What the rule says for iOS devices reached through FCM: APNs headers and ``aps`` keys (spec §3)."""
+    o = n.options
+    headers: dict[str, str] = {}
+    if o.priority is not None or o.push_type != "alert":
+        headers["apns-priority"] = str(apns_payload.priority(n))
+    if o.collapse_key is not None:
+        headers["apns-collapse-id"] = collapse
+    aps: dict[str, Any] = {}
+    if o.sound and o.push_type != "background":
+        aps["sound"] = o.sound
+    if o.category:
+        aps["category"] = o.category
+    if o.badge is not None:
+        aps["badge"] = o.badge
+    block: dict[str, Any] = {}
+    if headers:
+        block["headers"] = headers
+    if aps:
+        block["payload"] = {"aps": aps}
+    return block
 
 
 def _error(raw: bytes) -> dict[str, Any]:

@@ -220,3 +220,17 @@ async def test_badge_increments_from_the_registrations_stored_count(rig: Rig) ->
     await rig.send(notification("nid-badge-after-reset", badge_increment=True), [reg])
     await wait_until(lambda: rig.report("nid-badge-after-reset")["delivered"] == 1, 10, "the delivery")
     assert rig.apns.received[-1].payload["aps"]["badge"] == 1
+
+
+async def test_badge_from_the_count_the_app_registered_with(rig: Rig) -> None:
+    reg = rig.store.upsert(
+        Registration("apns", apns_token(), app=BUNDLE, tags=("home",), badge=5), time.time()
+    )
+    await rig.send(notification("nid-reg-badge"), [reg])
+    await wait_until(lambda: rig.report("nid-reg-badge")["delivered"] == 1, 10, "the delivery")
+    for nid in ("nid-reg-badge-0", "nid-reg-badge-1"):
+        await rig.send(notification(nid, badge_increment=True), [reg])
+        await wait_until(lambda nid=nid: rig.report(nid)["delivered"] == 1, 10, "the delivery")  # type: ignore[misc]
+    await rig.send(notification("nid-reg-badge-set", badge=0), [reg])
+    await wait_until(lambda: rig.report("nid-reg-badge-set")["delivered"] == 1, 10, "the delivery")
+    assert [r.payload["aps"]["badge"] for r in rig.apns.received] == [5, 6, 7, 0]

@@ -60,7 +60,7 @@ async def test_message_carries_the_options_and_the_nid_as_tag(fake: FakeFCM, pro
         "image": "https://example.invalid/i.png",
     }
     android = m["android"]
-    assert android["priority"] == "high" and android["collapse_key"] == "nid-7"
+    assert android["priority"] == "HIGH" and android["collapse_key"] == "nid-7"
     assert android["ttl"].endswith("s") and 590 <= int(android["ttl"][:-1]) <= 600
     assert android["notification"]["tag"] == "nid-7"  # a repeat replaces the first on the phone
     assert android["notification"]["channel_id"] == "alarms" and android["notification"]["sound"] == "siren"
@@ -76,7 +76,7 @@ async def test_one_token_for_many_sends_and_background_is_data_only(
     assert await provider.send(delivery(notification(push_type="background"), "fcm", TOKEN)) == Delivered()
     assert fake.tokens_issued == 1
     last = fake.sent[-1].message
-    assert "notification" not in last and last["android"]["priority"] == "normal"
+    assert "notification" not in last and last["android"]["priority"] == "NORMAL"
 
 
 async def test_outcomes_follow_googles_error_codes(fake: FakeFCM, provider: FcmProvider) -> None:

@@ -97,7 +97,7 @@ async def test_server_changes_the_notification(user_server: UserServer) -> None:
     finally:
         await decider.close()
     assert got is not None
-    assert (got.title, got.priority, got.audience.users, got.audience.tags, dict(got.data)) == (
+    assert (got.title, got.options.priority, got.audience.users, got.audience.tags, dict(got.data)) == (
         "Ring front (at home)",
         "normal",
         ("ann",),

@@ -59,3 +59,24 @@ def test_purge_keeps_pending_and_recent(tmp_path: Path) -> None:
     assert box.purge(before=recent.created + 1) == 1
     assert box.report("old") is None
     box.close()
+
+
+def test_the_stored_body_has_a_version_and_rows_from_version_1_keep_decoding() -> None:
+    import json
+
+    n = notification(sound="bell.caf", category="DOOR", priority="normal", collapse_key="bell-hall")
+    stored = json.loads(encode(n))
+    assert stored["v"] == 2 and "sound" not in stored and stored["options"]["collapse_key"] == "bell-hall"
+    assert decode(encode(n)) == n
+    old = {k: v for k, v in stored.items() if k != "v"}
+    old["options"] = {"badge": 3}
+    old.update(sound="bell.caf", category="DOOR", priority="normal", collapse_key=None)
+    decoded = decode(json.dumps(old))
+    o = decoded.options
+    assert (o.sound, o.category, o.priority, o.collapse_key, o.badge) == (
+        "bell.caf",
+        "DOOR",
+        "normal",
+        None,
+        3,
+    )

@@ -264,6 +264,20 @@ def test_resolve_notice_uses_its_own_text() -> None:
     ]
 
 
+def test_resolve_notice_is_not_replaced_by_the_firing_translations() -> None:
+    e = engine_for(
+        "rules:\n  - id: hot\n    topic: t\n    threshold: {above: 5}\n    title: hot\n"
+        "    body: 'at {{ value }}'\n"
+        "    locales: {de: {title: heiss}}\n    resolved: {title: 'cool again', body: 'now {{ value }}'}\n"
+        + AUD
+    )
+    out = run(e, [ev("t", 6, 0), ev("t", 4, 1)], 2)
+    assert [(x.state, x.title, x.body, dict(x.texts)) for x in out] == [
+        ("firing", "hot", "at 6.0", {"de": ("heiss", "at 6.0")}),
+        ("resolved", "cool again", "now 4.0", {}),
+    ]
+
+
 def test_notification_carries_rule_fields_and_picks_the_recipients_locale() -> None:
     from service.notify.pipeline import to_notification
 
@@ -273,7 +287,7 @@ def test_notification_carries_rule_fields_and_picks_the_recipients_locale() -> N
     )
     [t] = run(e, [ev("b", 1, 0)], 0)
     n = to_notification(t, 0)
-    assert (n.sound, n.data, n.audience.tags) == ("ding", {"link": "app://x"}, ("channel:doors",))
+    assert (n.options.sound, n.data, n.audience.tags) == ("ding", {"link": "app://x"}, ("channel:doors",))
     assert [n.text_for(loc)[0] for loc in ("de", "de-AT", "de_CH", "fr", None)] == [
         "Klingel",
         "Klingel",
