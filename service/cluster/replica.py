@@ -27,6 +27,7 @@ from service.cluster.records import RecordError
 JsonValue = Any
 MAX_KEY = 512
 MAX_VALUE_BYTES = 64 * 1024
+MAX_UNCONFIRMED = 10_000
 LOGICAL_BITS = 16  # an HLC is (wall ms << 16) | logical counter, one sortable int
 
 
@@ -172,6 +173,9 @@ class Replicator:
         self.on_apply = on_apply
         self.echo_timeout_s = echo_timeout_s
         self._waiting: dict[tuple[str, str, int], asyncio.Future[None]] = {}
+        # Durable here but not yet echoed (answered 503): republished on the next connection, so the cluster
+        # converges on them even though the caller was told the write did not count.
+        self.unconfirmed: dict[tuple[str, str, int], Record] = {}
         self.bad_records = 0
 
     async def write(self, kind: str, key: str, value: JsonValue) -> Record:
@@ -186,14 +190,21 @@ class Replicator:
         slot = (kind, key, r.hlc)
         echo: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[slot] = echo
+        if len(self.unconfirmed) < MAX_UNCONFIRMED:
+            self.unconfirmed[slot] = r
         try:
             await asyncio.wait_for(self.publish(encode(r)), self.echo_timeout_s)
             await asyncio.wait_for(asyncio.shield(echo), self.echo_timeout_s)
-        except (TimeoutError, OSError, ConnectionError) as exc:
+        except Exception as exc:  # the transport's errors (aiomqtt.MqttError, OSError, timeout) all mean 503
             raise ReplicaUnavailable(f"{kind} {key}: not echoed by the broker ({exc!r})") from None
         finally:
             self._waiting.pop(slot, None)
         return r
+
+    async def republish(self) -> None:
+        """Send the writes that were never echoed again (on a new connection)."""
+        for r in list(self.unconfirmed.values()):
+            await self.publish(encode(r))
 
     async def delete(self, kind: str, key: str) -> Record:
         return await self.write(kind, key, None)
@@ -207,6 +218,7 @@ class Replicator:
             return
         self.clock.observe(r.hlc)
         if r.origin == self.origin:
+            self.unconfirmed.pop((r.kind, r.key, r.hlc), None)
             fut = self._waiting.get((r.kind, r.key, r.hlc))
             if fut is not None and not fut.done():
                 fut.set_result(None)
