@@ -155,6 +155,7 @@ class ReplicaUnavailable(RuntimeError):
 
 Publish = Callable[[bytes], Awaitable[None]]
 Apply = Callable[[Record], None]
+Applier = Callable[[Record], Awaitable[None]]
 
 
 class Replicator:
@@ -171,6 +172,8 @@ class Replicator:
     ) -> None:
         self.origin, self.store, self.clock, self.publish = origin, store, clock, publish
         self.on_apply = on_apply
+        # Per kind: how a winning record reaches the local store (registrations, silences, ...).
+        self.appliers: dict[str, Applier] = {}
         self.echo_timeout_s = echo_timeout_s
         self._waiting: dict[tuple[str, str, int], asyncio.Future[None]] = {}
         # Durable here but not yet echoed (answered 503): republished on the next connection, so the cluster
@@ -186,7 +189,7 @@ class Replicator:
         r = Record(kind, key, value, self.clock.now(), self.origin)
         decode(encode(r))  # the same checks a receiver makes
         await asyncio.to_thread(self.store.persist_sync, [r])
-        self._merge(r)
+        await self._merge(r)
         slot = (kind, key, r.hlc)
         echo: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[slot] = echo
@@ -223,20 +226,23 @@ class Replicator:
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return  # already persisted and merged before publishing
-        if self._merge(r):
+        if await self._merge(r):
             await asyncio.to_thread(self.store.persist_sync, [r])
 
     async def merge_snapshot(self, records: Iterable[Record]) -> int:
         """Catch up from another member's snapshot; returns how many records won."""
-        won = [r for r in records if self._merge(r)]
+        won = [r for r in records if await self._merge(r)]
         for r in won:
             self.clock.observe(r.hlc)
         await asyncio.to_thread(self.store.persist_sync, won)
         return len(won)
 
-    def _merge(self, r: Record) -> bool:
+    async def _merge(self, r: Record) -> bool:
         if not self.store.apply(r):
             return False
         if self.on_apply is not None:
             self.on_apply(r)
+        applier = self.appliers.get(r.kind)
+        if applier is not None:
+            await applier(r)
         return True
