@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from registrations.directory import DirectWriter
+from registrations.model import Registration
+from registrations.sqlite_store import SqliteRegistrationStore
 from service.clock import SystemClock
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.cluster.replica import HybridClock, ReplicaStore, Replicator, ReplicaUnavailable
+from service.cluster.replicated_registrations import ReplicatedWriter
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
 from tests.support import Mosquitto, wait_until
@@ -97,3 +101,32 @@ async def test_a_write_without_the_broker_is_refused_and_republished_on_reconnec
             await b.stop()
     finally:
         await a.stop()
+
+
+async def test_a_registration_through_one_instance_is_in_every_instance_store(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    a, b, c = (Instance(n, broker.port, tmp_path) for n in "abc")
+    stores = {i.rep.origin: SqliteRegistrationStore(tmp_path / f"{i.rep.origin}.db") for i in (a, b, c)}
+    writers = {i.rep.origin: ReplicatedWriter(DirectWriter(stores[i.rep.origin]), i.rep) for i in (a, b, c)}
+    try:
+        for i in (a, b, c):
+            await asyncio.wait_for(i.node.connected.wait(), 10)
+        saved = await writers["b"].upsert(Registration("log", "phone-1", user_id="ann", tags=("ops",)))
+        assert saved.created > 0  # the answer shows the local store's row
+        await wait_until(
+            lambda: all(s.get("log", "phone-1") is not None for s in stores.values()), 10, "on all"
+        )
+        got = stores["a"].get("log", "phone-1")
+        assert got is not None and got.user_id == "ann" and got.tags == ("ops",)
+        assert await writers["c"].remove(None, "phone-1")
+        await wait_until(
+            lambda: all(s.get("log", "phone-1") is None for s in stores.values()), 10, "gone on all"
+        )
+        assert not await writers["a"].remove(None, "phone-1")
+        assert a.dump() == b.dump() == c.dump()
+    finally:
+        for i in (a, b, c):
+            await i.stop()
+        for s in stores.values():
+            s.close()
