@@ -33,6 +33,8 @@ from service.cluster.gate import ClusterGate
 from service.cluster.ledger_store import LedgerStore
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
+from service.cluster.replica import HybridClock, ReplicaStore, Replicator
+from service.cluster.replicated_registrations import ReplicatedWriter
 from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
@@ -75,6 +77,10 @@ def keyring(config: Config) -> KeyRing:
         hashed = k.api_key_sha256 or digest(k.api_key.get_secret_value())  # type: ignore[union-attr]
         keys[hashed] = Principal(k.name, admin=k.role == "admin", app=k.app)
     return KeyRing(keys, open_loopback=config.http.host in LOCAL_HOSTS)
+
+
+async def _not_attached(raw: bytes) -> None:
+    raise RuntimeError("the replicator publishes through ClusterNode.attach")
 
 
 class Service:
@@ -180,6 +186,7 @@ class Service:
             self.clock,
         )
         self.cluster: ClusterNode | None = None
+        self.replicator: Replicator | None = None
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
@@ -203,6 +210,15 @@ class Service:
                     "cluster ledger: %d records restored from %s", loaded, config.data_dir / "cluster.db"
                 )
             self.dispatcher.guard = self.gate
+            # Registrations written through any instance reach every instance (service/cluster/replica.py).
+            self.replicator = Replicator(
+                config.instance.id,
+                ReplicaStore(config.data_dir / "state.jsonl"),
+                HybridClock(lambda: int(self.clock.time() * 1000)),
+                _not_attached,
+            )
+            self.cluster.attach(self.replicator)
+            self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
         self.http_port: int | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()

@@ -14,7 +14,8 @@ from typing import Any
 
 from registrations.directory import RegistrationWriter
 from registrations.model import PROVIDERS, Registration
-from service.cluster.replica import Record, Replicator
+from registrations.store import StoreUnavailable
+from service.cluster.replica import Record, Replicator, ReplicaUnavailable
 
 KIND = "registration"
 _TUPLES = {"tags", "channels"}
@@ -42,6 +43,8 @@ class ReplicatedWriter:
         key = f"{registration.provider}/{registration.token}"
         try:
             await self.replicator.write(KIND, key, encode_registration(registration))
+        except ReplicaUnavailable as exc:
+            raise StoreUnavailable(str(exc)) from None  # answered 503 by the HTTP API
         finally:
             saved = self._saved.pop(key, registration)
         return saved
@@ -51,7 +54,10 @@ class ReplicatedWriter:
         for p in (provider,) if provider else PROVIDERS:
             if self.replicator.store.get(KIND, f"{p}/{token}") is not None:
                 found = True
-                await self.replicator.delete(KIND, f"{p}/{token}")
+                try:
+                    await self.replicator.delete(KIND, f"{p}/{token}")
+                except ReplicaUnavailable as exc:
+                    raise StoreUnavailable(str(exc)) from None
         return found
 
     async def _apply(self, record: Record) -> None:
