@@ -35,6 +35,7 @@ from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.cluster.replica import HybridClock, ReplicaStore, Replicator
 from service.cluster.replicated_registrations import ReplicatedWriter
+from service.cluster.replicated_silences import ReplicatedSilences
 from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
@@ -187,6 +188,7 @@ class Service:
         )
         self.cluster: ClusterNode | None = None
         self.replicator: Replicator | None = None
+        self.silence_writer: ReplicatedSilences | None = None
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
@@ -219,6 +221,7 @@ class Service:
             )
             self.cluster.attach(self.replicator)
             self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
+            self.silence_writer = ReplicatedSilences(self.noise.silences, self.replicator)
         self.http_port: int | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -445,6 +448,7 @@ class Service:
                 self.noise,
                 self.clock,
                 self.cumulocity.acknowledge if self.cumulocity is not None else None,
+                self.silence_writer,
             )
             add_report_routes(self.http_app, self.outbox)
             self.http_app.middlewares.append(admin_only(self.auth))
