@@ -118,6 +118,10 @@ class ReplicaStore:
         self.records[slot] = r
         return True
 
+    def would_win(self, r: Record) -> bool:
+        old = self.records.get((r.kind, r.key))
+        return old.version < r.version if old is not None else len(self.records) < self.max_records
+
     def get(self, kind: str, key: str) -> JsonValue:
         r = self.records.get((kind, key))
         return None if r is None else r.value
@@ -226,16 +230,20 @@ class Replicator:
             if fut is not None and not fut.done():
                 fut.set_result(None)
             return  # already persisted and merged before publishing
-        if await self._merge(r):
+        if self.store.would_win(r):
+            # On disk before it takes effect: a record that later loses costs nothing (loading merges again).
             await asyncio.to_thread(self.store.persist_sync, [r])
+            await self._merge(r)
 
     async def merge_snapshot(self, records: Iterable[Record]) -> int:
         """Catch up from another member's snapshot; returns how many records won."""
-        won = [r for r in records if await self._merge(r)]
-        for r in won:
+        candidates = [r for r in records if self.store.would_win(r)]
+        await asyncio.to_thread(self.store.persist_sync, candidates)
+        won = 0
+        for r in candidates:
             self.clock.observe(r.hlc)
-        await asyncio.to_thread(self.store.persist_sync, won)
-        return len(won)
+            won += await self._merge(r)
+        return won
 
     async def _merge(self, r: Record) -> bool:
         if not self.store.apply(r):

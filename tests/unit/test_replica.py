@@ -186,7 +186,13 @@ async def test_three_instances_converge_byte_for_byte_and_a_late_joiner_catches_
             won = await d.rep.merge_snapshot(a.rep.store.snapshot())
             assert won == 5
             await b.rep.write("silence", "s9", {"late": True})
-            await wait_until(lambda: d.rep.store.dump() == a.rep.store.dump(), 10, "d equal to a")
+            await wait_until(
+                lambda: (
+                    d.rep.store.get("silence", "s9") is not None and d.rep.store.dump() == a.rep.store.dump()
+                ),
+                10,
+                "d equal to a, the late write included",
+            )
             assert d.rep.store.get("silence", "s9") == {"late": True}
     # durable: reopened from disk, the same bytes
     assert ReplicaStore(tmp_path / "b.jsonl").dump() == ReplicaStore(tmp_path / "a.jsonl").dump()
