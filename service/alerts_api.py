@@ -21,6 +21,8 @@ from registrations.http import ApiError, read_body
 from rules.durations import parse_duration
 from service.api import principal_of
 from service.clock import Clock
+from service.cluster.replica import ReplicaUnavailable
+from service.cluster.replicated_silences import ReplicatedSilences
 from service.notify.model import Notification
 from service.notify.noise import Ack, NoiseControl, Silence
 
@@ -30,6 +32,8 @@ AckHook = Callable[[Notification, Ack], Awaitable[dict[str, Any] | None]]
 NOISE_KEY: web.AppKey[NoiseControl] = web.AppKey("noise", NoiseControl)
 CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock", Clock)
 ACK_HOOK_KEY: web.AppKey[AckHook] = web.AppKey("ack_hook", AckHook)  # type: ignore[arg-type]
+# In a cluster, silences are written through the replicated layer (service/cluster/replicated_silences.py).
+SILENCE_WRITER_KEY: web.AppKey[ReplicatedSilences] = web.AppKey("silence_writer", ReplicatedSilences)
 
 
 def _visible(principal: Principal, n: Notification) -> bool:
@@ -179,7 +183,17 @@ async def create_silence(request: web.Request) -> web.Response:
         silence = silence_from(body, clock.time())
     except BadRequest as exc:
         return _bad(exc)
-    noise.silences.add(silence)
+    writer = request.app.get(SILENCE_WRITER_KEY)
+    if writer is None:
+        noise.silences.add(silence)
+    else:
+        try:
+            await writer.add(silence)
+        except ReplicaUnavailable as exc:
+            log.warning("silence not confirmed by the cluster: %s", exc)
+            return web.json_response(
+                {"error": "store_unavailable", "message": f"not confirmed by the cluster: {exc}"}, status=503
+            )
     return web.json_response(silence.to_json(), status=201)
 
 
@@ -193,15 +207,30 @@ async def delete_silence(request: web.Request) -> web.Response:
     silences, principal = request.app[NOISE_KEY].silences, principal_of(request)
     found = silences.get(request.match_info["id"])
     now = request.app[CLOCK_KEY].time()
-    if found is not None and _own_silence(principal, found) and silences.remove(found.id, now):
-        return web.Response(status=204)
+    writer = request.app.get(SILENCE_WRITER_KEY)
+    if found is not None and _own_silence(principal, found):
+        try:
+            removed = silences.remove(found.id, now) if writer is None else await writer.remove(found.id)
+        except ReplicaUnavailable as exc:
+            log.warning("silence deletion not confirmed by the cluster: %s", exc)
+            return web.json_response(
+                {"error": "store_unavailable", "message": f"not confirmed by the cluster: {exc}"}, status=503
+            )
+        if removed:
+            return web.Response(status=204)
     return _not_found("no silence with this id")
 
 
 def add_alert_routes(
-    app: web.Application, noise: NoiseControl, clock: Clock, on_ack: AckHook | None = None
+    app: web.Application,
+    noise: NoiseControl,
+    clock: Clock,
+    on_ack: AckHook | None = None,
+    silence_writer: ReplicatedSilences | None = None,
 ) -> None:
     app[NOISE_KEY] = noise
+    if silence_writer is not None:
+        app[SILENCE_WRITER_KEY] = silence_writer
     app[CLOCK_KEY] = clock
     if on_ack is not None:
         app[ACK_HOOK_KEY] = on_ack

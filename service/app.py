@@ -34,6 +34,9 @@ from service.cluster.gate import ClusterGate
 from service.cluster.ledger_store import LedgerStore
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
+from service.cluster.replica import HybridClock, ReplicaStore, Replicator
+from service.cluster.replicated_registrations import ReplicatedWriter
+from service.cluster.replicated_silences import ReplicatedSilences
 from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
@@ -83,6 +86,10 @@ def keyring(config: Config) -> KeyRing:
         hashed = k.api_key_sha256 or digest(k.api_key.get_secret_value())  # type: ignore[union-attr]
         keys[hashed] = Principal(k.name, admin=k.role == "admin", app=k.app)
     return KeyRing(keys, open_loopback=config.http.host in LOCAL_HOSTS)
+
+
+async def _not_attached(raw: bytes) -> None:
+    raise RuntimeError("the replicator publishes through ClusterNode.attach")
 
 
 class Service:
@@ -204,6 +211,8 @@ class Service:
             self, self.auth, self.clock, lambda r, st: rejected.inc(r, str(st)), config.mqtt.event_id_field
         )
         self.cluster: ClusterNode | None = None
+        self.replicator: Replicator | None = None
+        self.silence_writer: ReplicatedSilences | None = None
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
@@ -227,6 +236,16 @@ class Service:
                     "cluster ledger: %d records restored from %s", loaded, config.data_dir / "cluster.db"
                 )
             self.dispatcher.guard = self.gate
+            # Registrations written through any instance reach every instance (service/cluster/replica.py).
+            self.replicator = Replicator(
+                config.instance.id,
+                ReplicaStore(config.data_dir / "state.jsonl"),
+                HybridClock(lambda: int(self.clock.time() * 1000)),
+                _not_attached,
+            )
+            self.cluster.attach(self.replicator)
+            self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
+            self.silence_writer = ReplicatedSilences(self.noise.silences, self.replicator)
         self.http_port: int | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -468,6 +487,7 @@ class Service:
                 self.noise,
                 self.clock,
                 self.cumulocity.acknowledge if self.cumulocity is not None else None,
+                self.silence_writer,
             )
             add_report_routes(self.http_app, self.outbox, self.explainer)
             Console(self).add_to(self.http_app)

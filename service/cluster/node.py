@@ -32,6 +32,7 @@ from service.cluster.records import (
     encode_record,
     encode_snapshot,
 )
+from service.cluster.replica import Record, Replicator, decode, encode
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
 from service.sources.broker import aiomqtt_options
@@ -68,6 +69,21 @@ class ClusterNode:
         self._stopping = False
         self._pending: list[Action] = []
         self._outbox: list[tuple[str, bytes]] = []
+        self.state_topic = self.prefix + "state/stream"
+        self.state_snapshot_topic = self.prefix + f"state/snap/{me.id}"
+        self.replicator: Replicator | None = None
+
+    def attach(self, replicator: Replicator) -> None:
+        """Carry replicated state (``replica.py``) over this node's connection: writes publish on
+        ``state/stream``, the echo confirms them, and a join asks the members for their state snapshot."""
+        replicator.publish = self._publish_state
+        self.replicator = replicator
+
+    async def _publish_state(self, raw: bytes) -> None:
+        client = self._client
+        if client is None:
+            raise aiomqtt.MqttError("not connected to the cluster")
+        await client.publish(self.state_topic, raw, qos=1)
 
     # -- what the sender asks ------------------------------------------------------------------------------
     @property
@@ -128,6 +144,9 @@ class ClusterNode:
             await client.subscribe(self.stream_topic, qos=1)
             await client.subscribe(self.request_topic, qos=1)
             await client.subscribe(self.snapshot_topic, qos=1)
+            if self.replicator is not None:
+                await client.subscribe(self.state_topic, qos=1)
+                await client.subscribe(self.state_snapshot_topic, qos=1)
             await client.publish(self.presence_topic, encode_presence(self.me), qos=1, retain=True)
             self._client = client
             # Ask the others for what they know: a late joiner (or a whole cluster restarting one by one)
@@ -135,6 +154,8 @@ class ClusterNode:
             await client.publish(self.request_topic, json.dumps({"sender": self.me.id}).encode(), qos=1)
             self.connected.set()
             self.election.connected = True
+            if self.replicator is not None:
+                await self.replicator.republish()
             log.info(
                 "joined cluster %s as %s (priority %d)",
                 self.prefix.split("/")[1],
@@ -144,7 +165,11 @@ class ClusterNode:
             ticker = asyncio.create_task(self._tick())
             try:
                 async for message in client.messages:
-                    self._on_message(str(message.topic), message.payload)
+                    topic = str(message.topic)
+                    if self.replicator is not None and topic in (self.state_topic, self.state_snapshot_topic):
+                        await self._on_state(topic, message.payload)
+                        continue
+                    self._on_message(topic, message.payload)
                     await self._flush()
             finally:
                 self.election.connected = False
@@ -177,7 +202,29 @@ class ClusterNode:
             self.bad_records += 1
             log.warning("ignored a bad cluster record on %s: %s", topic, exc)
 
+    async def _on_state(self, topic: str, payload: object) -> None:
+        assert self.replicator is not None
+        if not isinstance(payload, bytes):
+            self.bad_records += 1
+            return
+        if topic == self.state_topic:
+            await self.replicator.receive(payload)
+            return
+        try:
+            data = json.loads(payload)
+            records = [decode(item) for item in data["records"]]
+        except (RecordError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            self.bad_records += 1
+            log.warning("ignored a bad state snapshot: %s", exc)
+            return
+        await self.replicator.merge_snapshot(records)
+
     def _answer(self, requester: str) -> None:
+        if self.replicator is not None:
+            records = self.replicator.store.snapshot()
+            state_topic = self.prefix + f"state/snap/{requester}"
+            for i in range(0, len(records), SNAPSHOT_CHUNK):
+                self._outbox.append((state_topic, _state_chunk(records[i : i + SNAPSHOT_CHUNK])))
         entries = [(e.nid, e.state, e.term, e.at) for e in self.ledger.entries()]
         topic = self.prefix + f"ledger/snap/{requester}"
         for i in range(0, len(entries), SNAPSHOT_CHUNK):
@@ -223,3 +270,7 @@ class ClusterNode:
         self._pending.extend(self.election.step_down(self.clock.monotonic()))
         await self._flush()
         await client.publish(self.presence_topic, b"", qos=1, retain=True)
+
+
+def _state_chunk(records: list[Record]) -> bytes:
+    return b'{"records":[' + b",".join(encode(r) for r in records) + b"]}"
