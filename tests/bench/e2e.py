@@ -5,7 +5,7 @@ handed to the provider; this process reads those lines, matches them to the publ
   - at a fixed 1,000 events/s: p50 and p99 latency from publish to provider;
   - at full speed: sustained events/s with every event matching a rule;
   - the service's CPU seconds per 1,000 events (from /proc, via psutil).
-Usage: scripts/bench e2e [--rate-seconds 10] [--burst 50000]
+Usage: scripts/bench e2e [--rate-seconds 10] [--burst 50000] [--smoke]
 """
 
 from __future__ import annotations
@@ -187,7 +187,10 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--rate-seconds", type=float, default=10.0)
     ap.add_argument("--burst", type=int, default=50_000)
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.rate, args.rate_seconds, args.burst = 200, 1.0, 2000
     with tempfile.TemporaryDirectory(prefix="tocsin-bench-") as tmp:
         work = Path(tmp)
         broker = Mosquitto(work / "broker")
@@ -221,6 +224,7 @@ def main() -> None:
         print(
             json.dumps(
                 {
+                    "qos": 1,
                     "rate_1k_p50_ms": round(rate["p50_ms"], 3),
                     "rate_1k_p99_ms": round(rate["p99_ms"], 3),
                     "max_events_per_s": round(burst["events_per_s"]),

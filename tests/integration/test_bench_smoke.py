@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     "fanout": {"notifications_per_s", "cpu_us_per_notification", "aioapns_notifications_per_s"},
+    "e2e": {"qos", "max_events_per_s", "cpu_s_per_1k_events", "rate_1k_p99_ms"},
 }
 
 
@@ -30,3 +31,22 @@ def test_benchmark_smoke_size_ends_with_its_json_line(name: str) -> None:
     figures = json.loads(last)
     assert EXPECTED[name] <= set(figures), figures
     assert all(isinstance(figures[k], int | float) and figures[k] > 0 for k in EXPECTED[name])
+
+
+def test_kill9_and_sigterm_mid_stream_lose_nothing() -> None:
+    """The short version of `scripts/bench crash`: one kill -9 and one SIGTERM half way through a QoS 1
+    stream of numbered events; every event is notified, SIGTERM repeats none, kill -9 repeats at most what
+    the restarted service found pending (sends that may have left before the kill)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.crash", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["kill9_lost"] == 0 and figures["sigterm_lost"] == 0, done.stdout
+    assert figures["sigterm_duplicates"] == 0, done.stdout
+    assert figures["kill9_duplicates"] <= figures["kill9_in_flight"], done.stdout
+    assert "did not log 'stopped'" not in done.stdout
