@@ -504,7 +504,10 @@ def main() -> None:
         help="api: POST /v1/registrations as each tenant's admin; inventory: managed objects written into "
         "the tenants' inventories before tocsin starts",
     )
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.tenants, args.rate, args.seconds, args.grace = 2, 10.0, 2.0, 5.0
 
     def say(text: str) -> None:
         print(text, flush=True)

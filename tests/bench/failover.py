@@ -208,7 +208,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--faults", default=",".join(FAULTS))
     ap.add_argument("--rate", type=float, default=50.0, help="simulator events per second")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.runs, args.faults = 1, "kill9"
     table: dict[str, dict[str, Any]] = {}
     for fault in args.faults.split(","):
         with tempfile.TemporaryDirectory(prefix=f"tocsin-failover-{fault}-") as tmp:

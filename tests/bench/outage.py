@@ -116,7 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--outage-s", type=float, default=60.0)
     parser.add_argument("--registrations", type=int, default=1000)
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.outage_s, args.registrations = 2.0, 50
     with tempfile.TemporaryDirectory(prefix="tocsin-outage-") as d:
         result = asyncio.run(run(Path(d), args.outage_s, args.registrations))
     print(json.dumps(result))

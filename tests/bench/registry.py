@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--upserts", type=int, default=30_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--db", type=Path, help="reuse this loaded database (kept); default: a fresh one")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.registrations, args.upserts, args.concurrency = 2000, 500, 8
     with tempfile.TemporaryDirectory(prefix="tocsin-bench-registry-") as tmp:
         work = Path(tmp)
         db = args.db or work / "registry.db"

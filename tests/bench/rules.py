@@ -128,7 +128,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--firing", type=float, default=0.1, help="share of button messages that are presses")
+    parser.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.events = 2000
     rules, errors = parse_rule_text(rules_yaml(), "bench.yaml")
     assert not errors, errors[:3]
     ruleset = compile_rules(rules)
