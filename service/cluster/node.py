@@ -35,8 +35,7 @@ from service.cluster.records import (
 from service.cluster.replica import Record, Replicator, decode, encode
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
-from service.sources.broker import aiomqtt_options
-from service.sources.mqtt import NO_DELAY
+from service.sources.broker import NO_DELAY, aiomqtt_options
 
 log = logging.getLogger("tocsin.cluster")
 TICK_S = 0.05

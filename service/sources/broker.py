@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from service.config import MqttConfig, MqttTlsConfig
 
 log = logging.getLogger("tocsin.broker")
+# paho leaves Nagle's algorithm on; with delayed ACKs every small QoS 1 round trip can wait ~40 ms.
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
 
 class _NamedContext(ssl.SSLContext):

@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import random
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +37,7 @@ from service.journal import Journal, Statement
 from service.metrics import Metrics
 from service.ratelimit import RateLimitedLog
 from service.sources.base import EventSink
-from service.sources.broker import configure_paho
+from service.sources.broker import NO_DELAY, configure_paho
 from service.sources.payload import MalformedPayload, parse_payload
 
 log = logging.getLogger("tocsin.mqtt")
@@ -46,8 +45,6 @@ ACK_TABLE = (
     "CREATE TABLE IF NOT EXISTS intake_acks (client_id TEXT NOT NULL, mid INTEGER NOT NULL,"
     " digest BLOB NOT NULL, PRIMARY KEY (client_id, mid)) WITHOUT ROWID"
 )
-# paho leaves Nagle's algorithm on; with delayed ACKs every small QoS 1 round trip can wait ~40 ms.
-NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 MAX_SETTLING = 4  # batches committed but not yet acknowledged, at most
 
 
@@ -191,7 +188,7 @@ class MqttIntake:
                 loop.call_soon_threadsafe(action)
 
         def opened(cl: paho.Client, userdata: Any, sock: Any) -> None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(*NO_DELAY[0])
 
             fd: int = sock.fileno()
 
