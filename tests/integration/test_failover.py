@@ -187,7 +187,8 @@ def test_the_preferred_instance_returns_as_a_follower_and_a_full_restart_repeats
     wait_until_sync(lambda: len(b.deliveries) >= n + 50, 20, "b to keep delivering")
     assert a2.cluster()["role"] == "follower" and not a2.deliveries  # no preemption
     sent = sim.stop()
-    check_no_loss_no_duplicate(services, sent, [b, c, a2])
+    check_no_loss_no_duplicate(services, sent, [b, c, a2])  # kill -9's duplicates: at most the ambiguous
+    before = delivered_episodes(services)
     # The whole cluster restarts, and the devices replay old events (their own retry, a retained state):
     # the ledger on each instance's disk knows they were reported.
     for s in services:
@@ -204,7 +205,9 @@ def test_the_preferred_instance_returns_as_a_follower_and_a_full_restart_repeats
     expected = {episode_of(n) for n in range(total)}
     wait_until_sync(lambda: expected <= set(delivered_episodes(services)), 30, "the new events")
     counts = delivered_episodes(services)
-    repeated = {e for e, c in counts.items() if c > 1}
+    # Reported again after the restart: more often than before it (a duplicate of the kill -9 above, an
+    # ambiguous send checked there, is not one of the restart's).
+    repeated = {e for e, c in counts.items() if c > max(1, before.get(e, 0))}
     by = [(s.id, d["term"], d["episode"]) for s in services for d in s.deliveries if d["episode"] in repeated]
     assert not repeated, f"replayed events reported again after the restart: {sorted(by)[:12]}"
 
