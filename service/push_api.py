@@ -24,7 +24,7 @@ from registrations.model import Audience
 from registrations.schemas import AudienceIn, C8yNotification, Strict
 from service.clock import Clock
 from service.notify.model import Notification
-from service.notify.options import PushOptions
+from service.notify.options import PushOptions, PushType
 from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
 
 log = logging.getLogger("tocsin.push")
@@ -54,17 +54,7 @@ class PushIn(Strict):
     badge_increment: bool = Field(default=False, description="the registration's stored count plus one")
     priority: Literal["high", "normal", "low"] | None = None
     collapse_key: str | None = Field(default=None, min_length=1, max_length=64)
-    push_type: Literal[
-        "alert",
-        "background",
-        "location",
-        "voip",
-        "complication",
-        "fileprovider",
-        "mdm",
-        "liveactivity",
-        "pushtotalk",
-    ] = "alert"
+    push_type: PushType = "alert"
     content_available: bool = False
     mutable_content: bool = False
     interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = None

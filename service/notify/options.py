@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
-PUSH_TYPES = (
+PushType = Literal[
     "alert",
     "background",
     "location",
@@ -16,7 +16,8 @@ PUSH_TYPES = (
     "mdm",
     "liveactivity",
     "pushtotalk",
-)
+]
+PUSH_TYPES: tuple[str, ...] = get_args(PushType)
 INTERRUPTION_LEVELS = ("passive", "active", "time-sensitive", "critical")
 
 
