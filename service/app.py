@@ -27,8 +27,6 @@ from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_
 from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
-from service.alerts_api import add_alert_routes
-from service.api import admin_only, build_app
 from service.clock import Clock, SystemClock
 from service.cluster.gate import ClusterGate
 from service.cluster.ledger_store import LedgerStore
@@ -41,9 +39,14 @@ from service.config import Config
 from service.cumulocity.env import PlatformEnv
 from service.cumulocity.runtime import CumulocityRuntime
 from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
-from service.events_api import EventsApi
+from service.http.alerts import add_alert_routes
 from service.http.console import Console, ReloadRecord
-from service.http_limits import MalformedRequestLog
+from service.http.events import EventsApi
+from service.http.limits import MalformedRequestLog
+from service.http.openapi import document
+from service.http.push import PushApi
+from service.http.reports import add_report_routes
+from service.http.server import admin_only, build_app
 from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -53,13 +56,10 @@ from service.notify.noise import NoiseControl, QuietHours, RateLimit, Silence
 from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
-from service.openapi import document
 from service.outbox import Outbox
 from service.providers.base import Provider
 from service.providers.registry import build_providers
-from service.push_api import PushApi
 from service.reload import watch
-from service.report_api import add_report_routes
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
 from service.supervisor import Supervisor

@@ -441,7 +441,7 @@ _REG = [
     {"name": "provider", "in": "path", "required": True, "schema": {"type": "string"}},
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
-# The console's paths, for /openapi.json (service/openapi.py merges them in).
+# The console's paths, for /openapi.json (service/http/openapi.py merges them in).
 CONSOLE_PATHS: dict[str, Any] = {
     "/ui": {"get": _op("Redirects to /ui/", {"302": {"description": "To /ui/"}}, public=True)},
     "/ui/": {"get": _op("The web console (HTML; signs in with an API key)", public=True)},

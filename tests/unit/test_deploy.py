@@ -21,9 +21,9 @@ import yaml
 from aiohttp import web
 
 from rules.loader import load_rules
-from service.api import build_app
 from service.app import mqtt_enabled, rule_paths
 from service.config import Config, load_config
+from service.http.server import build_app
 from service.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,9 @@ from typing import Any
 from registrations import openapi as reg
 from registrations.schemas import C8yNotification
 from service import __version__
-from service.events_api import EventsIn
 from service.http.console import CONSOLE_PATHS
-from service.push_api import PushIn
+from service.http.events import EventsIn
+from service.http.push import PushIn
 
 _PLAIN = {"200": {"description": "OK"}}
 _TASK = {

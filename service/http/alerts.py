@@ -19,10 +19,10 @@ from registrations import jsonbody
 from registrations.auth import Principal
 from registrations.http import ApiError, read_body
 from rules.durations import parse_duration
-from service.api import principal_of
 from service.clock import Clock
 from service.cluster.replica import ReplicaUnavailable
 from service.cluster.replicated_silences import ReplicatedSilences
+from service.http.server import principal_of
 from service.notify.model import Notification
 from service.notify.noise import Ack, NoiseControl, Silence
 
