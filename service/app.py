@@ -216,7 +216,7 @@ class Service:
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
-            self.ledger_store = LedgerStore(config.data_dir / "cluster.db")
+            self.ledger_store = LedgerStore(self.journal, legacy=config.data_dir / "cluster.db")
             self.cluster = ClusterNode(
                 config.mqtt,
                 config.cluster.name,
@@ -232,9 +232,7 @@ class Service:
             loaded = self.ledger_store.load_into(self.cluster.ledger, self.clock.time())
             self.cluster.ledger.on_record = self.ledger_store.save
             if loaded:
-                log.info(
-                    "cluster ledger: %d records restored from %s", loaded, config.data_dir / "cluster.db"
-                )
+                log.info("cluster ledger: %d records restored from %s", loaded, config.store_path)
             self.dispatcher.guard = self.gate
             # Registrations written through any instance reach every instance (service/cluster/replica.py).
             self.replicator = Replicator(
@@ -445,8 +443,6 @@ class Service:
         cfg = self.config
         self._stack.callback(self.store.close)
         self._stack.callback(self.writer.close)
-        if self.cluster is not None:
-            self._stack.callback(self.ledger_store.close)
         # Runs after everything else stopped: commits what is left (final states, alert state), then closes.
         self._stack.callback(self.journal.close)
         self._stack.callback(self.outbox.close)
