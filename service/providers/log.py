@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from datetime import UTC, datetime
 from typing import TextIO
 
 from service.config import LogProviderConfig
+from service.jsontext import dumps
 from service.notify.model import Delivery, describe
 from service.providers.base import Delivered, Outcome
 
@@ -37,15 +37,7 @@ class LogProvider:
     async def send(self, delivery: Delivery) -> Outcome:
         n, reg = delivery.notification, delivery.registration
         if self._json:
-            line = json.dumps(
-                {
-                    **describe(n),
-                    "to": reg.token,
-                    "term": delivery.term,
-                    "sent_at": time.time(),
-                },
-                separators=(",", ":"),
-            )
+            line = dumps({**describe(n), "to": reg.token, "term": delivery.term, "sent_at": time.time()})
         else:
             stamp = datetime.fromtimestamp(n.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
             state = n.state.upper()
