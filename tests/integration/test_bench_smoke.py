@@ -19,6 +19,8 @@ EXPECTED = {
     "outage": {"delivered", "drain_after_outage_s"},
     "cumulocity": {"alarms_per_s", "p99_ms", "created_per_s"},
     "failover": {"kill9"},
+    "stages": {"events_per_s", "cpu_us_per_event", "samples"},
+    "clients": {"messages", "tocsin", "paho", "gmqtt", "aiomqtt"},
 }
 
 
