@@ -284,9 +284,16 @@ class MqttIntake:
             self._wakeup.set_result(None)
 
     async def _misc(self, client: paho.Client) -> None:
-        """Keepalive pings and their time-outs."""
-        while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (paho's own clock)
-            await asyncio.sleep(1.0)
+        """Keepalive pings and their time-outs. Part of the session: if it fails, the session ends (and
+        reconnects) rather than going on without keepalive."""
+        try:
+            while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (paho's own clock)
+                await asyncio.sleep(1.0)
+        except Exception as exc:
+            self.metrics.internal_errors.inc("mqtt_keepalive")
+            log.exception("the MQTT keepalive failed")
+            self._lose(f"keepalive failed: {exc}")
+            return
         self._lose("keepalive: the broker stopped answering")
 
     # -- running ------------------------------------------------------------------------------------------
