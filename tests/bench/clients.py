@@ -72,8 +72,12 @@ class Durable:
         self.received += 1
 
     async def commit(self) -> None:
+        """Returns once every message added before the call is committed."""
+        if self.done.is_set():
+            return
+        added = self.received
         await self.journal.commit()
-        self.committed = self.journal.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        self.committed = max(self.committed, added)
         if self.committed >= self.expected:
             self.done.set()
 
