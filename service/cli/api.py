@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import Config, ConfigError
+from service.providers.plugins import NAMES as PROVIDERS
 
 Loader = Callable[[str | None], Config]
 
@@ -37,6 +38,7 @@ def example(*lines: str) -> str:
 
 
 RAW = argparse.RawDescriptionHelpFormatter
+_NAMES = ", ".join(PROVIDERS)
 
 
 def add_commands(sub: Any, load: Loader) -> None:
@@ -53,7 +55,9 @@ def add_commands(sub: Any, load: Loader) -> None:
     common(ls)
     ls.add_argument("--user", action="append", default=[], help="this user's (repeatable), e.g. --user ann")
     ls.add_argument("--app", action="append", default=[], help="this app's, e.g. --app com.example.alarms")
-    ls.add_argument("--provider", action="append", default=[], help="apns, fcm or log, e.g. --provider fcm")
+    ls.add_argument(
+        "--provider", action="append", default=[], help=f"{_NAMES}, e.g. --provider {PROVIDERS[-1]}"
+    )
     ls.add_argument("--tags", help="tag expression, e.g. 'severity:critical && deviceId:all'")
     ls.add_argument("--state", help="active, suspect or invalid, e.g. --state invalid")
     ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -65,7 +69,7 @@ def add_commands(sub: Any, load: Loader) -> None:
         formatter_class=RAW,
     )
     common(add)
-    add.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
+    add.add_argument("provider", choices=PROVIDERS, help="the push provider")
     add.add_argument("token", help="the device token (APNs: 64 hex digits)")
     add.add_argument("--user", help="the user id, e.g. --user ann")
     add.add_argument("--app", help="bundle id or package name, e.g. --app com.example.alarms")
@@ -82,7 +86,7 @@ def add_commands(sub: Any, load: Loader) -> None:
         formatter_class=RAW,
     )
     common(rm)
-    rm.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
+    rm.add_argument("provider", choices=PROVIDERS, help="the push provider")
     rm.add_argument("token", help="the device token")
     rm.set_defaults(func=lambda a: _remove(a, load))
 
@@ -104,7 +108,7 @@ def add_commands(sub: Any, load: Loader) -> None:
         "--app", action="append", default=[], help="only this app's, e.g. --app com.example.alarms"
     )
     push.add_argument(
-        "--platform", action="append", default=[], choices=["apns", "fcm", "log"], help="only this provider's"
+        "--platform", action="append", default=[], choices=PROVIDERS, help="only this provider's"
     )
     push.add_argument("--wait", action="store_true", help="wait until it is delivered, then print the report")
     push.add_argument(
