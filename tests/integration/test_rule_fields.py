@@ -63,7 +63,7 @@ async def _service(tmp_path: Path, broker: Mosquitto, apns: FakeAPNs, fcm: FakeF
                 "production_url": f"https://localhost:{apns.port}",
                 "ca_file": str(apns.cert_path),
             },
-            "fcm": {"credentials": json.dumps(info), "send_url": fcm.url},
+            "fcm": {"credentials": json.dumps(info), "send_url": fcm.url, "ca_file": str(fcm.ca_file)},
         },
         "registrations": {"seed": []},
     }
@@ -85,7 +85,7 @@ async def _service(tmp_path: Path, broker: Mosquitto, apns: FakeAPNs, fcm: FakeF
 
 async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     service = await _service(tmp_path, broker, apns, fcm)
     try:
         await wait_until(lambda: service.source.is_connected, 10, "the MQTT connection")
@@ -128,7 +128,7 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
 
 async def test_push_api_options_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     service = await _service(tmp_path, broker, apns, fcm)
     body = {
         "audience": {"tags": "home"},
