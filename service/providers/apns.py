@@ -32,7 +32,7 @@ from registrations.model import Registration
 from service.clock import Clock
 from service.notify.model import Delivery
 from service.providers import apns_payload
-from service.providers.apns_token import ProviderToken, ProviderTokens
+from service.providers.apns_token import ProviderToken, ProviderTokens, es256
 from service.providers.base import (
     ConfigError,
     Delivered,
@@ -356,7 +356,7 @@ class ApnsProvider:
 
 def check_credentials(config: ApnsConfig) -> list[str]:
     """Each app's key or certificate file, read and parsed now: a missing or malformed file named by path."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
+    from cryptography.hazmat.primitives.serialization import pkcs12
 
     problems: list[str] = []
     for app, cfg in config.apps.items():
@@ -377,7 +377,7 @@ def check_credentials(config: ApnsConfig) -> list[str]:
                     if cfg.private_key is not None
                     else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
                 )
-                load_pem_private_key(text.encode(), password=None)
+                es256(text)  # parsed as the signer will: an EC (P-256) private key
         except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
             path = cfg.certificate_path or cfg.private_key_path
             what = f"{path}: " if path is not None else "private_key: "

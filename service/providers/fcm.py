@@ -401,7 +401,7 @@ def check_credentials(config: FcmConfig) -> list[str]:
     """The service account read and parsed now: a missing or malformed file is named by its path."""
     where = f"{config.credentials_path}: " if config.credentials_path is not None else "credentials: "
     try:
-        _Credential(config)
+        _Credential(config).session.close()
     except FileNotFoundError:
         return [f"{where}no such file"]
     except PermissionError:
