@@ -325,15 +325,11 @@ def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
     headers: dict[str, str] = {}
     if o.priority is not None or o.push_type != "alert":
         headers["apns-priority"] = str(apns_payload.priority(n))
+    if o.push_type != "alert":
+        headers["apns-push-type"] = o.push_type
     if o.collapse_key is not None:
         headers["apns-collapse-id"] = collapse
-    aps: dict[str, Any] = {}
-    if o.sound and o.push_type != "background":
-        aps["sound"] = o.sound
-    if o.category:
-        aps["category"] = o.category
-    if o.badge is not None:
-        aps["badge"] = o.badge
+    aps = apns_payload.aps_keys(o)  # FCM adds the alert from message.notification
     block: dict[str, Any] = {}
     if headers:
         block["headers"] = headers
