@@ -122,9 +122,8 @@ class _Credential:
             return str(self.creds.token)
         async with self._lock:  # one refresh for everyone waiting
             if not self.fresh() or self.creds.token == stale:
-                await asyncio.to_thread(
-                    self.creds.refresh, self._request
-                )  # off the loop, bounded by timeout_s
+                # Off the loop; each request to the token endpoint is bounded by timeout_s.
+                await asyncio.to_thread(self.creds.refresh, self._request)
             return str(self.creds.token)
 
 
@@ -157,6 +156,7 @@ class FcmProvider:
                 mtime = None
             if self._cred is not None and mtime != self._mtime:
                 log.info("FCM service account file changed on disk: using it")
+                self._cred.session.close()
                 self._cred = None
             self._mtime = mtime
         if self._cred is None:
