@@ -314,9 +314,24 @@ def message(n: Notification, token: str, ttl: int, locale: str | None = None) ->
         apns = {**apns, **o.fcm_apns}
     if apns:
         msg["apns"] = apns
-    if o.fcm_webpush:
-        msg["webpush"] = dict(o.fcm_webpush)
+    webpush = _webpush_block(n, collapse)
+    if o.fcm_webpush:  # the caller's own block wins, key by key
+        webpush = {**webpush, **o.fcm_webpush}
+    if webpush:
+        msg["webpush"] = webpush
     return msg
+
+
+def _webpush_block(n: Notification, collapse: str) -> dict[str, Any]:
+    """What the rule says for browsers reached through FCM: the Web Push ``Urgency`` header from the
+    priority, and the collapse key as the Web Notification ``tag`` (a newer one replaces the older)."""
+    o = n.options
+    block: dict[str, Any] = {}
+    if o.priority is not None:
+        block["headers"] = {"Urgency": o.priority}  # RFC 8030: very-low, low, normal, high
+    if o.collapse_key is not None and o.push_type != "background":
+        block["notification"] = {"tag": collapse}
+    return block
 
 
 def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
