@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from registrations.model import check_quiet_hours, check_tag, check_token
+from registrations.model import ProviderName, check_quiet_hours, check_tag, check_token
 
 MAX_TAGS = 60  # as Azure Notification Hubs allows per installation
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
@@ -68,7 +68,11 @@ class RegistrationFields(Strict):
         if v is not None:
             try:
                 zoneinfo.ZoneInfo(v)
-            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            except (
+                ValueError,
+                OSError,
+                zoneinfo.ZoneInfoNotFoundError,
+            ):  # OSError: a name too long for a path
                 raise ValueError("a time zone is an IANA name such as 'Europe/Berlin'") from None
         return v
 
@@ -81,7 +85,7 @@ class RegistrationFields(Strict):
 class RegistrationIn(RegistrationFields):
     """``POST /v1/registrations``: register a token, or update it when it is registered already."""
 
-    provider: Literal["apns", "fcm", "log"]
+    provider: ProviderName
     token: str = Field(min_length=1, max_length=4096)
     app: str | None = None
 
@@ -106,7 +110,7 @@ class AudienceIn(Strict):
     tokens: list[str] = Field(default_factory=list, max_length=10_000)
     tags: str | None = Field(default=None, description="tag expression, e.g. 'a && (b || !c)'")
     channels: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    platforms: list[Literal["apns", "fcm", "log"]] = Field(default_factory=list)
+    platforms: list[ProviderName] = Field(default_factory=list)
     apps: list[str] = Field(default_factory=list, max_length=100)
 
     _check_channels = field_validator("channels")(_channels)
@@ -141,23 +145,3 @@ class C8yRegistration(C8yStrict):
 
     _check_tags = field_validator("tags")(_tags)
     _check_app = field_validator("bundleId")(_app)
-
-
-class C8yReceiver(C8yStrict):
-    userIds: list[str] = Field(default_factory=list, max_length=10_000)
-    deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
-
-
-class C8yBody(C8yStrict):
-    alarmId: str = Field(min_length=1, max_length=255)
-
-
-class C8yMessage(C8yStrict):
-    title: str = Field(min_length=1, max_length=1000)
-    body: C8yBody
-
-
-class C8yNotification(C8yStrict):
-    receiver: C8yReceiver | None = None
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    message: C8yMessage
