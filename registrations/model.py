@@ -42,6 +42,10 @@ class Registration:
     badge: int | None = None
     last_success: float | None = None
     state_since: float | None = None  # when ``state`` last changed
+    # A Web Push subscription's keys (the token is its endpoint): the browser's P-256 public key and auth
+    # secret, unpadded URL-safe base64 as PushSubscription.toJSON() gives them (RFC 8291 §3).
+    p256dh: str | None = None
+    auth: str | None = None
 
 
 def new_id() -> str:
