@@ -6,6 +6,8 @@ certificate), checks ``Tocsin-Signature`` over ``Tocsin-Timestamp`` and the raw 
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import ssl
 import time
@@ -37,12 +39,14 @@ class FakeWebhookReceiver:
     port: int = 0
     require_client_cert: bool = False
     fail_next: deque[tuple[int, float | None]] = field(default_factory=deque)
+    record: bool = True
 
     def __post_init__(self) -> None:
         self.ca = CertificateAuthority(self.directory / "webhook-ca", "fake webhook CA")
         self.posted: list[Posted] = []
         self.refused: dict[int, int] = {}
         self.requests = 0
+        self.accepted = 0
         self._runner: web.AppRunner | None = None
 
     @property
@@ -94,5 +98,23 @@ class FakeWebhookReceiver:
                 headers["Location"] = "http://169.254.169.254/latest/meta-data/"
             return web.Response(status=status, text="scripted", headers=headers)
         peer = request.transport.get_extra_info("peercert") if request.transport else None
-        self.posted.append(Posted(request.path, dict(request.headers), raw, doc, bool(peer)))
+        self.accepted += 1
+        if self.record:
+            self.posted.append(Posted(request.path, dict(request.headers), raw, doc, bool(peer)))
         return web.Response(status=200, text="ok")
+
+
+async def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dir", type=Path, required=True, help="where the CA and certificates are written")
+    parser.add_argument("--secret-file", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    fake = FakeWebhookReceiver(args.dir, args.secret_file.read_bytes().strip(), port=args.port, record=False)
+    await fake.start()
+    print(json.dumps({"port": fake.port, "ca": str(fake.ca.cert), "url": fake.url}), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

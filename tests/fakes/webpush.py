@@ -49,6 +49,11 @@ MAX_BODY = 4096
 URGENCIES = ("very-low", "low", "normal", "high")
 _TOPIC = re.compile(r"[A-Za-z0-9_\-]{1,32}")
 _MAX_EXP_S = 24 * 3600
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
 
 
 def b64url(raw: bytes) -> str:
@@ -119,6 +124,7 @@ class FakeWebPush:
         self.ca = CertificateAuthority(self.directory / "webpush-ca", "fake web push CA")
         self.subscriptions: dict[str, Subscription] = {}
         self.gone: set[str] = set()
+        self.remote_subscriptions: list[Subscription] = []
         self.received: list[Received] = []
         self.accepted = 0
         self.refused: dict[str, int] = {}  # reason -> count
@@ -140,6 +146,7 @@ class FakeWebPush:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/push/{sid}", self._push)
         app.router.add_post("/subscriptions", self._subscribe_remote)
+        app.router.add_route("OPTIONS", "/subscriptions", self._preflight)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ctx)
@@ -158,8 +165,10 @@ class FakeWebPush:
             ec.generate_private_key(ec.SECP256R1()), secrets.token_bytes(16), application_server_key
         )
 
-    def _add(self, key: ec.EllipticCurvePrivateKey, auth: bytes, server_key: bytes | None) -> Subscription:
-        sid = secrets.token_urlsafe(24)
+    def _add(
+        self, key: ec.EllipticCurvePrivateKey, auth: bytes, server_key: bytes | None, sid: str | None = None
+    ) -> Subscription:
+        sid = sid or secrets.token_urlsafe(24)
         sub = Subscription(sid, f"{self.origin}/push/{sid}", key, auth, server_key)
         self.subscriptions[sid] = sub
         return sub
@@ -172,15 +181,22 @@ class FakeWebPush:
     def for_subscription(self, sub: Subscription) -> list[Received]:
         return [r for r in self.received if r.subscription == sub.id]
 
+    async def _preflight(self, request: web.Request) -> web.Response:
+        return web.Response(status=204, headers=_CORS)
+
     async def _subscribe_remote(self, request: web.Request) -> web.Response:
         """A real browser's page hands over the keys it made (WebCrypto JWK), so the fake can decrypt."""
         doc = await request.json()
         jwk = doc["private_jwk"]
+        if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
+            return web.json_response({"message": "a P-256 ECDH key"}, status=400, headers=_CORS)
         number = int.from_bytes(unb64url(jwk["d"]), "big")
         key = ec.derive_private_key(number, ec.SECP256R1())
         server_key = doc.get("application_server_key")
         sub = self._add(key, unb64url(doc["auth"]), unb64url(server_key) if server_key else None)
-        return web.json_response({"endpoint": sub.endpoint, "keys": sub.json["keys"]}, status=201)
+        self.remote_subscriptions.append(sub)
+        body = {"endpoint": sub.endpoint, "keys": sub.json["keys"]}
+        return web.json_response(body, status=201, headers=_CORS)
 
     # -- delivery -------------------------------------------------------------------------------------------
 
@@ -290,9 +306,20 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, required=True, help="where the CA and certificates are written")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--bench", type=int, default=0, help="make this many subscriptions b0, b1, ... sharing one key pair"
+    )
+    parser.add_argument("--application-server-key", help="the VAPID public key the bench subscribed with")
     args = parser.parse_args()
-    fake = await FakeWebPush(args.dir, port=args.port).start()
-    print(json.dumps({"port": fake.port, "ca": str(fake.ca_file)}), flush=True)
+    fake = await FakeWebPush(args.dir, port=args.port, record=False).start()
+    info: dict[str, Any] = {"port": fake.port, "ca": str(fake.ca_file), "origin": fake.origin}
+    if args.bench:
+        key, auth = ec.generate_private_key(ec.SECP256R1()), secrets.token_bytes(16)
+        server = unb64url(args.application_server_key) if args.application_server_key else None
+        for i in range(args.bench):
+            sub = fake._add(key, auth, server, f"b{i}")
+        info |= {"endpoint_prefix": f"{fake.origin}/push/b", **sub.json["keys"]}
+    print(json.dumps(info), flush=True)
     await asyncio.Event().wait()
 
 
