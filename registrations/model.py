@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-Provider = Literal["apns", "fcm", "log"]
+Provider = Literal["apns", "fcm", "log", "webhook", "webpush"]
 Environment = Literal["production", "sandbox"]
 State = Literal["active", "suspect", "invalid"]
-PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log")
+PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log", "webhook", "webpush")
 STATES: tuple[str, ...] = ("active", "suspect", "invalid")
 _TAG = re.compile(r"[A-Za-z0-9_@#.:\-]{1,120}")
 # APNs device tokens are 32 bytes, written as 64 hex digits (specs/push-providers.md).
@@ -20,6 +22,10 @@ _APNS_TOKEN = re.compile(r"[0-9a-fA-F]{64}")
 _FCM_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
 FCM_TOKEN_LENGTH = (32, 4096)
 _LOG_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
+# Webhook URLs and Web Push endpoints: an absolute URL of printable ASCII. Which hosts are allowed is the
+# deployment's setting, checked by the provider's URL check (service/providers/targets.py).
+_URL = re.compile(r"https?://[\x21-\x7e]{1,2040}")
+_B64URL = re.compile(r"[A-Za-z0-9_\-]+={0,2}")
 
 
 @dataclass(slots=True)
@@ -81,7 +87,37 @@ def check_token(provider: str, token: str) -> str:
         if not _LOG_TOKEN.fullmatch(token):
             raise ValueError("a log token is 1-200 printable characters without spaces")
         return token
+    if provider == "webhook":
+        if not _URL.fullmatch(token):
+            raise ValueError(
+                "a webhook registration's token is its URL: https://... (at most 2048 characters)"
+            )
+        return token
+    if provider == "webpush":
+        if not _URL.fullmatch(token) or not token.startswith("https://"):
+            raise ValueError("a Web Push registration's token is its subscription's https:// endpoint")
+        return token
     raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
+
+
+def _b64url(text: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(text):
+        raise ValueError(f"{what} is URL-safe base64")
+    try:
+        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is URL-safe base64") from None
+
+
+def check_subscription_keys(p256dh: str, auth: str) -> tuple[str, str]:
+    """A push subscription's keys as RFC 8291 §3 has them: p256dh an uncompressed P-256 point (65 bytes,
+    0x04 first), auth a 16-byte secret. Returned unpadded, as browsers give them."""
+    point = _b64url(p256dh, "keys.p256dh")
+    if len(point) != 65 or point[0] != 4:
+        raise ValueError("keys.p256dh is the subscription's P-256 public key: 65 bytes, uncompressed")
+    if len(_b64url(auth, "keys.auth")) != 16:
+        raise ValueError("keys.auth is the subscription's 16-byte authentication secret")
+    return p256dh.rstrip("="), auth.rstrip("=")
 
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"

@@ -45,7 +45,12 @@ C8Y_ERRORS = {
     "403": answer("The app key may not do this", "C8yError"),
 }
 TOKEN_PARAMS = [
-    {"name": "provider", "in": "path", "required": True, "schema": {"enum": ["apns", "fcm", "log"]}},
+    {
+        "name": "provider",
+        "in": "path",
+        "required": True,
+        "schema": {"enum": ["apns", "fcm", "log", "webhook", "webpush"]},
+    },
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
 
@@ -163,8 +168,8 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "provider": {"enum": ["apns", "fcm", "log"]},
-            "token": {"type": "string"},
+            "provider": {"enum": ["apns", "fcm", "log", "webhook", "webpush"]},
+            "token": {"type": "string", "description": "device token; webhook: URL; webpush: endpoint"},
             "app": _TEXT,
             "environment": {"enum": ["production", "sandbox"]},
             "user_id": _TEXT,
@@ -180,6 +185,7 @@ SCHEMAS: dict[str, Any] = {
             "created": _ISO,
             "updated": _ISO,
             "last_success": _ISO,
+            "p256dh": {"type": ["string", "null"], "description": "webpush: the subscription's public key"},
         },
     },
     "RegistrationPage": {

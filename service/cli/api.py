@@ -15,8 +15,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from registrations.model import PROVIDERS
 from service.config import Config, ConfigError
 
 Loader = Callable[[str | None], Config]
@@ -53,7 +55,12 @@ def add_commands(sub: Any, load: Loader) -> None:
     common(ls)
     ls.add_argument("--user", action="append", default=[], help="this user's (repeatable), e.g. --user ann")
     ls.add_argument("--app", action="append", default=[], help="this app's, e.g. --app com.example.alarms")
-    ls.add_argument("--provider", action="append", default=[], help="apns, fcm or log, e.g. --provider fcm")
+    ls.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        help="apns, fcm, log, webhook or webpush, e.g. --provider fcm",
+    )
     ls.add_argument("--tags", help="tag expression, e.g. 'severity:critical && deviceId:all'")
     ls.add_argument("--state", help="active, suspect or invalid, e.g. --state invalid")
     ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -61,12 +68,27 @@ def add_commands(sub: Any, load: Loader) -> None:
     add = verbs.add_parser(
         "add",
         help="register a token (again: updates it)",
-        epilog=example("tocsin registrations add log my-laptop --user ann --tag home"),
+        epilog=example(
+            "tocsin registrations add log my-laptop --user ann --tag home",
+            "tocsin registrations add webhook https://hooks.example.com/tocsin --tag ops",
+            "tocsin registrations add webpush --subscription subscription.json --user ann --tag home",
+        ),
         formatter_class=RAW,
     )
     common(add)
-    add.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
-    add.add_argument("token", help="the device token (APNs: 64 hex digits)")
+    add.add_argument("provider", choices=PROVIDERS, help="the push provider")
+    add.add_argument(
+        "token",
+        nargs="?",
+        help="the device token (APNs: 64 hex digits; webhook: the URL; webpush: the endpoint)",
+    )
+    add.add_argument(
+        "--subscription",
+        type=Path,
+        help="webpush: a file with the browser's PushSubscription.toJSON(): {endpoint, keys}",
+    )
+    add.add_argument("--p256dh", help="webpush: the subscription's keys.p256dh (with the endpoint as token)")
+    add.add_argument("--auth", help="webpush: the subscription's keys.auth (with the endpoint as token)")
     add.add_argument("--user", help="the user id, e.g. --user ann")
     add.add_argument("--app", help="bundle id or package name, e.g. --app com.example.alarms")
     add.add_argument("--tag", action="append", default=[], help="a tag (repeatable), e.g. --tag home")
@@ -82,7 +104,7 @@ def add_commands(sub: Any, load: Loader) -> None:
         formatter_class=RAW,
     )
     common(rm)
-    rm.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
+    rm.add_argument("provider", choices=PROVIDERS, help="the push provider")
     rm.add_argument("token", help="the device token")
     rm.set_defaults(func=lambda a: _remove(a, load))
 
@@ -104,7 +126,7 @@ def add_commands(sub: Any, load: Loader) -> None:
         "--app", action="append", default=[], help="only this app's, e.g. --app com.example.alarms"
     )
     push.add_argument(
-        "--platform", action="append", default=[], choices=["apns", "fcm", "log"], help="only this provider's"
+        "--platform", action="append", default=[], choices=PROVIDERS, help="only this provider's"
     )
     push.add_argument("--wait", action="store_true", help="wait until it is delivered, then print the report")
     push.add_argument(
@@ -197,13 +219,33 @@ def _list(args: argparse.Namespace, load: Loader) -> int:
     return 0
 
 
+def _subscription(args: argparse.Namespace) -> dict[str, Any]:
+    """A Web Push subscription from --subscription FILE, or from the endpoint with --p256dh and --auth."""
+    if args.subscription is not None:
+        try:
+            doc = json.loads(args.subscription.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read the subscription {args.subscription}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.subscription} is not a PushSubscription JSON object")
+        return doc
+    if not (args.token and args.p256dh and args.auth):
+        raise CliError(
+            "a webpush registration needs --subscription FILE, or the endpoint with --p256dh and --auth"
+        )
+    return {"endpoint": args.token, "keys": {"p256dh": args.p256dh, "auth": args.auth}}
+
+
 def _add(args: argparse.Namespace, load: Loader) -> int:
-    body: dict[str, Any] = {
-        "provider": args.provider,
-        "token": args.token,
-        "tags": args.tag,
-        "channels": args.channel,
-    }
+    body: dict[str, Any] = {"provider": args.provider, "tags": args.tag, "channels": args.channel}
+    if args.provider == "webpush":
+        body["subscription"] = _subscription(args)
+    elif args.token is None:
+        raise CliError(f"a {args.provider} registration needs its token")
+    elif args.subscription or args.p256dh or args.auth:
+        raise CliError("--subscription, --p256dh and --auth are for webpush registrations")
+    else:
+        body["token"] = args.token
     if args.user:
         body["user_id"] = args.user
     if args.app:

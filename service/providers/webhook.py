@@ -47,7 +47,9 @@ class WebhookConfig(BaseModel):
     ca_file: Path | None = Field(None, description="trust these CAs instead of the system's")
     client_cert_path: Path | None = Field(None, description="client certificate (PEM) for mutual TLS")
     client_key_path: Path | None = Field(None, description="its key (PEM), when not in client_cert_path")
-    timeout_s: float = Field(10.0, gt=0, description="whole request; an answer not back by then is retried")
+    timeout_s: float = Field(
+        10.0, gt=0, description="an answer (or its next part) not back by then is retried"
+    )
     connect_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(100, ge=1)
 
@@ -123,7 +125,10 @@ class WebhookProvider:
                 ctx.load_cert_chain(c.client_cert_path, c.client_key_path)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=c.max_connections, ssl=ctx),
-                timeout=aiohttp.ClientTimeout(total=c.timeout_s, connect=c.connect_timeout_s),
+                # Per socket operation, not in total: waiting for a pooled connection is not the peer's delay.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=c.connect_timeout_s, sock_read=c.timeout_s
+                ),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding",),

@@ -158,7 +158,10 @@ class WebPushProvider:
                 ctx = ssl.create_default_context(cafile=str(self.config.ca_file))
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.config.max_connections, ssl=ctx),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                # Per socket operation: waiting for a pooled connection is not the push service's delay.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.config.timeout_s, sock_read=self.config.timeout_s
+                ),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
