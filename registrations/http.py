@@ -22,6 +22,7 @@ from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 from registrations.store import RegistrationStore, StoreUnavailable
+from service.providers import plugins
 
 log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
@@ -176,7 +177,7 @@ def to_c8y(r: Registration) -> dict[str, Any]:
         "device": {
             "deviceName": r.device_name,
             "deviceToken": r.token,
-            "platform": "IOS" if r.provider == "apns" else "Android",
+            "platform": {p: c for c, p in plugins.c8y_providers().items()}.get(r.provider, r.provider),
         },
     }
 
@@ -388,7 +389,11 @@ class RegistrationApi:
     async def c8y_register(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         body = await parse(request, C8yRegistration)
-        provider = "apns" if body.device.platform == "IOS" else "fcm"
+        provider = plugins.c8y_providers().get(body.device.platform)
+        if provider is None:
+            raise ApiError(
+                400, "invalid_body", f"device.platform {body.device.platform!r}: no provider serves it"
+            )
         try:
             token = check_token(provider, body.device.deviceToken)
             tags = (*body.tags, check_tag(c8y_user_tag(body.userId)), check_tag(f"bundleId:{body.bundleId}"))

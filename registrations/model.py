@@ -8,23 +8,17 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-Provider = Literal["apns", "fcm", "log", "webhook", "webpush"]
+from pydantic import AfterValidator, WithJsonSchema
+
+from service.providers import plugins
+
 Environment = Literal["production", "sandbox"]
 State = Literal["active", "suspect", "invalid"]
-PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log", "webhook", "webpush")
+PROVIDERS: tuple[str, ...] = plugins.NAMES  # the provider plug-ins' names
 STATES: tuple[str, ...] = ("active", "suspect", "invalid")
 _TAG = re.compile(r"[A-Za-z0-9_@#.:\-]{1,120}")
-# APNs device tokens are 32 bytes, written as 64 hex digits (specs/push-providers.md).
-_APNS_TOKEN = re.compile(r"[0-9a-fA-F]{64}")
-# FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
-_FCM_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
-FCM_TOKEN_LENGTH = (32, 4096)
-_LOG_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
-# Webhook URLs and Web Push endpoints: an absolute URL of printable ASCII. Which hosts are allowed is the
-# deployment's setting, checked by the provider's URL check (service/providers/targets.py).
-_URL = re.compile(r"https?://[\x21-\x7e]{1,2040}")
 _B64URL = re.compile(r"[A-Za-z0-9_\-]+={0,2}")
 
 
@@ -70,34 +64,18 @@ def check_tag(tag: str) -> str:
 
 
 def check_token(provider: str, token: str) -> str:
-    """The token in the shape its provider issues; returns it normalised (APNs: lower-case hex)."""
-    if provider == "apns":
-        if not _APNS_TOKEN.fullmatch(token):
-            raise ValueError("an APNs device token is 64 hexadecimal characters")
-        return token.lower()
-    if provider == "fcm":
-        low, high = FCM_TOKEN_LENGTH
-        if not (low <= len(token) <= high) or not _FCM_TOKEN.fullmatch(token):
-            raise ValueError(
-                f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
-                "with at most one ':'"
-            )
-        return token
-    if provider == "log":
-        if not _LOG_TOKEN.fullmatch(token):
-            raise ValueError("a log token is 1-200 printable characters without spaces")
-        return token
-    if provider == "webhook":
-        if not _URL.fullmatch(token):
-            raise ValueError(
-                "a webhook registration's token is its URL: https://... (at most 2048 characters)"
-            )
-        return token
-    if provider == "webpush":
-        if not _URL.fullmatch(token) or not token.startswith("https://"):
-            raise ValueError("a Web Push registration's token is its subscription's https:// endpoint")
-        return token
-    raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
+    """The token in the shape its provider issues (the provider plug-in's rule), normalised."""
+    return plugins.check_token(provider, token)
+
+
+def check_provider(name: str) -> str:
+    if name not in PROVIDERS:
+        raise ValueError(f"unknown provider {name!r}: one of {', '.join(PROVIDERS)}")
+    return name
+
+
+# A provider's name in a request or configuration: checked against the plug-ins, an enum in OpenAPI.
+ProviderName = Annotated[str, AfterValidator(check_provider), WithJsonSchema({"enum": list(PROVIDERS)})]
 
 
 def _b64url(text: str, what: str) -> bytes:

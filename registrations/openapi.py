@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from registrations.model import PROVIDERS
 from registrations.schemas import C8yNotification, C8yRegistration, RegistrationIn, RegistrationPatch
 
 REF = "#/components/schemas/{model}"
@@ -45,12 +46,7 @@ C8Y_ERRORS = {
     "403": answer("The app key may not do this", "C8yError"),
 }
 TOKEN_PARAMS = [
-    {
-        "name": "provider",
-        "in": "path",
-        "required": True,
-        "schema": {"enum": ["apns", "fcm", "log", "webhook", "webpush"]},
-    },
+    {"name": "provider", "in": "path", "required": True, "schema": {"enum": list(PROVIDERS)}},
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
 
@@ -168,7 +164,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "provider": {"enum": ["apns", "fcm", "log", "webhook", "webpush"]},
+            "provider": {"enum": list(PROVIDERS)},
             "token": {"type": "string", "description": "device token; webhook: URL; webpush: endpoint"},
             "app": _TEXT,
             "environment": {"enum": ["production", "sandbox"]},
@@ -210,7 +206,11 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "deviceName": _TEXT,
                     "deviceToken": {"type": "string"},
-                    "platform": {"enum": ["IOS", "Android"]},
+                    "platform": {
+                        "type": "string",
+                        "description": "IOS or Android; a provider the gateway has no platform for (log)"
+                        " shows its own name",
+                    },
                 },
             },
         },

@@ -8,7 +8,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from registrations.model import check_quiet_hours, check_subscription_keys, check_tag, check_token
+from registrations.model import (
+    ProviderName,
+    check_quiet_hours,
+    check_subscription_keys,
+    check_tag,
+    check_token,
+)
 
 MAX_TAGS = 60  # as Azure Notification Hubs allows per installation
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
@@ -68,7 +74,11 @@ class RegistrationFields(Strict):
         if v is not None:
             try:
                 zoneinfo.ZoneInfo(v)
-            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            except (
+                ValueError,
+                OSError,
+                zoneinfo.ZoneInfoNotFoundError,
+            ):  # OSError: a name too long for a path
                 raise ValueError("a time zone is an IANA name such as 'Europe/Berlin'") from None
         return v
 
@@ -97,7 +107,7 @@ class RegistrationIn(RegistrationFields):
     A Web Push registration gives ``subscription`` instead of ``token`` (its endpoint becomes the token);
     a webhook registration's token is the URL to post to."""
 
-    provider: Literal["apns", "fcm", "log", "webhook", "webpush"]
+    provider: ProviderName
     token: str = Field("", max_length=4096, description="the device token (webhook: the URL)")
     subscription: PushSubscriptionIn | None = Field(None, description="webpush only")
     app: str | None = None
@@ -142,7 +152,7 @@ class AudienceIn(Strict):
     tokens: list[str] = Field(default_factory=list, max_length=10_000)
     tags: str | None = Field(default=None, description="tag expression, e.g. 'a && (b || !c)'")
     channels: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    platforms: list[Literal["apns", "fcm", "log", "webhook", "webpush"]] = Field(default_factory=list)
+    platforms: list[ProviderName] = Field(default_factory=list)
     apps: list[str] = Field(default_factory=list, max_length=100)
 
     _check_channels = field_validator("channels")(_channels)

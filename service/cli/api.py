@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from registrations.model import PROVIDERS
 from service.config import Config, ConfigError
+from service.providers.plugins import NAMES as PROVIDERS
 
 Loader = Callable[[str | None], Config]
 
@@ -39,6 +39,7 @@ def example(*lines: str) -> str:
 
 
 RAW = argparse.RawDescriptionHelpFormatter
+_NAMES = ", ".join(PROVIDERS)
 
 
 def add_commands(sub: Any, load: Loader) -> None:
@@ -56,10 +57,7 @@ def add_commands(sub: Any, load: Loader) -> None:
     ls.add_argument("--user", action="append", default=[], help="this user's (repeatable), e.g. --user ann")
     ls.add_argument("--app", action="append", default=[], help="this app's, e.g. --app com.example.alarms")
     ls.add_argument(
-        "--provider",
-        action="append",
-        default=[],
-        help="apns, fcm, log, webhook or webpush, e.g. --provider fcm",
+        "--provider", action="append", default=[], help=f"{_NAMES}, e.g. --provider {PROVIDERS[-1]}"
     )
     ls.add_argument("--tags", help="tag expression, e.g. 'severity:critical && deviceId:all'")
     ls.add_argument("--state", help="active, suspect or invalid, e.g. --state invalid")

@@ -13,6 +13,7 @@ from service import __version__
 from service.http.console import CONSOLE_PATHS
 from service.http.events import EventsIn
 from service.http.push import PushIn
+from service.http.webpush import PATHS as WEBPUSH_PATHS
 
 _PLAIN = {"200": {"description": "OK"}}
 _TASK = {
@@ -175,7 +176,14 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS},
+        "paths": {
+            **SERVICE_PATHS,
+            **reg.PATHS,
+            **PUSH_PATHS,
+            **OPERATOR_PATHS,
+            **CONSOLE_PATHS,
+            **WEBPUSH_PATHS,
+        },
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

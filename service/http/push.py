@@ -26,6 +26,7 @@ from service.clock import Clock
 from service.notify.model import Notification
 from service.notify.options import PushOptions, PushType
 from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
+from service.providers import plugins
 
 log = logging.getLogger("tocsin.push")
 MAX_SCHEDULE_S = 30 * 86400
@@ -114,7 +115,7 @@ def c8y_audience(body: C8yNotification) -> Audience:
         return Audience(users=tuple(receiver.userIds), tokens=tuple(receiver.deviceTokens), where=either)
     if either:
         return Audience(expression=either)
-    return Audience(platforms=("apns", "fcm"))
+    return Audience(platforms=tuple(plugins.c8y_providers().values()))  # the gateway's phones, not the log
 
 
 class PushApi:

@@ -146,8 +146,7 @@ class Dispatcher:
             log.warning("no provider %r is configured for registration %s", reg.provider, reg.id)
             self._finish(delivery, "failed", "no_provider")
             return
-        credential_for = getattr(provider, "credential_for", None)
-        key = (provider.name, credential_for(reg) if credential_for is not None else "")
+        key = (provider.name, provider.credential_for(reg))
         if key in self.paused and self._probes.get(key) is not delivery:
             self.parked.setdefault(key, []).append(delivery)
             return

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -39,11 +40,19 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.plugin import ProviderPlugin
 from service.push_config import ApnsAppConfig, ApnsConfig
 
 log = logging.getLogger("tocsin.apns")
 _SUSPECT = {"BadDeviceToken", "DeviceTokenNotForTopic", "MissingDeviceToken"}
 _RETRY_STATUS = {"429", "500", "503"}
+_TOKEN = re.compile(r"[0-9a-fA-F]{64}")  # 32 bytes as 64 hex digits (specs/push-providers.md)
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("an APNs device token is 64 hexadecimal characters")
+    return token.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,3 +321,56 @@ class ApnsProvider:
         for client in self._clients.values():
             client.pool.close()
         self._clients.clear()
+
+
+def check_credentials(config: ApnsConfig) -> list[str]:
+    """Each app's key or certificate file, read and parsed now: a missing or malformed file named by path."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
+
+    problems: list[str] = []
+    for app, cfg in config.apps.items():
+        where = f"apps.{app}"
+        try:
+            if cfg.certificate_path is not None:
+                raw = cfg.certificate_path.read_bytes()
+                if b"-----BEGIN" in raw:
+                    ssl.create_default_context().load_cert_chain(str(cfg.certificate_path))
+                else:
+                    password = cfg.password.get_secret_value().encode() if cfg.password else None
+                    key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+                    if key is None or cert is None:
+                        raise ValueError("the PKCS#12 file holds no key and certificate")
+            else:
+                text = (
+                    cfg.private_key.get_secret_value()
+                    if cfg.private_key is not None
+                    else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
+                )
+                load_pem_private_key(text.encode(), password=None)
+        except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
+            path = cfg.certificate_path or cfg.private_key_path
+            what = f"{path}: " if path is not None else "private_key: "
+            problems.append(f"{where}: {what}{_why(exc)}")
+    return problems
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "not readable (permission denied)"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc.__class__.__name__}"
+    return f"not a valid key or certificate ({exc.__class__.__name__})"
+
+
+PLUGIN = ProviderPlugin(
+    name="apns",
+    config=ApnsConfig,
+    build=ApnsProvider,
+    check_token=check_token,
+    enabled=lambda c: bool(c.apps),
+    check=check_credentials,
+    c8y_platform="IOS",
+    summary="Apple Push Notification service (token or certificate authentication)",
+)

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import ssl
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.plugin import ProviderPlugin
 from service.push_config import FcmConfig
 
 log = logging.getLogger("tocsin.fcm")
@@ -42,6 +44,19 @@ _CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "SENDER_ID_MISMATC
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _BAD_TOKEN = "not a valid FCM registration token"
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
+# Registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
+TOKEN_LENGTH = (32, 4096)
+
+
+def check_token(token: str) -> str:
+    low, high = TOKEN_LENGTH
+    if not (low <= len(token) <= high) or not _TOKEN.fullmatch(token):
+        raise ValueError(
+            f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
+            "with at most one ':'"
+        )
+    return token
 
 
 class _Credential:
@@ -302,3 +317,31 @@ def _seconds(value: str | None) -> float | None:
 
 def _first_line(exc: Exception) -> str:
     return str(exc.args[0] if exc.args else exc).splitlines()[0][:200]
+
+
+def check_credentials(config: FcmConfig) -> list[str]:
+    """The service account read and parsed now: a missing or malformed file is named by its path."""
+    where = f"{config.credentials_path}: " if config.credentials_path is not None else "credentials: "
+    try:
+        _Credential(config)
+    except FileNotFoundError:
+        return [f"{where}no such file"]
+    except PermissionError:
+        return [f"{where}not readable (permission denied)"]
+    except OSError as exc:
+        return [f"{where}cannot read: {exc.strerror or exc.__class__.__name__}"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"{where}not a usable service account: {_first_line(exc)}"]
+    return []
+
+
+PLUGIN = ProviderPlugin(
+    name="fcm",
+    config=FcmConfig,
+    build=FcmProvider,
+    check_token=check_token,
+    enabled=lambda c: c.configured,
+    check=check_credentials,
+    c8y_platform="Android",
+    summary="Firebase Cloud Messaging HTTP v1 (service account)",
+)

@@ -24,7 +24,8 @@ from registrations.model import Registration
 from service.notify.model import Delivery
 from service.providers import webhook_body
 from service.providers.base import ConfigError, Delivered, Outcome, Rejected, Retry, TokenInvalid
-from service.providers.targets import check_url
+from service.providers.plugin import ProviderPlugin
+from service.providers.targets import MAX_URL, check_url
 
 log = logging.getLogger("tocsin.webhook_receiver")
 _RETRY = {408, 425, 429}
@@ -68,8 +69,30 @@ class WebhookConfig(BaseModel):
         return ("https", "http") if self.allow_http else ("https",)
 
 
-def check_webhook_url(url: str, config: WebhookConfig) -> str:
+def check_webhook_url(config: WebhookConfig, url: str) -> str:
     return check_url(url, config.schemes, config.allowed_hosts, "webhook URL")
+
+
+def check_token(token: str) -> str:
+    """The shape of a webhook registration's token: an http(s) URL (hosts: ``check_webhook_url``)."""
+    if not token.startswith(("https://", "http://")) or len(token) > MAX_URL or not token.isprintable():
+        raise ValueError(
+            f"a webhook registration's token is its URL: https://... (at most {MAX_URL} characters)"
+        )
+    return token
+
+
+def check_files(config: WebhookConfig) -> list[str]:
+    problems = []
+    if config.secret_path is not None:
+        try:
+            read_secret(config.secret_path)
+        except ValueError as exc:
+            problems.append(str(exc))
+    for path in (config.ca_file, config.client_cert_path, config.client_key_path):
+        if path is not None and not path.is_file():
+            problems.append(f"{path} is not a readable file")
+    return problems
 
 
 def read_secret(path: Path) -> bytes:
@@ -195,3 +218,15 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+PLUGIN = ProviderPlugin(
+    name="webhook",
+    config=WebhookConfig,
+    build=WebhookProvider,
+    check_token=check_token,
+    enabled=lambda c: c.configured,
+    check=check_files,
+    check_target=check_webhook_url,
+    summary="a signed JSON POST to the registration's URL (schema tocsin.webhook/1)",
+)

@@ -38,7 +38,8 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
-from service.providers.targets import check_url
+from service.providers.plugin import ProviderPlugin
+from service.providers.targets import MAX_URL, check_url
 
 log = logging.getLogger("tocsin.webpush")
 MAX_PLAINTEXT = 3993  # RFC 8291 §4: 4096 bytes of body less the 86-byte header, padding delimiter and tag
@@ -85,8 +86,25 @@ class WebPushConfig(BaseModel):
         return self.vapid_private_key_path is not None
 
 
-def check_endpoint(endpoint: str, config: WebPushConfig) -> str:
+def check_endpoint(config: WebPushConfig, endpoint: str) -> str:
     return check_url(endpoint, ("https",), config.allowed_hosts, "Web Push endpoint")
+
+
+def check_token(token: str) -> str:
+    """A Web Push registration's token is its subscription's endpoint (hosts: ``check_endpoint``)."""
+    if not token.startswith("https://") or len(token) > MAX_URL or not token.isprintable():
+        raise ValueError("a Web Push registration's token is its subscription's https:// endpoint")
+    return token
+
+
+def check_key(config: WebPushConfig) -> list[str]:
+    if config.vapid_private_key_path is None:
+        return []
+    try:
+        vapid.load(config.vapid_private_key_path)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def message(n: Notification, reg: Registration) -> dict[str, Any]:
@@ -243,3 +261,15 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+PLUGIN = ProviderPlugin(
+    name="webpush",
+    config=WebPushConfig,
+    build=WebPushProvider,
+    check_token=check_token,
+    enabled=lambda c: c.configured,
+    check=check_key,
+    check_target=check_endpoint,
+    summary="Web Push to browsers and installed web apps (RFC 8030/8291/8292, VAPID)",
+)

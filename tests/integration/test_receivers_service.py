@@ -178,9 +178,9 @@ async def test_cli_registers_a_subscription_file_and_a_webhook(receivers: Receiv
         "registrations", "add", "webhook", "https://10.0.0.1/x", "--tag", "cli", *url, key=ADMIN
     )
     assert code != 0 and "allow-list" in err
-    status, page = await r.api.call("GET", "/v1/registrations?tags=cli")
+    _, page = await r.api.call("GET", "/v1/registrations?tags=cli")
     assert sorted(i["provider"] for i in page["items"]) == ["webhook", "webpush"]
-    stored = r.api.service.registrations.get("webpush", sub.endpoint)
+    stored = r.api.service.store.get("webpush", sub.endpoint)
     assert stored is not None and stored.p256dh == sub.p256dh and stored.auth == sub.auth_b64
 
 
@@ -218,7 +218,7 @@ async def test_subscription_checks(receivers: Receivers) -> None:
         "POST", "/v1/registrations", {"provider": "webpush", "subscription": short_auth}
     )
     assert status == 400 and "auth" in json.dumps(answer), answer
-    assert r.api.service.registrations.get("webpush", sub.endpoint) is None
+    assert r.api.service.store.get("webpush", sub.endpoint) is None
 
 
 async def test_gone_subscription_and_webhook_are_disabled(receivers: Receivers) -> None:
@@ -228,13 +228,13 @@ async def test_gone_subscription_and_webhook_are_disabled(receivers: Receivers) 
     assert (await r.register_hook("/gone", tags=["gone"]))[0] == 201
     r.push.unsubscribe(sub)
     r.hook.fail_next.append((410, None))
-    status, answer = await r.api.call("POST", "/v1/push", {"audience": {"tags": "gone"}, "title": "x"})
+    status, _ = await r.api.call("POST", "/v1/push", {"audience": {"tags": "gone"}, "title": "x"})
     assert status == 202
 
     def states() -> list[str]:
         regs = [
-            r.api.service.registrations.get("webpush", sub.endpoint),
-            r.api.service.registrations.get("webhook", f"{r.hook.url}/gone"),
+            r.api.service.store.get("webpush", sub.endpoint),
+            r.api.service.store.get("webhook", f"{r.hook.url}/gone"),
         ]
         return [x.state if x else "missing" for x in regs]
 

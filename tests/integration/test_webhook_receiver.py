@@ -167,7 +167,7 @@ async def test_secret_file_missing_short_or_rotated(receiver: FakeWebhookReceive
 
 def test_url_check_refuses_request_forgery() -> None:
     open_config = WebhookConfig(secret_path=Path("/x"))
-    assert check_webhook_url("https://hooks.example.com/tocsin", open_config)
+    assert check_webhook_url(open_config, "https://hooks.example.com/tocsin")
     for bad, why in (
         ("http://hooks.example.com/x", "https://"),
         ("ftp://hooks.example.com/x", "https://"),
@@ -183,12 +183,12 @@ def test_url_check_refuses_request_forgery() -> None:
         ("https://hooks.example.com/" + "x" * 2100, "2048"),
     ):
         with pytest.raises(ValueError, match=why):
-            check_webhook_url(bad, open_config)
+            check_webhook_url(open_config, bad)
     listed = WebhookConfig(
         secret_path=Path("/x"), allowed_hosts=("*.example.com", "10.0.0.5"), allow_http=True
     )
-    assert check_webhook_url("http://a.b.example.com/x", listed)
-    assert check_webhook_url("https://10.0.0.5/x", listed)
+    assert check_webhook_url(listed, "http://a.b.example.com/x")
+    assert check_webhook_url(listed, "https://10.0.0.5/x")
     for bad in ("https://example.com.evil.org/x", "https://evilexample.com/x", "https://10.0.0.6/x"):
         with pytest.raises(ValueError, match="allow-list"):
-            check_webhook_url(bad, listed)
+            check_webhook_url(listed, bad)

@@ -198,8 +198,8 @@ async def test_expired_vapid_lifetime_is_renewed(fake: FakeWebPush, key_path: Pa
 
 def test_endpoint_check_refuses_what_is_not_a_push_service() -> None:
     c = WebPushConfig()
-    assert check_endpoint("https://fcm.googleapis.com/fcm/send/abc", c)
-    assert check_endpoint("https://updates.push.services.mozilla.com/wpush/v2/x", c)
+    assert check_endpoint(c, "https://fcm.googleapis.com/fcm/send/abc")
+    assert check_endpoint(c, "https://updates.push.services.mozilla.com/wpush/v2/x")
     for bad, why in (
         ("http://fcm.googleapis.com/fcm/send/abc", "https://"),
         ("https://evil.example.com/x", "allow-list"),
@@ -208,4 +208,4 @@ def test_endpoint_check_refuses_what_is_not_a_push_service() -> None:
         ("https://fcm.googleapis.com.evil.com/x", "allow-list"),
     ):
         with pytest.raises(ValueError, match=why):
-            check_endpoint(bad, c)
+            check_endpoint(c, bad)

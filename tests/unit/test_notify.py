@@ -52,6 +52,9 @@ class ScriptedProvider:
     def degraded(self) -> str | None:
         return None
 
+    def credential_for(self, registration: Registration) -> str:
+        return ""
+
     async def send(self, delivery: Delivery) -> Outcome:
         self.calls += 1
         return self.outcomes.pop(0) if self.outcomes else Delivered()
