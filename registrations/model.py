@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, WithJsonSchema
 
 from service.providers import plugins
@@ -93,6 +94,10 @@ def check_subscription_keys(p256dh: str, auth: str) -> tuple[str, str]:
     point = _b64url(p256dh, "keys.p256dh")
     if len(point) != 65 or point[0] != 4:
         raise ValueError("keys.p256dh is the subscription's P-256 public key: 65 bytes, uncompressed")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise ValueError("keys.p256dh is not a point on the P-256 curve") from None
     if len(_b64url(auth, "keys.auth")) != 16:
         raise ValueError("keys.auth is the subscription's 16-byte authentication secret")
     return p256dh.rstrip("="), auth.rstrip("=")

@@ -27,6 +27,7 @@ from tests.integration.test_cli_api import tocsin
 from tests.support import Mosquitto, wait_until
 
 SECRET = os.urandom(24).hex().encode()
+HOME_RULES = Path(__file__).resolve().parents[2] / "deploy" / "rules" / "home.yaml"
 
 
 @dataclass
@@ -58,6 +59,7 @@ def receiver_env(tmp_path: Path, push: FakeWebPush, hook: FakeWebhookReceiver) -
     secret.write_bytes(SECRET)
     return {
         "TOCSIN_API__KEYS": KEYS,
+        "TOCSIN_RULES__PATHS": json.dumps([str(HOME_RULES)]),
         "TOCSIN_PROVIDERS__WEBPUSH__VAPID_PRIVATE_KEY_PATH": str(key),
         "TOCSIN_PROVIDERS__WEBPUSH__SUBJECT": "mailto:ops@example.com",
         "TOCSIN_PROVIDERS__WEBPUSH__ALLOWED_HOSTS": json.dumps([push.host]),
@@ -114,7 +116,8 @@ async def test_a_rule_reaches_a_browser_and_a_webhook(receivers: Receivers, brok
     assert en.message["title"] == "Doorbell: front" and en.message["body"] == "Someone is at the front door."
     assert de.message["title"] == "Es klingelt: front"
     assert en.topic == "doorbell-front" and en.message["tag"] == "doorbell-front"
-    assert en.urgency == "high" and en.ttl > 0 and en.message["rule"] == "home-doorbell"
+    # severity info: priority normal (major and critical are high), sent as Urgency: normal
+    assert en.urgency == "normal" and en.ttl > 0 and en.message["rule"] == "home-doorbell"
     assert en.message["data"] == {"link": "myhome://camera/front"}
     assert en.claims["aud"] == r.push.origin and en.headers["Authorization"].startswith("vapid t=")
     assert en.headers["Authorization"].endswith(r.public_key)
@@ -133,7 +136,8 @@ async def test_a_rule_reaches_a_browser_and_a_webhook(receivers: Receivers, brok
 
     # One delivery report for all three, each registration delivered.
     status, report = await r.api.call("GET", f"/v1/notifications/{body['nid']}")
-    assert status == 200 and report["delivered"] == 3, report
+    # the two browsers, the webhook, and the console's log registration (also tagged home)
+    assert status == 200 and report["delivered"] == 4 and report["pending"] == 0, report
 
 
 async def test_push_api_and_cli_target_receivers_by_platform(receivers: Receivers) -> None:
@@ -208,11 +212,17 @@ async def test_subscription_checks(receivers: Receivers) -> None:
         "POST", "/v1/registrations", {"provider": "webpush", "subscription": elsewhere}
     )
     assert status == 400 and "allow-list" in answer["message"], answer
-    bad_key = {**sub.json, "keys": {"p256dh": "B" + sub.p256dh[1:], "auth": sub.auth_b64}}
+    off_curve = sub.p256dh[:-2] + ("AA" if sub.p256dh[-2:] != "AA" else "AQ")
+    bad_key = {**sub.json, "keys": {"p256dh": off_curve, "auth": sub.auth_b64}}
     status, answer = await r.api.call(
         "POST", "/v1/registrations", {"provider": "webpush", "subscription": bad_key}
     )
-    assert status == 400 and "p256dh" in json.dumps(answer), answer
+    assert status == 400 and "P-256 curve" in json.dumps(answer), answer
+    compressed = {**sub.json, "keys": {"p256dh": "A" + sub.p256dh[1:], "auth": sub.auth_b64}}
+    status, answer = await r.api.call(
+        "POST", "/v1/registrations", {"provider": "webpush", "subscription": compressed}
+    )
+    assert status == 400 and "uncompressed" in json.dumps(answer), answer
     short_auth = {**sub.json, "keys": {"p256dh": sub.p256dh, "auth": sub.auth_b64[:-4]}}
     status, answer = await r.api.call(
         "POST", "/v1/registrations", {"provider": "webpush", "subscription": short_auth}
