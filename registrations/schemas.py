@@ -6,7 +6,7 @@ import re
 import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from registrations.model import (
     ProviderName,
@@ -108,26 +108,37 @@ class RegistrationIn(RegistrationFields):
     a webhook registration's token is the URL to post to."""
 
     provider: ProviderName
-    token: str = Field("", max_length=4096, description="the device token (webhook: the URL)")
-    subscription: PushSubscriptionIn | None = Field(None, description="webpush only")
+    subscription: PushSubscriptionIn | None = Field(None, description="webpush only, instead of token")
+    token: str = Field(
+        "",
+        max_length=4096,
+        validate_default=True,
+        description="the device token (webhook: the URL); required unless a webpush subscription is given",
+    )
     app: str | None = None
 
     _check_app = field_validator("app")(_app)
+
+    @field_validator("token")
+    @classmethod
+    def _token_given(cls, v: str, info: ValidationInfo) -> str:
+        provider, sub = info.data.get("provider"), info.data.get("subscription")
+        if provider == "webpush" and sub is not None:
+            if v and v != sub.endpoint:
+                raise ValueError("a webpush registration's token, when given, is its subscription's endpoint")
+            return str(sub.endpoint)
+        if not v:
+            raise ValueError("Field required")
+        return v
 
     @model_validator(mode="after")
     def _token_shape(self) -> RegistrationIn:
         if self.provider == "webpush":
             if self.subscription is None:
                 raise ValueError("a webpush registration needs its subscription: {endpoint, keys}")
-            if self.token and self.token != self.subscription.endpoint:
-                raise ValueError("a webpush registration's token, when given, is its subscription's endpoint")
-            object.__setattr__(self, "token", self.subscription.endpoint)
-            keys = self.subscription.keys
-            check_subscription_keys(keys.p256dh, keys.auth)
+            check_subscription_keys(self.subscription.keys.p256dh, self.subscription.keys.auth)
         elif self.subscription is not None:
             raise ValueError("only a webpush registration has a subscription")
-        if not self.token:
-            raise ValueError("token: required")
         normal = check_token(self.provider, self.token)
         if normal != self.token:
             object.__setattr__(self, "token", normal)
