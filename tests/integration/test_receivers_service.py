@@ -4,7 +4,6 @@ reached by a rule fired over MQTT, by ``POST /v1/push`` and by ``tocsin push``; 
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -15,19 +14,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service.app import Service
-from service.providers import vapid, webhook_body
-from service.providers.log import LogProvider
-from service.providers.registry import build_providers
-from tests.conftest import Printed, publish, service_config
+from service.providers import webhook_body
+from tests.conftest import publish, service_config
 from tests.fakes.webhook_receiver import FakeWebhookReceiver
 from tests.fakes.webpush import FakeWebPush, Subscription, unb64url
-from tests.integration.conftest import ADMIN, KEYS, Api
+from tests.integration.conftest import ADMIN, Api
 from tests.integration.test_cli_api import tocsin
+from tests.receivers_support import SECRET, receiver_env, start_with_receivers
 from tests.support import Mosquitto, wait_until
-
-SECRET = os.urandom(24).hex().encode()
-HOME_RULES = Path(__file__).resolve().parents[2] / "deploy" / "rules" / "home.yaml"
 
 
 @dataclass
@@ -50,33 +44,6 @@ class Receivers:
         return await self.api.call(
             "POST", "/v1/registrations", {"provider": "webhook", "token": url, **fields}
         )
-
-
-def receiver_env(tmp_path: Path, push: FakeWebPush, hook: FakeWebhookReceiver) -> dict[str, str]:
-    key = tmp_path / "vapid.pem"
-    vapid.generate(key)
-    secret = tmp_path / "webhook.secret"
-    secret.write_bytes(SECRET)
-    return {
-        "TOCSIN_API__KEYS": KEYS,
-        "TOCSIN_RULES__PATHS": json.dumps([str(HOME_RULES)]),
-        "TOCSIN_PROVIDERS__WEBPUSH__VAPID_PRIVATE_KEY_PATH": str(key),
-        "TOCSIN_PROVIDERS__WEBPUSH__SUBJECT": "mailto:ops@example.com",
-        "TOCSIN_PROVIDERS__WEBPUSH__ALLOWED_HOSTS": json.dumps([push.host]),
-        "TOCSIN_PROVIDERS__WEBPUSH__CA_FILE": str(push.ca_file),
-        "TOCSIN_PROVIDERS__WEBHOOK__SECRET_PATH": str(secret),
-        "TOCSIN_PROVIDERS__WEBHOOK__ALLOWED_HOSTS": json.dumps([hook.host]),
-        "TOCSIN_PROVIDERS__WEBHOOK__CA_FILE": str(hook.ca.cert),
-    }
-
-
-async def start_with_receivers(config: Any) -> tuple[Service, Printed]:
-    """The service with the providers its configuration builds (the log provider printing to a buffer)."""
-    printed = Printed()
-    providers = {**build_providers(config), "log": LogProvider(config.providers.log, stream=printed.stream)}
-    service = Service(config, providers=providers)
-    await service.__aenter__()
-    return service, printed
 
 
 @pytest.fixture
