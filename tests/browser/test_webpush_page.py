@@ -65,6 +65,7 @@ async def served(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Servi
     service, _ = await start_with_receivers(
         service_config(tmp_path, broker.port, **receiver_env(tmp_path, push, hook))
     )
+    assert service.http_port is not None
     runner = await site(service.http_port)
     try:
         await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
