@@ -6,7 +6,8 @@ fake push service (which decrypts every message and checks its VAPID token) and 
 service wires it: audience resolution from the SQLite registry, the durable outbox, the dispatcher's workers,
 and the production Web Push and webhook providers. Each provider is measured on its own, one after the
 other, in the same run: notifications/s from the first submit to the last outbox row final, and this
-process's CPU µs per notification (encryption, signing, HTTP, outbox).
+process's CPU µs per notification (encryption, signing, HTTP, outbox). Then, for comparison, a plain loop
+of the libraries alone (pywebpush + aiohttp; aiohttp with a signed body) to the same fake: ``plain_loop_*``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import asyncio
 import json
 import os
 import resource
+import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
+from pywebpush import WebPusher
 
 from registrations.model import Audience, Registration
 from registrations.sqlite_store import SqliteRegistrationStore
@@ -30,7 +35,7 @@ from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification
 from service.notify.stages import TargetStage
 from service.outbox import Outbox
-from service.providers import vapid
+from service.providers import vapid, webhook_body
 from service.providers.base import Provider
 from service.providers.webhook import WebhookConfig, WebhookProvider
 from service.providers.webpush import WebPushConfig, WebPushProvider
@@ -101,13 +106,42 @@ async def run_one(
     return {"total_s": total, "cpu_s": cpu, "n": count}
 
 
-def figures(s: dict[str, float], fake_cpu: float) -> dict[str, float]:
+async def plain_loop(
+    urls: list[str], body_for: Callable[[int], tuple[bytes, dict[str, str]]], ca: Path, workers: int
+) -> dict[str, float]:
+    """The libraries alone, for comparison: the same POSTs (bodies made by ``body_for``) from one aiohttp
+    session, ``workers`` at a time, no registry, outbox or dispatcher."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    connector = aiohttp.TCPConnector(limit=64, ssl=ctx)
+    todo = iter(range(len(urls)))
+    ok = 0
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+
+        async def worker() -> None:
+            nonlocal ok
+            for i in todo:
+                body, headers = body_for(i)
+                async with http.post(urls[i], data=body, headers=headers) as r:
+                    await r.read()
+                    ok += r.status < 300
+
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if ok != len(urls):
+        raise SystemExit(f"plain loop: only {ok} of {len(urls)} accepted")
+    return {"total_s": total, "cpu_s": cpu, "n": len(urls)}
+
+
+def figures(s: dict[str, float], fake_cpu: float, plain: dict[str, float]) -> dict[str, float]:
     return {
         "notifications_per_s": round(s["n"] / s["total_s"], 1),
         "cpu_us_per_notification": round(s["cpu_s"] / s["n"] * 1e6, 1),
         "total_s": round(s["total_s"], 2),
         "n": int(s["n"]),
         "fake_cpu_share": round(fake_cpu / s["total_s"], 2),
+        "plain_loop_per_s": round(plain["n"] / plain["total_s"], 1),
+        "plain_loop_cpu_us": round(plain["cpu_s"] / plain["n"] * 1e6, 1),
     }
 
 
@@ -152,7 +186,20 @@ def main(providers: list[str], n: int, workers: int) -> None:
                 fake = psutil.Process(proc.pid)
                 before = sum(fake.cpu_times()[:2])
                 s = asyncio.run(run_one(tmp, "webpush", WebPushProvider(config), regs, workers))
-                out["webpush"] = figures(s, sum(fake.cpu_times()[:2]) - before)
+                fake_cpu = sum(fake.cpu_times()[:2]) - before
+                signer = vapid.VapidSigner(vapid.load(key_path), "mailto:bench@example.com")
+                sub_json = {
+                    "endpoint": regs[0].token,
+                    "keys": {"p256dh": info["p256dh"], "auth": info["auth"]},
+                }
+
+                def encrypted(i: int) -> tuple[bytes, dict[str, str]]:
+                    body = WebPusher(sub_json).encode(b'{"title":"Fan-out","body":"plain pywebpush"}')["body"]
+                    auth = signer.header(info["origin"])
+                    return body, {"Authorization": auth, "TTL": "3600", "Content-Encoding": "aes128gcm"}
+
+                plain = asyncio.run(plain_loop([r.token for r in regs], encrypted, Path(info["ca"]), workers))
+                out["webpush"] = figures(s, fake_cpu, plain)
                 print(f"webpush: {out['webpush']}", flush=True)
             finally:
                 proc.terminate()
@@ -174,7 +221,15 @@ def main(providers: list[str], n: int, workers: int) -> None:
                 fake = psutil.Process(proc.pid)
                 before = sum(fake.cpu_times()[:2])
                 s = asyncio.run(run_one(tmp, "webhook", WebhookProvider(whc), regs, workers))
-                out["webhook"] = figures(s, sum(fake.cpu_times()[:2]) - before)
+                fake_cpu = sum(fake.cpu_times()[:2]) - before
+                key = secret.read_bytes().strip()
+
+                def signed(i: int) -> tuple[bytes, dict[str, str]]:
+                    raw = b'{"version":"tocsin.webhook/1","title":"plain aiohttp"}'
+                    return raw, webhook_body.headers(key, int(time.time()), raw, f"plain-{i}")
+
+                plain = asyncio.run(plain_loop([r.token for r in regs], signed, Path(info["ca"]), workers))
+                out["webhook"] = figures(s, fake_cpu, plain)
                 print(f"webhook: {out['webhook']}", flush=True)
             finally:
                 proc.terminate()
