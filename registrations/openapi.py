@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from registrations.model import PROVIDERS
-from registrations.schemas import C8yNotification, C8yRegistration, RegistrationIn, RegistrationPatch
+from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 
 REF = "#/components/schemas/{model}"
 
@@ -159,7 +159,7 @@ _ISO = {"type": ["string", "null"], "format": "date-time"}
 _TEXT = {"type": ["string", "null"]}
 _LIST = {"type": "array", "items": {"type": "string"}}
 SCHEMAS: dict[str, Any] = {
-    **schemas(RegistrationIn, RegistrationPatch, C8yRegistration, C8yNotification),
+    **schemas(RegistrationIn, RegistrationPatch, C8yRegistration),
     "Registration": {
         "type": "object",
         "properties": {

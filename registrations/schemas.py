@@ -198,23 +198,3 @@ class C8yRegistration(C8yStrict):
 
     _check_tags = field_validator("tags")(_tags)
     _check_app = field_validator("bundleId")(_app)
-
-
-class C8yReceiver(C8yStrict):
-    userIds: list[str] = Field(default_factory=list, max_length=10_000)
-    deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
-
-
-class C8yBody(C8yStrict):
-    alarmId: str = Field(min_length=1, max_length=255)
-
-
-class C8yMessage(C8yStrict):
-    title: str = Field(min_length=1, max_length=1000)
-    body: C8yBody
-
-
-class C8yNotification(C8yStrict):
-    receiver: C8yReceiver | None = None
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    message: C8yMessage

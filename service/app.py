@@ -201,6 +201,8 @@ class Service:
         self.push_api = PushApi(
             self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
         )
+        if self.cumulocity is not None:
+            self.push_api.load_alarm = self.cumulocity.alarm
         self.source = MqttIntake(
             config.mqtt,
             config.client_id,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from service.cli import push_flags
 from service.config import Config, ConfigError
 from service.providers.plugins import NAMES as PROVIDERS
 
@@ -109,7 +110,12 @@ def add_commands(sub: Any, load: Loader) -> None:
     push = sub.add_parser(
         "push",
         help="send a notification to an audience (--wait: and print its delivery report)",
-        epilog=example("tocsin push --user ann --title 'Test' --wait", "tocsin push --tags 'deviceId:4711'"),
+        epilog=example(
+            "tocsin push --user ann --title 'Test' --wait",
+            "tocsin push --tags 'deviceId:4711'",
+            "tocsin push --tags home --title Ring --sound bell.caf --priority normal --collapse-key bell-hall"
+            " --locale-title de='Es klingelt'",
+        ),
         formatter_class=RAW,
     )
     common(push)
@@ -126,6 +132,7 @@ def add_commands(sub: Any, load: Loader) -> None:
     push.add_argument(
         "--platform", action="append", default=[], choices=PROVIDERS, help="only this provider's"
     )
+    push_flags.add_flags(push)  # one per option of POST /v1/push: --sound, --badge, --priority, ...
     push.add_argument("--wait", action="store_true", help="wait until it is delivered, then print the report")
     push.add_argument(
         "--timeout", type=float, default=60.0, help="how long --wait waits, seconds (default 60)"
@@ -277,7 +284,11 @@ def _push(args: argparse.Namespace, load: Loader) -> int:
     }
     if args.tags:
         audience["tags"] = args.tags
-    body = {"audience": audience, "title": args.title, "body": args.body}
+    try:
+        options = push_flags.body_fields(args)
+    except push_flags.FlagError as exc:
+        raise CliError(str(exc)) from None
+    body = {"audience": audience, "title": args.title, "body": args.body, **options}
     _, answer = call(args, load, "POST", "/v1/push", body)
     if not args.wait:
         print(json.dumps(answer) if args.json else f"accepted: notification {answer['id']}")

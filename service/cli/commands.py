@@ -19,6 +19,7 @@ from service.cli import operator, webpush
 from service.cli.rules import add_rules_commands
 from service.config import Config, ConfigError, load_config
 from service.cumulocity.env import PlatformEnv, PlatformEnvError
+from service.providers.registry import credential_problems
 
 
 def _config_path(arg: str | None) -> Path | None:
@@ -27,7 +28,13 @@ def _config_path(arg: str | None) -> Path | None:
 
 
 def _load(arg: str | None) -> Config:
-    return load_config(_config_path(arg))
+    """The configuration, with every enabled provider's credential files read and parsed: a missing or
+    malformed key is an error now, with its path, not a degraded provider at the first send."""
+    config = load_config(_config_path(arg))
+    problems = credential_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def platform_of(config: Config, environ: Mapping[str, str]) -> PlatformEnv | None:

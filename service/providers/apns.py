@@ -29,8 +29,10 @@ from aioapns.exceptions import MaxAttemptsExceeded
 from h2.events import ConnectionTerminated
 
 from registrations.model import Registration
+from service.clock import Clock
 from service.notify.model import Delivery
 from service.providers import apns_payload
+from service.providers.apns_token import ProviderToken, ProviderTokens, es256
 from service.providers.base import (
     ConfigError,
     Delivered,
@@ -75,7 +77,17 @@ async def _quiet(request: NotificationRequest, result: NotificationResult) -> No
 
 class _LeanProtocol(APNsProductionClientProtocol):
     """aioapns's protocol with cheaper header encoding: HPACK without Huffman coding (pure-Python Huffman
-    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds."""
+    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds.
+
+    ``SHARED_TOKEN``: the signing key's one provider token (apns_token.py), used instead of the token aioapns
+    would make for each connection."""
+
+    SHARED_TOKEN: ProviderToken | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.SHARED_TOKEN is not None:
+            self.auth_provider = self.SHARED_TOKEN  # type: ignore[assignment]  # same get_header() interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.config.validate_outbound_headers = False
@@ -99,12 +111,12 @@ class _LeanProtocol(APNsProductionClientProtocol):
             discard(self)
 
 
-def _endpoint(url: str) -> type[APNsProductionClientProtocol]:
+def _endpoint(url: str, token: ProviderToken | None = None) -> type[APNsProductionClientProtocol]:
     """aioapns has no host option: a protocol class carrying the configured host and port (spec §2.3)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"APNs endpoint {url!r} must be https://host[:port]")
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
+    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "SHARED_TOKEN": token}
     return type("ConfiguredAPNsEndpoint", (_LeanProtocol,), attrs)
 
 
@@ -124,13 +136,15 @@ def _mtime(path: Path | None) -> float | None:
 class ApnsProvider:
     name = "apns"
 
-    def __init__(self, config: ApnsConfig) -> None:
+    def __init__(self, config: ApnsConfig, clock: Clock | None = None) -> None:
         self.config = config
+        self.tokens = ProviderTokens(clock)  # one JWT per signing key, shared by all clients and connections
         self._clients: dict[tuple[str, str], APNs] = {}
         self._mtimes: dict[str, float | None] = {}
         self._checked: dict[str, float] = {}
         self.problems: dict[str, str] = {}  # app -> why its credential is paused
         self._renewed: set[str] = set()  # apps whose tokens were just regenerated after ExpiredProviderToken
+        self._throttled: set[str] = set()  # apps answered TooManyProviderTokenUpdates (logged once)
         self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
         self._gates: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -191,6 +205,7 @@ class ApnsProvider:
             "ssl_context": ctx,
             "err_func": _quiet,
         }
+        token: ProviderToken | None = None
         if cfg.certificate_path is not None:
             client = self._cert_client(cfg, common)
         else:
@@ -199,8 +214,9 @@ class ApnsProvider:
                 if cfg.private_key is not None
                 else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
             )
+            token = self.tokens.for_key(cast(str, cfg.team_id), cast(str, cfg.key_id), key)
             client = APNs(key=key, key_id=cfg.key_id, team_id=cfg.team_id, **common)
-        client.pool.protocol_class = _endpoint(url)
+        client.pool.protocol_class = _endpoint(url, token)
         return client
 
     def _cert_client(self, cfg: ApnsAppConfig, common: dict[str, Any]) -> APNs:
@@ -244,8 +260,9 @@ class ApnsProvider:
         ttl = max(1, int(remaining))
         try:
             client = self._client(app, cfg, reg.environment)
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            reason = f"cannot load the APNs credential of {app}: {exc.__class__.__name__}"
+        except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
+            path = _credential_file(cfg)
+            reason = f"cannot load the APNs credential of {app}: {f'{path}: ' if path else ''}{_why(exc)}"
             self.problems[app] = reason
             return ConfigError(reason, app)
         request = NotificationRequest(
@@ -286,6 +303,12 @@ class ApnsProvider:
             return Retry(f"APNs client error: {exc.__class__.__name__}")
         return self._outcome(app, environment, result)
 
+    def _token(self, app: str) -> ProviderToken | None:
+        for (name, _), client in self._clients.items():
+            if name == app:
+                return cast(ProviderToken | None, getattr(client.pool.protocol_class, "SHARED_TOKEN", None))
+        return None
+
     def _abandon(self, client: APNs, notification_id: str) -> None:
         """A stalled connection holds its streams forever: close it, aioapns opens a fresh one."""
         for conn in list(client.pool.connections):
@@ -298,6 +321,7 @@ class ApnsProvider:
         if status == "200":
             self.problems.pop(app, None)
             self._renewed.discard(app)
+            self._throttled.discard(app)
             return Delivered()
         what = f"APNs {status} {reason}".strip()
         if status == "410":
@@ -306,13 +330,20 @@ class ApnsProvider:
         if status == "400" and reason in _SUSPECT:
             return TokenSuspect(f"{what} ({environment})")
         if status == "403":
-            if reason == "ExpiredProviderToken" and app not in self._renewed:
-                # Regenerate once: new connections sign new tokens. A second one in a row pauses the app.
-                self._renewed.add(app)
-                self._drop(app)
-                return Retry(what, after=0.0)
+            token = self._token(app)
+            if reason == "ExpiredProviderToken" and token is not None:
+                if app not in self._renewed:
+                    # Renewed (unless the token is under 20 minutes old), then retried once; a second one in a
+                    # row pauses the app: the token cannot be the cause, this machine's clock may be.
+                    self._renewed.add(app)
+                    token.expired()
+                    return Retry(what, after=0.0)
+                what += f" with a token {token.age / 60:.0f} minutes old: is this machine's clock right?"
             self.problems[app] = what
             return ConfigError(f"{app}: {what}", app)
+        if reason == "TooManyProviderTokenUpdates" and app not in self._throttled:
+            self._throttled.add(app)  # keep the token: it is accepted once the last change is old enough
+            log.warning("APNs answered %s for %s: retrying with the same provider token", reason, app)
         if status in _RETRY_STATUS:
             return Retry(what)
         return Rejected(what)
@@ -325,7 +356,7 @@ class ApnsProvider:
 
 def check_credentials(config: ApnsConfig) -> list[str]:
     """Each app's key or certificate file, read and parsed now: a missing or malformed file named by path."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key, pkcs12
+    from cryptography.hazmat.primitives.serialization import pkcs12
 
     problems: list[str] = []
     for app, cfg in config.apps.items():
@@ -346,7 +377,7 @@ def check_credentials(config: ApnsConfig) -> list[str]:
                     if cfg.private_key is not None
                     else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
                 )
-                load_pem_private_key(text.encode(), password=None)
+                es256(text)  # parsed as the signer will: an EC (P-256) private key
         except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
             path = cfg.certificate_path or cfg.private_key_path
             what = f"{path}: " if path is not None else "private_key: "
