@@ -147,3 +147,26 @@ def test_webpush_keys_command_prints_the_public_key(tmp_path: Path) -> None:
     doc = json.loads(out.getvalue())
     assert doc["public_key"] == vapid.public_key_b64(vapid.load(path)) and "not overwriting" in err.getvalue()
     assert "PRIVATE" not in out.getvalue()
+
+
+def test_subscription_keys_survive_the_stores(tmp_path: Path) -> None:
+    from registrations.inventory_store import from_fragment, to_fragment
+    from registrations.model import Registration
+    from registrations.sqlite_store import SqliteRegistrationStore
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    reg = Registration(
+        "webpush",
+        "https://fcm.googleapis.com/fcm/send/x",
+        p256dh=b64url(raw_public(key.public_key())),
+        auth="a" * 22,
+    )
+    back = from_fragment(json.loads(json.dumps(to_fragment(reg))))
+    assert (back.p256dh, back.auth) == (reg.p256dh, reg.auth)
+    store = SqliteRegistrationStore(tmp_path / "r.db")
+    store.upsert(reg, time.time())
+    store.close()
+    reopened = SqliteRegistrationStore(tmp_path / "r.db")
+    got = reopened.get("webpush", reg.token)
+    assert got is not None and (got.p256dh, got.auth) == (reg.p256dh, reg.auth)
+    reopened.close()
