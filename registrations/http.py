@@ -159,6 +159,8 @@ def to_json(r: Registration) -> dict[str, Any]:
         "created": timestamp(r.created),
         "updated": timestamp(r.updated),
         "last_success": timestamp(r.last_success),
+        # A Web Push subscription's public key; its auth secret is never shown.
+        "p256dh": r.p256dh,
     }
 
 
@@ -185,6 +187,13 @@ _LIST_PARAMS = {"user_id", "app", "provider", "tags", "channel", "state", "token
 
 
 UserExists = Callable[[str, str], Awaitable[bool]]
+# (provider, token) -> token, or ValueError: the deployment's own check of where a token makes tocsin post
+# (webhook URLs, Web Push endpoints: scheme, credentials, allowed hosts).
+TargetCheck = Callable[[str, str], str]
+
+
+def no_target_check(provider: str, token: str) -> str:
+    return token
 
 
 class RegistrationApi:
@@ -199,9 +208,11 @@ class RegistrationApi:
         auth: Authenticator,
         on_reject: RejectCounter = lambda route, status: None,
         user_exists: UserExists | None = None,
+        check_target: TargetCheck = no_target_check,
     ) -> None:
         self.stores, self.auth, self.on_reject = stores, auth, on_reject
         self.user_exists = user_exists
+        self.check_target = check_target
 
     def routes(self) -> list[web.RouteDef]:
         def g(route: str, style: Style, handler: Handler) -> Handler:
@@ -257,6 +268,10 @@ class RegistrationApi:
     async def register(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         body = await parse(request, RegistrationIn)
+        try:
+            self.check_target(body.provider, body.token)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
         app = body.app if body.app is not None or principal.admin or principal.app is None else principal.app
         user_id = self._own_user(principal, body.user_id)
         current = registry.store.get(body.provider, body.token)
@@ -275,6 +290,7 @@ class RegistrationApi:
             quiet_hours=body.quiet_hours,
             badge=body.badge,
         )
+        reg.p256dh, reg.auth = body.keys
         saved = await registry.writer.upsert(reg)
         return web.json_response(to_json(saved), status=200 if current is not None else 201)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import AfterValidator, WithJsonSchema
 
 from service.providers import plugins
@@ -17,6 +20,7 @@ State = Literal["active", "suspect", "invalid"]
 PROVIDERS: tuple[str, ...] = plugins.NAMES  # the provider plug-ins' names
 STATES: tuple[str, ...] = ("active", "suspect", "invalid")
 _TAG = re.compile(r"[A-Za-z0-9_@#.:\-]{1,120}")
+_B64URL = re.compile(r"[A-Za-z0-9_\-]+={0,2}")
 
 
 @dataclass(slots=True)
@@ -39,6 +43,10 @@ class Registration:
     badge: int | None = None
     last_success: float | None = None
     state_since: float | None = None  # when ``state`` last changed
+    # A Web Push subscription's keys (the token is its endpoint): the browser's P-256 public key and auth
+    # secret, unpadded URL-safe base64 as PushSubscription.toJSON() gives them (RFC 8291 §3).
+    p256dh: str | None = None
+    auth: str | None = None
 
 
 def new_id() -> str:
@@ -69,6 +77,30 @@ def check_provider(name: str) -> str:
 
 # A provider's name in a request or configuration: checked against the plug-ins, an enum in OpenAPI.
 ProviderName = Annotated[str, AfterValidator(check_provider), WithJsonSchema({"enum": list(PROVIDERS)})]
+
+
+def _b64url(text: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(text):
+        raise ValueError(f"{what} is URL-safe base64")
+    try:
+        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is URL-safe base64") from None
+
+
+def check_subscription_keys(p256dh: str, auth: str) -> tuple[str, str]:
+    """A push subscription's keys as RFC 8291 §3 has them: p256dh an uncompressed P-256 point (65 bytes,
+    0x04 first), auth a 16-byte secret. Returned unpadded, as browsers give them."""
+    point = _b64url(p256dh, "keys.p256dh")
+    if len(point) != 65 or point[0] != 4:
+        raise ValueError("keys.p256dh is the subscription's P-256 public key: 65 bytes, uncompressed")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise ValueError("keys.p256dh is not a point on the P-256 curve") from None
+    if len(_b64url(auth, "keys.auth")) != 16:
+        raise ValueError("keys.auth is the subscription's 16-byte authentication secret")
+    return p256dh.rstrip("="), auth.rstrip("=")
 
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"

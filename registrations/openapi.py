@@ -165,7 +165,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "id": {"type": "string"},
             "provider": {"enum": list(PROVIDERS)},
-            "token": {"type": "string"},
+            "token": {"type": "string", "description": "device token; webhook: URL; webpush: endpoint"},
             "app": _TEXT,
             "environment": {"enum": ["production", "sandbox"]},
             "user_id": _TEXT,
@@ -181,6 +181,7 @@ SCHEMAS: dict[str, Any] = {
             "created": _ISO,
             "updated": _ISO,
             "last_success": _ISO,
+            "p256dh": {"type": ["string", "null"], "description": "webpush: the subscription's public key"},
         },
     },
     "RegistrationPage": {

@@ -47,6 +47,7 @@ from service.http.openapi import document
 from service.http.push import PushApi
 from service.http.reports import add_report_routes
 from service.http.server import admin_only, build_app
+from service.http.webpush import add_webpush_routes
 from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -57,8 +58,10 @@ from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
 from service.outbox import Outbox
+from service.providers import plugins
 from service.providers.base import Provider
 from service.providers.registry import build_providers
+from service.providers.webpush import WebPushConfig
 from service.reload import watch
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
@@ -193,6 +196,7 @@ class Service:
             self.auth,
             lambda route, status: rejected.inc(route, str(status)),
             self.cumulocity.user_exists if self.cumulocity is not None else None,
+            plugins.target_check(config.providers),
         )
         self.push_api = PushApi(
             self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
@@ -488,6 +492,7 @@ class Service:
                 self.silence_writer,
             )
             add_report_routes(self.http_app, self.outbox, self.explainer)
+            add_webpush_routes(self.http_app, cfg.providers.get(WebPushConfig))
             Console(self).add_to(self.http_app)
             self.http_app.middlewares.append(admin_only(self.auth))
             runner = web.AppRunner(

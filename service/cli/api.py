@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from service.cli import push_flags
@@ -66,12 +67,27 @@ def add_commands(sub: Any, load: Loader) -> None:
     add = verbs.add_parser(
         "add",
         help="register a token (again: updates it)",
-        epilog=example("tocsin registrations add log my-laptop --user ann --tag home"),
+        epilog=example(
+            "tocsin registrations add log my-laptop --user ann --tag home",
+            "tocsin registrations add webhook https://hooks.example.com/tocsin --tag ops",
+            "tocsin registrations add webpush --subscription subscription.json --user ann --tag home",
+        ),
         formatter_class=RAW,
     )
     common(add)
     add.add_argument("provider", choices=PROVIDERS, help="the push provider")
-    add.add_argument("token", help="the device token (APNs: 64 hex digits)")
+    add.add_argument(
+        "token",
+        nargs="?",
+        help="the device token (APNs: 64 hex digits; webhook: the URL; webpush: the endpoint)",
+    )
+    add.add_argument(
+        "--subscription",
+        type=Path,
+        help="webpush: a file with the browser's PushSubscription.toJSON(): {endpoint, keys}",
+    )
+    add.add_argument("--p256dh", help="webpush: the subscription's keys.p256dh (with the endpoint as token)")
+    add.add_argument("--auth", help="webpush: the subscription's keys.auth (with the endpoint as token)")
     add.add_argument("--user", help="the user id, e.g. --user ann")
     add.add_argument("--app", help="bundle id or package name, e.g. --app com.example.alarms")
     add.add_argument("--tag", action="append", default=[], help="a tag (repeatable), e.g. --tag home")
@@ -208,13 +224,33 @@ def _list(args: argparse.Namespace, load: Loader) -> int:
     return 0
 
 
+def _subscription(args: argparse.Namespace) -> dict[str, Any]:
+    """A Web Push subscription from --subscription FILE, or from the endpoint with --p256dh and --auth."""
+    if args.subscription is not None:
+        try:
+            doc = json.loads(args.subscription.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read the subscription {args.subscription}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.subscription} is not a PushSubscription JSON object")
+        return doc
+    if not (args.token and args.p256dh and args.auth):
+        raise CliError(
+            "a webpush registration needs --subscription FILE, or the endpoint with --p256dh and --auth"
+        )
+    return {"endpoint": args.token, "keys": {"p256dh": args.p256dh, "auth": args.auth}}
+
+
 def _add(args: argparse.Namespace, load: Loader) -> int:
-    body: dict[str, Any] = {
-        "provider": args.provider,
-        "token": args.token,
-        "tags": args.tag,
-        "channels": args.channel,
-    }
+    body: dict[str, Any] = {"provider": args.provider, "tags": args.tag, "channels": args.channel}
+    if args.provider == "webpush":
+        body["subscription"] = _subscription(args)
+    elif args.token is None:
+        raise CliError(f"a {args.provider} registration needs its token")
+    elif args.subscription or args.p256dh or args.auth:
+        raise CliError("--subscription, --p256dh and --auth are for webpush registrations")
+    else:
+        body["token"] = args.token
     if args.user:
         body["user_id"] = args.user
     if args.app:

@@ -15,7 +15,7 @@ from rules.loader import RuleLoadError, load_rules
 from service import __version__
 from service.app import Service, rule_paths
 from service.cli import api as cli_api
-from service.cli import operator
+from service.cli import operator, webpush
 from service.cli.rules import add_rules_commands
 from service.config import Config, ConfigError, load_config
 from service.cumulocity.env import PlatformEnv, PlatformEnvError
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     add_rules_commands(sub)
     cli_api.add_commands(sub, _load)
     operator.add_commands(sub, _load)
+    webpush.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command in ("registrations", "push", "alerts", "ack", "silence", "report", "cluster"):
         return cli_api.run(args)

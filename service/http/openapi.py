@@ -12,6 +12,7 @@ from service import __version__
 from service.http.console import CONSOLE_PATHS
 from service.http.events import EventsIn
 from service.http.push import C8yNotification, PushIn
+from service.http.webpush import PATHS as WEBPUSH_PATHS
 
 _PLAIN = {"200": {"description": "OK"}}
 _TASK = {
@@ -174,7 +175,14 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS},
+        "paths": {
+            **SERVICE_PATHS,
+            **reg.PATHS,
+            **PUSH_PATHS,
+            **OPERATOR_PATHS,
+            **CONSOLE_PATHS,
+            **WEBPUSH_PATHS,
+        },
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn, C8yNotification), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

@@ -27,6 +27,10 @@ def _no_problems(section: BaseModel) -> list[str]:
     return []
 
 
+def _anywhere(section: BaseModel, token: str) -> str:
+    return token
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderPlugin(Generic[C]):
     name: str  # as in registrations, config (providers.<name>) and metrics
@@ -38,5 +42,8 @@ class ProviderPlugin(Generic[C]):
     enabled: Callable[[C], bool] = _always  # e.g. APNs only once an app is configured
     # Problems with the section's credentials, each naming the file or field: ``tocsin check`` and start-up.
     check: Callable[[C], list[str]] = _no_problems
+    # Where a token makes tocsin post, checked against the deployment's section when it is registered
+    # (webhook URLs, Web Push endpoints: allowed hosts); returns the token or raises ValueError.
+    check_target: Callable[[C, str], str] = _anywhere
     c8y_platform: str | None = None  # the Cumulocity push gateway's device.platform served by this provider
     summary: str = ""  # one line for help texts

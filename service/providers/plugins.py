@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, create_model
@@ -18,6 +19,8 @@ MODULES: tuple[str, ...] = (
     "service.providers.log",
     "service.providers.apns",
     "service.providers.fcm",
+    "service.providers.webhook",
+    "service.providers.webpush",
 )
 NAMES: tuple[str, ...] = tuple(m.rsplit(".", 1)[1] for m in MODULES)
 S = TypeVar("S", bound=BaseModel)
@@ -46,6 +49,15 @@ def get(name: str) -> ProviderPlugin[Any]:
 def check_token(provider: str, token: str) -> str:
     """The token in the shape its provider issues, normalised (APNs: lower-case hex)."""
     return get(provider).check_token(token)
+
+
+def target_check(providers: ProvidersBase) -> Callable[[str, str], str]:
+    """``check(provider, token)``: each plug-in's target check with its configured section."""
+
+    def check(provider: str, token: str) -> str:
+        return get(provider).check_target(providers.section(provider), token)
+
+    return check
 
 
 def c8y_providers() -> dict[str, str]:

@@ -7,7 +7,7 @@ production APNs (aioapns) and FCM (aiohttp + google-auth) clients. Measured: not
 submit to the last outbox row final, this process's CPU µs per notification, its peak RSS. Then, in the same
 run, a plain aioapns loop sends N/2 notifications to the same fake APNs for comparison.
 
-Usage: scripts/bench fanout [--registrations 100000] [--workers 256]
+Usage: scripts/bench fanout [--registrations 100000] [--workers 256] [--providers webpush,webhook]
 """
 
 from __future__ import annotations
@@ -206,8 +206,18 @@ def main() -> None:
         "--only", choices=["apns", "fcm"], help="all registrations on one platform (profiling)"
     )
     parser.add_argument("--smoke", action="store_true", help="a few hundred registrations (the test suite)")
+    parser.add_argument(
+        "--providers", help="the receivers instead: webpush,webhook (see tests/bench/fanout_receivers.py)"
+    )
     args = parser.parse_args()
     n = 400 if args.smoke else args.registrations
+    if args.providers:
+        from tests.bench import fanout_receivers
+
+        fanout_receivers.main(
+            args.providers.split(","), 200 if args.smoke else args.registrations, args.workers
+        )
+        return
     global ONLY
     ONLY = args.only
     with tempfile.TemporaryDirectory(prefix="tocsin-fanout-") as d:
