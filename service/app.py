@@ -305,6 +305,11 @@ class Service:
             lambda: float(len(self.noise.open_alerts())),
         )
         self.metrics.gauge(
+            "tocsin_scheduled_pushes",
+            "Scheduled pushes not yet handed to the providers.",
+            lambda: float(len(self.jobs.pushes)),
+        )
+        self.metrics.gauge(
             "tocsin_tracked_alerts",
             "Alerts the rules track: pending, firing or watched.",
             lambda: float(len(self.state.alerts)),
