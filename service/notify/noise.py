@@ -538,6 +538,16 @@ class NoiseControl:
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"bad {kind} state for {key}: {exc!r}") from None
 
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The shared state as ``import_state`` takes it, by kind and key (equal on converged instances)."""
+        return {
+            "ack": {k: self.acks.export(a) for k, a in sorted(self.acks._acks.items())},
+            "cooldown": {k: {"at": at, "nid": nid} for k, (at, nid) in sorted(self.cooldown._last.items())},
+            "followup": {
+                k: {"episode": e, "opened": at} for k, (e, at, _) in sorted(self.followups.started.items())
+            },
+        }
+
     def observe(self, n: Notification) -> None:
         """A follower saw the transition: what is open (so it can be acknowledged anywhere) and its follow-ups
         (scheduled as the leader started them), ready for a takeover."""
