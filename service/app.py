@@ -253,14 +253,14 @@ class Service:
             # Acknowledgements, cooldowns, repeats and escalations: the same on every instance.
             self.noise_writer = ReplicatedNoise(self.noise, self.replicator)
             self.gate.barrier = self.noise_writer.flushed
-            cluster = self.cluster
+            gate = self.gate
             self.jobs = LeaderJobs(
                 self.replicator,
                 self.pipeline,
                 self.dispatcher,
                 self.stores,
                 self.clock,
-                lambda: cluster.is_leader,
+                lambda: gate.leading,
                 self.outbox.written,
             )
             self.gate.jobs = self.jobs

@@ -104,6 +104,11 @@ class ClusterGate:
             "tocsin_cluster_ledger_entries", "Ledger records held.", lambda: float(len(self.node.ledger))
         )
 
+    @property
+    def leading(self) -> bool:
+        """Leader and not handing over: what may start new work (scheduled pushes, handovers)."""
+        return self.node.is_leader and not self._closing
+
     async def route(self, transition: Transition, now: float) -> None:
         nid = notification_key(transition.alert_id, transition.episode, transition.state)
         # Buffered whatever the role: a leader frozen and woken handles its backlog as leader before it learns

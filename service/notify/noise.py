@@ -367,6 +367,9 @@ class FollowUps:
             if n is None or n.episode != episode or self.acks.acked(n) or n.policy is None:
                 continue  # resolved, a new episode, or acknowledged: nothing more to say
             if step < 0:
+                if at + n.policy.repeat <= now:  # a new leader behind the schedule: only the latest repeat
+                    heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
+                    continue
                 k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
                 out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
                 heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
