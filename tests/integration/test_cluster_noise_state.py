@@ -73,7 +73,7 @@ def led_by(services: list[ServiceProcess], leader: ServiceProcess) -> None:
     wait_until_sync(lambda: leader.cluster().get("may_send") is True, 60, f"{leader.id} to lead")
     wait_until_sync(
         lambda: all(s.cluster().get("leader") == leader.id for s in services),
-        20,
+        60,
         f"all to follow {leader.id}",
     )
 
@@ -140,6 +140,7 @@ def test_an_ack_through_a_follower_stops_the_escalation_on_the_next_leader(
         stop_all(services)
 
 
+@pytest.mark.timeout(240)  # four process starts on loaded cores
 def test_a_cooldown_on_the_old_leader_holds_on_a_new_leader_that_caught_up_from_a_snapshot(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
@@ -177,6 +178,7 @@ def _iso_in(seconds: float) -> str:
 SCHEDULED = "tocsin_scheduled_pushes"
 
 
+@pytest.mark.timeout(240)  # six process starts
 def test_a_scheduled_push_survives_a_full_restart_and_is_sent_once(tmp_path: Path, broker: Mosquitto) -> None:
     env = rules_env(tmp_path)
     services = start(tmp_path, broker, env, ("a", 0), ("b", 1), ("c", 2))
@@ -210,6 +212,7 @@ def pending_rows(s: ServiceProcess) -> int:
         db.close()
 
 
+@pytest.mark.timeout(240)  # four process starts
 def test_a_deposed_leaders_pending_delivery_is_sent_by_the_new_leader_and_not_by_both(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
