@@ -28,11 +28,14 @@ from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
 from service.clock import Clock, SystemClock
+from service.cluster.election import RoleChange
 from service.cluster.gate import ClusterGate
+from service.cluster.leader_jobs import LeaderJobs, local_replicator
 from service.cluster.ledger_store import LedgerStore
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.cluster.replica import HybridClock, ReplicaStore, Replicator
+from service.cluster.replicated_noise import ReplicatedNoise
 from service.cluster.replicated_registrations import ReplicatedWriter
 from service.cluster.replicated_silences import ReplicatedSilences
 from service.config import Config
@@ -219,6 +222,7 @@ class Service:
         self.cluster: ClusterNode | None = None
         self.replicator: Replicator | None = None
         self.silence_writer: ReplicatedSilences | None = None
+        self.noise_writer: ReplicatedNoise | None = None
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
@@ -250,6 +254,33 @@ class Service:
             self.cluster.attach(self.replicator)
             self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
             self.silence_writer = ReplicatedSilences(self.noise.silences, self.replicator)
+            # Acknowledgements, cooldowns, repeats and escalations: the same on every instance.
+            self.noise_writer = ReplicatedNoise(self.noise, self.replicator)
+            self.gate.barrier = self.noise_writer.flushed
+            gate = self.gate
+            self.jobs = LeaderJobs(
+                self.replicator,
+                self.pipeline,
+                self.dispatcher,
+                self.stores,
+                self.clock,
+                lambda: gate.leading,
+                self.outbox.written,
+            )
+            self.gate.jobs = self.jobs
+            self.cluster.on_change = self._role_changed
+        else:
+            # Scheduled pushes survive a restart here too: the same records, in this instance's state.jsonl.
+            self.jobs = LeaderJobs(
+                local_replicator(config.instance.id, config.data_dir / "state.jsonl", self.clock),
+                self.pipeline,
+                self.dispatcher,
+                self.stores,
+                self.clock,
+                lambda: True,
+                self.outbox.written,
+            )
+        self.push_api.jobs = self.jobs
         self.http_port: int | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -276,6 +307,11 @@ class Service:
             "tocsin_open_alerts",
             "Firing alerts, as GET /v1/alerts lists them.",
             lambda: float(len(self.noise.open_alerts())),
+        )
+        self.metrics.gauge(
+            "tocsin_scheduled_pushes",
+            "Scheduled pushes not yet handed to the providers.",
+            lambda: float(len(self.jobs.pushes)),
         )
         self.metrics.gauge(
             "tocsin_tracked_alerts",
@@ -307,6 +343,12 @@ class Service:
             await self.pipeline.handle(transition, self.clock.time())
         else:
             await self.gate.route(transition, self.clock.time())
+
+    def _role_changed(self, change: RoleChange) -> None:
+        assert self.gate is not None
+        self.gate.on_change(change)
+        self.jobs.wake()  # a new leader sends what is due
+        self._noise_changed.set()  # only the leader runs noise control's timers
 
     def cluster_state(self) -> dict[str, object]:
         if self.cluster is None:
@@ -366,7 +408,10 @@ class Service:
     async def _noise_timers(self) -> None:
         """Sends what noise control scheduled: group flushes, repeats, escalations, rate-limit summaries."""
         while True:
-            deadline = self.noise.next_deadline()
+            # In a cluster only the leader: a follower keeps what is due for a takeover (its keys are the same
+            # on every instance, and the send ledger skips what the old leader sent).
+            leading = self.cluster is None or self.cluster.is_leader
+            deadline = self.noise.next_deadline() if leading else None
             wait = 3600.0 if deadline is None else max(0.0, deadline - self.clock.time())
             self._noise_changed.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that arrives just as the
@@ -374,6 +419,8 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._noise_changed.wait()
+            if not (self.cluster is None or self.cluster.is_leader):
+                continue
             now = self.clock.time()
             due = self.noise.due(now)
             try:
@@ -490,6 +537,7 @@ class Service:
                 self.clock,
                 self.cumulocity.acknowledge if self.cumulocity is not None else None,
                 self.silence_writer,
+                self.noise_writer,
             )
             add_report_routes(self.http_app, self.outbox, self.explainer)
             add_webpush_routes(self.http_app, cfg.providers.get(WebPushConfig))
@@ -513,6 +561,7 @@ class Service:
         self._tasks = [
             spawn("rule-timers", self._timers),
             spawn("noise-timers", self._noise_timers),
+            spawn("leader-jobs", self.jobs.run),
         ]
         for source in self.sources:
             self._tasks.append(spawn(f"source-{source.name}", lambda s=source: s.run(self), forever=False))  # type: ignore[misc]

@@ -1,11 +1,13 @@
 """The durable outbox: one row per (notification, registration), committed before the first send.
 
-Rows start ``pending`` and end ``delivered`` or ``failed`` (with the reason). New rows are buffered and
-committed in one transaction by the first worker about to send any of them (``written``); final states are
-buffered and committed at the next loop turn or every 2,000 rows. After a crash every row still pending is
-sent again: those never sent, those waiting for a retry, and those in flight whose answer never came or
-whose answer came in the last moments before the crash. The notification key (collapse id / tag) makes such
-a repeat replace the first on the phone. The same rows are the delivery report, kept for a set time.
+Rows start ``pending`` and end ``delivered``, ``failed`` (with the reason) or, in a cluster,
+``handed_over`` (to the leader, by an instance that no longer leads: service/cluster/leader_jobs.py). New
+rows are buffered and committed in one transaction by the first worker about to send any of them
+(``written``); final states are buffered and committed at the next loop turn or every 2,000 rows. After a
+crash every row still pending is sent again: those never sent, those waiting for a retry, and those in flight
+whose answer never came or whose answer came in the last moments before the crash. The notification key
+(collapse id / tag) makes such a repeat replace the first on the phone. The same rows are the delivery
+report, kept for a set time.
 """
 
 from __future__ import annotations
@@ -272,6 +274,8 @@ class Outbox:
                 if state == "failed":
                     key = reason or "unknown"
                     bucket["failed"][key] = bucket["failed"].get(key, 0) + count
+                elif state == "handed_over":  # to the cluster's leader, which reports its own row
+                    bucket["handed_over"] = bucket.get("handed_over", 0) + count
                 else:
                     bucket[state] += count
         return {"id": nid, "created": head[0], "expires": head[1], **total, "platforms": platforms}

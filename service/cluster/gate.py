@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import aiomqtt
 
@@ -30,6 +32,9 @@ from service.notify.pipeline import Pipeline
 from service.providers.base import Delivered, Outcome
 from service.ratelimit import RateLimitedLog
 
+if TYPE_CHECKING:
+    from service.cluster.leader_jobs import LeaderJobs
+
 log = logging.getLogger("tocsin.cluster")
 # Test-only fault injection, inert unless set: "after_intent:N" or "after_send:N" kills this process with
 # SIGKILL at that point of the N-th send, to measure the ambiguous window of a crash inside a send.
@@ -45,6 +50,9 @@ def _fault_from_env() -> tuple[str, int] | None:
 
 
 ROLE_VALUE = {"follower": 0.0, "candidate": 1.0, "leader": 2.0}
+# Notifications every instance knows (from the shared event stream, or replicated): the leader sends them,
+# through the ledger. Others ("api") are known only to the instance that took them, which sends them itself.
+LEDGERED = ("rule", "schedule")
 
 
 def delivery_key(d: Delivery) -> str:
@@ -68,6 +76,10 @@ class ClusterGate:
         self._idle.set()
         self._closing = False
         self._sends = 0
+        # Awaited before each intent: the noise state behind the send is on the cluster channel first.
+        self.barrier: Callable[[], Awaitable[None]] | None = None
+        # Where a delivery goes when this instance is no longer the leader (service/cluster/leader_jobs.py).
+        self.jobs: LeaderJobs | None = None
         self.events = Counter(
             "tocsin_cluster_sends", "Send decisions of the cluster gate, by kind.", ("kind",)
         )
@@ -92,6 +104,11 @@ class ClusterGate:
             "tocsin_cluster_ledger_entries", "Ledger records held.", lambda: float(len(self.node.ledger))
         )
 
+    @property
+    def leading(self) -> bool:
+        """Leader and not handing over: what may start new work (scheduled pushes, handovers)."""
+        return self.node.is_leader and not self._closing
+
     async def route(self, transition: Transition, now: float) -> None:
         nid = notification_key(transition.alert_id, transition.episode, transition.state)
         # Buffered whatever the role: a leader frozen and woken handles its backlog as leader before it learns
@@ -99,6 +116,8 @@ class ClusterGate:
         self.buffer.add(nid, transition, self.clock.monotonic(), transition.on_ambiguous)  # type: ignore[arg-type]
         if self.node.is_leader and self._catching_up is None:
             await self.pipeline.handle(transition, now)
+        elif not self.node.is_leader:
+            self.pipeline.observe(transition, now)  # what is open here too, for acks and a takeover
 
     def on_change(self, change: RoleChange) -> None:
         if change.role == "leader":
@@ -125,12 +144,11 @@ class ClusterGate:
             self._catching_up = None
 
     async def before_send(self, d: Delivery) -> Verdict:
-        if d.notification.origin != "rule":
+        if d.notification.origin not in LEDGERED:
             return "send"  # an API push reached only this instance: no other one can send it
-        if not self.node.is_leader or self._closing:
-            self.events.inc("dropped_not_leader")  # the new leader has it in its buffer
-            return "skip"
         key = delivery_key(d)
+        if not self.node.is_leader or self._closing:
+            return await self._not_mine(key, d)
         if key in self._sending:
             self.events.inc("already_under_way")  # a takeover re-handed what a worker is sending right now
             return "skip"
@@ -155,6 +173,8 @@ class ClusterGate:
             )
             return "later"
         self._sending.add(key)
+        if self.barrier is not None:
+            await self.barrier()
         try:
             await self.node.record("intent", key)
         except aiomqtt.MqttError as exc:
@@ -177,6 +197,27 @@ class ClusterGate:
         self._idle.clear()
         return "send"
 
+    async def _not_mine(self, key: str, d: Delivery) -> Verdict:
+        """Another instance sends: hand the delivery to the leader (its outbox row here then ends), or hold it
+        while nobody leads (it may be this instance's to send)."""
+        if self.jobs is None:
+            self.events.inc("dropped_not_leader")  # the new leader has it in its buffer
+            return "skip"
+        leader = self.node.election.leader
+        if not self._closing and (leader is None or leader == self.node.me.id):
+            self.events.inc("later_no_leader")
+            return "later"
+        try:
+            await self.jobs.hand_over(key, d)
+        except Exception as exc:  # ReplicaUnavailable, the transport's errors: the row stays pending
+            self.events.inc("later_handover_failed")
+            self._log.warning(
+                "handover", "could not hand a delivery over to the leader (%s); will retry", exc
+            )
+            return "later"
+        self.events.inc("handed_over")
+        return "handed_over"
+
     def _maybe_crash(self, point: str) -> None:
         if self._fault is not None and self._fault == (point, self._sends):
             log.warning("fault injection: killing this process %s of send %d", point, self._sends)
@@ -184,7 +225,7 @@ class ClusterGate:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def after_send(self, d: Delivery, outcome: Outcome | None) -> None:
-        if d.notification.origin != "rule":
+        if d.notification.origin not in LEDGERED:
             return
         try:
             await self._confirm(d, outcome)
@@ -205,7 +246,7 @@ class ClusterGate:
             return False
 
     async def _confirm(self, d: Delivery, outcome: Outcome | None) -> None:
-        if not isinstance(outcome, Delivered) or d.notification.origin != "rule":
+        if not isinstance(outcome, Delivered) or d.notification.origin not in LEDGERED:
             return
         key = delivery_key(d)
         self._mine.discard(key)

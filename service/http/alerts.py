@@ -21,6 +21,7 @@ from registrations.http import ApiError, read_body
 from rules.durations import parse_duration
 from service.clock import Clock
 from service.cluster.replica import ReplicaUnavailable
+from service.cluster.replicated_noise import ReplicatedNoise
 from service.cluster.replicated_silences import ReplicatedSilences
 from service.http.server import principal_of
 from service.notify.model import Notification
@@ -34,6 +35,8 @@ CLOCK_KEY: web.AppKey[Clock] = web.AppKey("clock", Clock)
 ACK_HOOK_KEY: web.AppKey[AckHook] = web.AppKey("ack_hook", AckHook)  # type: ignore[arg-type]
 # In a cluster, silences are written through the replicated layer (service/cluster/replicated_silences.py).
 SILENCE_WRITER_KEY: web.AppKey[ReplicatedSilences] = web.AppKey("silence_writer", ReplicatedSilences)
+# And acknowledgements through service/cluster/replicated_noise.py: one made anywhere holds on every instance.
+NOISE_WRITER_KEY: web.AppKey[ReplicatedNoise] = web.AppKey("noise_writer", ReplicatedNoise)
 
 
 def _visible(principal: Principal, n: Notification) -> bool:
@@ -122,7 +125,18 @@ async def ack_alert(request: web.Request) -> web.Response:
     if n is None or not _visible(principal, n):
         return _not_found("no open alert with this id")
     by = str(body.get("by") or principal.user or principal.name)
-    ack = noise.ack(n.alert_id, by, str(body.get("comment") or ""), clock.time())
+    comment, writer = str(body.get("comment") or ""), request.app.get(NOISE_WRITER_KEY)
+    try:
+        ack = (
+            noise.ack(n.alert_id, by, comment, clock.time())
+            if writer is None
+            else await writer.ack(n.alert_id, by, comment, clock.time())
+        )
+    except ReplicaUnavailable as exc:
+        log.warning("acknowledgement not confirmed by the cluster: %s", exc)
+        return web.json_response(
+            {"error": "store_unavailable", "message": f"not confirmed by the cluster: {exc}"}, status=503
+        )
     if ack is None:
         return _not_found("no open alert with this id")
     answer: dict[str, Any] = {
@@ -227,10 +241,13 @@ def add_alert_routes(
     clock: Clock,
     on_ack: AckHook | None = None,
     silence_writer: ReplicatedSilences | None = None,
+    noise_writer: ReplicatedNoise | None = None,
 ) -> None:
     app[NOISE_KEY] = noise
     if silence_writer is not None:
         app[SILENCE_WRITER_KEY] = silence_writer
+    if noise_writer is not None:
+        app[NOISE_WRITER_KEY] = noise_writer
     app[CLOCK_KEY] = clock
     if on_ack is not None:
         app[ACK_HOOK_KEY] = on_ack

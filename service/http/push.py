@@ -2,8 +2,9 @@
 audience, handed to the notify pipeline. Answers at once (202 with the notification id); fan-out runs in the
 background, at ``schedule_at`` when given.
 
-Scheduled pushes wait in memory: a restart before their time loses them (the durable outbox is the
-push-delivery issue's).
+Scheduled pushes are durable records (``service/cluster/leader_jobs.py``): in a cluster they are replicated to
+every instance and the leader sends them at their time, once; alone, they are kept in ``state.jsonl``. Both
+survive a restart. The 202 comes once the record is stored (and, in a cluster, echoed by the broker).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -25,11 +26,15 @@ from registrations.http import check_expression as checked
 from registrations.model import Audience
 from registrations.schemas import MAX_TAGS, AudienceIn, C8yStrict, Strict
 from service.clock import Clock
+from service.cluster.replica import ReplicaUnavailable
 from service.cumulocity.client import C8yError
 from service.notify.model import Notification
 from service.notify.options import PushOptions, PushType
 from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
 from service.providers import plugins
+
+if TYPE_CHECKING:
+    from service.cluster.leader_jobs import LeaderJobs
 
 log = logging.getLogger("tocsin.push")
 MAX_SCHEDULE_S = 30 * 86400
@@ -218,6 +223,8 @@ class PushApi:
         self.load_alarm: Callable[[str, str], Awaitable[Mapping[str, Any] | None]] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
+        # Scheduled pushes are durable records the leader sends at their time (service/cluster/leader_jobs.py)
+        self.jobs: LeaderJobs | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -255,7 +262,13 @@ class PushApi:
             )
         n = self.notification(audience, body.title, body.body, dict(body.data), body.severity, now, expires)
         n.options, n.texts, n.tenant = body.options(), body.texts(body.title, body.body), principal.tenant
-        self.submit(n, at)
+        if at > now and self.jobs is not None:
+            try:
+                await self.jobs.schedule(n, at)
+            except ReplicaUnavailable as exc:
+                raise ApiError(503, "unavailable", f"the scheduled push was not stored: {exc}") from None
+        else:
+            self.submit(n, at)
         scheduled = timestamp(at) if at > now else None
         return web.json_response(
             {"id": n.nid, "scheduled_for": scheduled, "expires": timestamp(expires)}, status=202

@@ -39,7 +39,7 @@ log = logging.getLogger("tocsin.dispatch")
 # What the send guard (the cluster gate) says of a delivery: send it; try again shortly; or leave it: the
 # cluster already delivered it, the rule says not to resend what a deposed leader may have sent, or another
 # instance (or another worker here) has it.
-Verdict = Literal["send", "later", "skip_sent", "skip_ambiguous", "skip"]
+Verdict = Literal["send", "later", "skip_sent", "skip_ambiguous", "skip", "handed_over"]
 
 
 class SendGuard(Protocol):
@@ -190,6 +190,9 @@ class Dispatcher:
                 return
             if verdict == "skip_ambiguous":
                 self._finish(delivery, "failed", "ambiguous_skipped")
+                return
+            if verdict == "handed_over":
+                self._finish(delivery, "handed_over")  # to the leader, which sends it (leader_jobs.py)
                 return
             if verdict == "skip":
                 return  # the leader sends it; its row stays pending here until purged

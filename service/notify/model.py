@@ -33,6 +33,7 @@ class Notification:
     on_ambiguous: str = "resend"
     # "rule": computed by every instance from the shared event stream, so the cluster picks one sender;
     # "api": known only to the instance that took the request, which must send it itself.
+    # "schedule": a scheduled push, replicated to every instance; the leader sends it, through the ledger.
     origin: str = "rule"
     # From the rule (see rules/schema.py); defaults keep notifications built elsewhere valid.
     texts: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # locale -> (title, body)

@@ -23,6 +23,17 @@ from registrations.model import Audience, Registration
 from rules.event import short_hash
 from service.notify.model import CHANNEL_TAG, Notification
 
+# A change of the state that must be the same on every instance of a cluster: (kind, key, value or None).
+# ``NoiseControl.on_state`` receives the leader's own changes; ``NoiseControl.import_state`` applies another
+# instance's (service/cluster/replicated_noise.py carries them over the cluster channel).
+StateHook = Callable[[str, str, Any], None]
+STATE_KINDS = ("ack", "cooldown", "followup")
+MAX_TRACKED = 100_000
+
+
+def _no_state(kind: str, key: str, value: Any) -> None:
+    return None
+
 
 # -- silences ------------------------------------------------------------------------------------------------
 @dataclass(slots=True)
@@ -154,12 +165,26 @@ class Acks:
         a = self._acks[alert_id] = Ack(alert_id, n.episode, by, comment, now)
         return a
 
+    def export(self, a: Ack) -> dict[str, Any]:
+        return {"episode": a.episode, "by": a.by, "comment": a.comment, "time": a.time}
+
+    def import_(self, alert_id: str, value: Mapping[str, Any] | None) -> None:
+        """Another instance's acknowledgement (``None``: forgotten)."""
+        if value is None:
+            self._acks.pop(alert_id, None)
+            return
+        a = Ack(
+            alert_id, str(value["episode"]), str(value["by"]), str(value["comment"]), float(value["time"])
+        )
+        if a.alert_id in self._acks or len(self._acks) < MAX_TRACKED:
+            self._acks[alert_id] = a
+
     def acked(self, n: Notification) -> bool:
         a = self._acks.get(n.alert_id)
         return a is not None and a.episode == n.episode
 
     def opened(self, n: Notification) -> None:
-        if n.origin == "api":  # a push sent through the API is no alert: nothing resolves it
+        if n.origin in ("api", "schedule"):  # a push through the API is no alert: nothing resolves it
             return
         self.open.pop(n.alert_id, None)
         self.open[n.alert_id] = n
@@ -178,19 +203,30 @@ class Cooldown:
     name = "cooldown"
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+        self._last: dict[str, tuple[float, str]] = {}  # alert id -> (when, notification key) last admitted
+        self.on_state: StateHook = _no_state
 
     def admit(self, n: Notification, now: float) -> bool:
         p = n.policy
         if p is None or p.cooldown <= 0 or n.state != "firing":
             return True
         last = self._last.get(n.alert_id)
-        if last is not None and now - last < p.cooldown:
-            return False
-        self._last[n.alert_id] = now
-        if len(self._last) > 100_000:
-            self._last = {k: v for k, v in self._last.items() if now - v < 86_400}
+        if last is not None:
+            if last[1] == n.nid:
+                return True  # the same notification handed on again (a takeover): the send ledger decides
+            if now - last[0] < p.cooldown:
+                return False
+        self._last[n.alert_id] = (now, n.nid)
+        self.on_state("cooldown", n.alert_id, {"at": now, "nid": n.nid})
+        if len(self._last) > MAX_TRACKED:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < 86_400}
         return True
+
+    def import_(self, alert_id: str, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            self._last.pop(alert_id, None)
+        elif alert_id in self._last or len(self._last) < MAX_TRACKED:
+            self._last[alert_id] = (float(value["at"]), str(value["nid"]))
 
 
 # -- grouping ------------------------------------------------------------------------------------------------
@@ -269,15 +305,56 @@ class FollowUps:
         self.acks = acks
         self._heap: list[tuple[float, int, str, str, int]] = []  # (at, seq, alert_id, episode, step)
         self._seq = itertools.count()
+        # alert id -> (episode, when its follow-ups started, scheduled here): the same on every instance of a
+        # cluster, so a new leader repeats and escalates on the old leader's schedule, not from its takeover.
+        self.started: dict[str, tuple[str, float, bool]] = {}
+        self.on_state: StateHook = _no_state
 
     def opened(self, n: Notification, now: float) -> None:
         p = n.policy
-        if p is None:
+        if p is None or not (p.repeat > 0 or p.escalate):
             return
+        found = self.started.get(n.alert_id)
+        if found is not None and found[0] == n.episode:
+            self.observed(n)  # handed on again (a takeover), or started by another instance: its schedule
+            return
+        self._start(n, now)
+        self.on_state("followup", n.alert_id, {"episode": n.episode, "opened": now})
+
+    def _start(self, n: Notification, at: float) -> None:
+        p = n.policy
+        assert p is not None
+        self.started[n.alert_id] = (n.episode, at, True)
+        if len(self.started) > MAX_TRACKED:
+            del self.started[next(iter(self.started))]
         if p.repeat > 0:
-            heapq.heappush(self._heap, (now + p.repeat, next(self._seq), n.alert_id, n.episode, -1))
+            heapq.heappush(self._heap, (at + p.repeat, next(self._seq), n.alert_id, n.episode, -1))
         for i, step in enumerate(p.escalate):
-            heapq.heappush(self._heap, (now + step.after, next(self._seq), n.alert_id, n.episode, i))
+            heapq.heappush(self._heap, (at + step.after, next(self._seq), n.alert_id, n.episode, i))
+
+    def observed(self, n: Notification) -> None:
+        """The alert is open here: schedule what another instance started for it, if not yet done."""
+        found = self.started.get(n.alert_id)
+        if found is not None and found[0] == n.episode and not found[2] and n.policy is not None:
+            self._start(n, found[1])
+
+    def import_(self, alert_id: str, value: Mapping[str, Any] | None) -> None:
+        if value is None:
+            self.started.pop(alert_id, None)
+            return
+        episode, at = str(value["episode"]), float(value["opened"])
+        found = self.started.get(alert_id)
+        if found is not None and found[:2] == (episode, at):
+            return
+        if found is None and len(self.started) >= MAX_TRACKED:
+            return
+        self.started[alert_id] = (episode, at, False)
+        n = self.acks.open.get(alert_id)
+        if n is not None:
+            self.observed(n)
+
+    def closed(self, alert_id: str) -> None:
+        self.started.pop(alert_id, None)
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -290,6 +367,9 @@ class FollowUps:
             if n is None or n.episode != episode or self.acks.acked(n) or n.policy is None:
                 continue  # resolved, a new episode, or acknowledged: nothing more to say
             if step < 0:
+                if at + n.policy.repeat <= now:  # a new leader behind the schedule: only the latest repeat
+                    heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
+                    continue
                 k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
                 out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
                 heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
@@ -439,6 +519,47 @@ class NoiseControl:
         self.on_held = on_held
         self.explain = explain  # (notification, stage, detail, registration id): service/notify/explain.py
         self.suppressed: dict[str, int] = {}
+        self.on_state: StateHook = _no_state  # this instance's changes of the shared state (a cluster's)
+        self.cooldown.on_state = self.followups.on_state = self._state
+
+    def _state(self, kind: str, key: str, value: Any) -> None:
+        self.on_state(kind, key, value)
+
+    def import_state(self, kind: str, key: str, value: Any) -> None:
+        """Another instance's change of the shared state (``STATE_KINDS``); bad values raise ValueError."""
+        try:
+            if kind == "ack":
+                self.acks.import_(key, value)
+            elif kind == "cooldown":
+                self.cooldown.import_(key, value)
+            elif kind == "followup":
+                self.followups.import_(key, value)
+                if self.on_schedule is not None:
+                    self.on_schedule()
+            else:
+                raise ValueError(f"no noise state of kind {kind!r}")
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"bad {kind} state for {key}: {exc!r}") from None
+
+    def export_state(self) -> dict[str, dict[str, Any]]:
+        """The shared state as ``import_state`` takes it, by kind and key (equal on converged instances)."""
+        return {
+            "ack": {k: self.acks.export(a) for k, a in sorted(self.acks._acks.items())},
+            "cooldown": {k: {"at": at, "nid": nid} for k, (at, nid) in sorted(self.cooldown._last.items())},
+            "followup": {
+                k: {"episode": e, "opened": at} for k, (e, at, _) in sorted(self.followups.started.items())
+            },
+        }
+
+    def observe(self, n: Notification) -> None:
+        """A follower saw the transition: what is open (so it can be acknowledged anywhere) and its follow-ups
+        (scheduled as the leader started them), ready for a takeover."""
+        if n.state == "resolved":
+            self.acks.closed(n.alert_id)
+            self.followups.closed(n.alert_id)
+        elif n.state == "firing":
+            self.acks.opened(n)
+            self.followups.observed(n)
 
     def _held(
         self,
@@ -459,6 +580,7 @@ class NoiseControl:
         """What to send now for this notification (nothing, or it): silence, cooldown, grouping."""
         if n.state == "resolved":
             self.acks.closed(n.alert_id)
+            self.followups.closed(n.alert_id)
         elif n.state == "firing":
             self.acks.opened(n)  # open (and acknowledgeable) even when silenced or cooled down
         silence = self.silences.silencing(n, now)

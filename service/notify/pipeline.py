@@ -103,6 +103,11 @@ class Pipeline:
                 self.last_fired[transition.rule] = now
         return await self.submit(to_notification(transition, now), now, dedup)
 
+    def observe(self, transition: Transition, now: float) -> None:
+        """A follower's view of the transition: noise control learns what is open (nothing is sent)."""
+        if self.noise is not None:
+            self.noise.observe(to_notification(transition, now))
+
     async def submit(self, n: Notification, now: float, dedup: bool = True) -> int:
         """A notification from a rule or ready-made (``POST /v1/push``, a test push): dedup, noise control,
         then target and dispatch."""

@@ -9,11 +9,19 @@ device simulator at a steady rate, and each fault repeated (default 30 times):
   broker_restart            Mosquitto restarted with persistence on
   broker_restart_nopersist  Mosquitto restarted with persistence off
   preferred_returns         the leader is killed and comes back with the best priority (no preemption)
+  register_then_kill        a phone registers through a follower; on the 2xx, kill -9 of that follower and
+                            of the leader: the new leader must notify the phone
+  silence_then_kill         a silence through a follower, then the same kill: the new leader must hold back
+                            a notification it matches (and send an unmatched one)
+  ack_then_kill             an alert acknowledged through a follower, then the same kill: the new leader must
+                            not escalate it (and must escalate an unacknowledged one opened after it)
 
 Takeover time: from the fault to the moment another instance (or, for broker restarts, any instance) may send
 again, sampled every 20 ms from /v1/cluster. Lost: simulator events never notified. Duplicates: deliveries
 beyond the first per event. Ambiguous: resends of sends the old leader began and never confirmed (the bound
-for duplicates). Usage: scripts/bench failover [--runs 30] [--faults kill9,graceful] [--rate 50]
+for duplicates). State lost (state faults): writes answered 2xx whose effect the new leader did not show.
+Lost, duplicates and ambiguous count the simulator's events to the console phone only.
+Usage: scripts/bench failover [--runs 30] [--faults kill9,graceful] [--rate 50]
 """
 
 from __future__ import annotations
@@ -25,11 +33,16 @@ import random
 import signal
 import tempfile
 import time
+import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cluster_support import ServiceProcess, Simulator, delivered_episodes, episode_of
+import paho.mqtt.publish as mqtt_publish
+
+from tests.cluster_support import ServiceProcess, Simulator, episode_of
 from tests.support import Mosquitto, wait_until_sync
 
 FAULTS = (
@@ -40,7 +53,27 @@ FAULTS = (
     "broker_restart",
     "broker_restart_nopersist",
     "preferred_returns",
+    "register_then_kill",
+    "silence_then_kill",
+    "ack_then_kill",
 )
+STATE_FAULTS = ("register_then_kill", "silence_then_kill", "ack_then_kill")
+# The examples' doorbell (the simulator's events) and a leak rule that escalates, for ack_then_kill.
+RULES = """rules:
+  - id: doorbell
+    topic: home/{room}/doorbell
+    when: {event: ring}
+    title: Doorbell
+    body: "Someone is at the {{ room }} door."
+    audience: {tags: [home]}
+  - id: leak
+    topic: home/{room}/leak
+    threshold: {value: value, above: 0}
+    escalate:
+      - {after: 4s, audience: {users: [console]}}
+    title: "Leak {{ room }}"
+    audience: {tags: [home]}
+"""
 AMBIGUOUS = 'tocsin_cluster_sends_total{kind="ambiguous_resent"}'
 
 
@@ -54,6 +87,9 @@ class Campaign:
         self.live: dict[str, ServiceProcess] = {}
         self.ambiguous: dict[int, float] = {}
         self.paused: set[str] = set()  # a stopped process cannot answer: do not wait on its HTTP API
+        self.state_lost = 0
+        self.rules = workdir / "rules.yaml"
+        self.rules.write_text(RULES)
         for nid in self.priorities:
             self.start(nid)
         wait_until_sync(lambda: self.leader() is not None, 60, "a first leader")
@@ -61,7 +97,7 @@ class Campaign:
         self.published = 0
 
     def start(self, nid: str) -> ServiceProcess:
-        env = {}
+        env = {"TOCSIN_RULES__PATHS": f"[{self.rules}]"}
         if self.fault == "kill9_in_send" and nid == "a":  # only a is armed; each run makes it the leader
             env["TOCSINTEST_FAULT"] = (
                 f"{random.choice(['after_intent', 'after_send'])}:{random.randint(5, 60)}"
@@ -153,6 +189,8 @@ class Campaign:
             took = self._new_leader_after(t0, old)
             victim.proc.wait(30)
             self.rejoin(old)
+        elif self.fault in STATE_FAULTS:
+            took = self._state_fault(old)
         else:
             self.published = self.sim.stop()
             t0 = time.monotonic()
@@ -162,6 +200,75 @@ class Campaign:
             self.sim = Simulator(self.broker.port, self.rate, start=self.published)
         self.scrape()
         return took
+
+    def _state_fault(self, old: str) -> float:
+        """A write through a follower; on its 2xx, kill -9 of that follower and of the leader; then check that
+        the new leader acts on the write (else ``state_lost``)."""
+        taker = random.choice([n for n in self.live if n != old])
+        tag = uuid.uuid4().hex[:10]
+        if self.fault == "ack_then_kill":  # open the alert first (the leader notifies it)
+            self._publish(f"home/acked-{tag}/leak", {"value": 1})
+            self._wait_title(f"Leak acked-{tag}", 1)
+            alert = self._open_alert(taker, f"acked-{tag}")
+            status, _ = _call(self.live[taker], "POST", f"/v1/alerts/{alert}/ack", {"by": "bench"})
+            self._publish(f"home/control-{tag}/leak", {"value": 1})  # escalates after the acknowledged one
+        elif self.fault == "register_then_kill":
+            phone = {"provider": "log", "token": f"phone-{tag}", "user_id": "bench", "tags": ["home"]}
+            status, _ = _call(self.live[taker], "POST", "/v1/registrations", phone)
+        else:
+            silence = {"matchers": {"room": f"muted-{tag}"}, "duration": "1h", "comment": "bench"}
+            status, _ = _call(self.live[taker], "POST", "/v1/silences", silence)
+        assert 200 <= status < 300, f"{self.fault}: the write was answered {status}"
+        t0 = time.time()
+        self.live[taker].proc.kill()
+        self.live[old].proc.kill()
+        took = self._new_leader_after(t0, old)
+        if not self._took_effect(tag):
+            self.state_lost += 1
+        for nid in (taker, old):
+            self.rejoin(nid)
+        return took
+
+    def _took_effect(self, tag: str) -> bool:
+        leader = self.live[self.leader() or ""]
+        if self.fault == "register_then_kill":  # the simulator's doorbells reach the new phone
+            reached = _waited(lambda: any(d.get("to") == f"phone-{tag}" for d in list(leader.deliveries)), 20)
+            _call(leader, "DELETE", f"/v1/registrations/log/phone-{tag}")  # one phone at a time
+            return reached
+        if self.fault == "silence_then_kill":
+            self._publish(f"home/muted-{tag}/doorbell", {"event": "ring"})
+            self._publish(f"home/open-{tag}/doorbell", {"event": "ring"})
+            if not _waited(lambda: self._titled_body(f"open-{tag}") >= 1, 20):
+                return False  # nothing was notified at all: counted as lost below, and here
+            return self._titled_body(f"muted-{tag}") == 0
+        # ack_then_kill: once the control alert escalated (after the acknowledged one was due), it did not
+        escalated = _waited(lambda: self._count_title(f"Leak control-{tag}") >= 2, 30)
+        return escalated and self._count_title(f"Leak acked-{tag}") == 1
+
+    def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+        body = json.dumps({**payload, "id": uuid.uuid4().hex})
+        mqtt_publish.single(topic, body, qos=1, hostname="127.0.0.1", port=self.broker.port)
+
+    def _count_title(self, title: str) -> int:
+        return sum(1 for s in self.all for d in list(s.deliveries) if d.get("title") == title)
+
+    def _titled_body(self, room: str) -> int:
+        text = f"Someone is at the {room} door."
+        return sum(1 for s in self.all for d in list(s.deliveries) if d.get("body") == text)
+
+    def _wait_title(self, title: str, count: int) -> None:
+        wait_until_sync(lambda: self._count_title(title) >= count, 30, title)
+
+    def _open_alert(self, nid: str, room: str) -> str:
+        def found() -> str | None:
+            _, listed = _call(self.live[nid], "GET", "/v1/alerts")
+            ids = [a["id"] for a in listed["alerts"] if a["labels"].get("room") == room]
+            return ids[0] if ids else None
+
+        wait_until_sync(lambda: found() is not None, 20, f"{nid} to list the open alert")
+        alert = found()
+        assert alert is not None
+        return alert
 
     def _since(self, t0: float, accept: Callable[[str], bool]) -> float:
         """From the fault (monotonic ``t0``) to a sender that ``accept`` admits."""
@@ -177,25 +284,47 @@ class Campaign:
         since = self.live[new].cluster().get("leader_since")
         return max(0.0, float(since) - fault_wall) if since is not None else 0.0
 
+    def console(self) -> Counter[str]:
+        """The simulator's events notified to the console phone (a state fault adds phones and alerts)."""
+        return Counter(d["episode"] for s in self.all for d in list(s.deliveries) if d.get("to") == "console")
+
     def finish(self) -> dict[str, Any]:
         published = self.sim.stop()
         expected = {episode_of(n) for n in range(published)}
         with contextlib.suppress(AssertionError):  # what never arrives is counted as lost below
-            wait_until_sync(
-                lambda: expected <= set(delivered_episodes(self.all)), 60, "the last notifications"
-            )
+            wait_until_sync(lambda: expected <= set(self.console()), 60, "the last notifications")
         self.scrape()
-        counts = delivered_episodes(self.all)
+        counts = {e: c for e, c in self.console().items() if e in expected}
         result = {
             "events": published,
             "lost": len(expected - set(counts)),
             "duplicates": sum(c - 1 for c in counts.values()),
             "ambiguous": int(sum(self.ambiguous.values())),
+            "state_lost": self.state_lost,
         }
         for s in self.all:
             s.stop()
         self.broker.stop()
         return result
+
+
+def _call(s: ServiceProcess, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{s.http_port}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return int(r.status), json.loads(r.read() or b"null")
+
+
+def _waited(condition: Callable[[], bool], timeout: float) -> bool:
+    try:
+        wait_until_sync(condition, timeout)
+    except AssertionError:
+        return False
+    return True
 
 
 def pct(values: list[float], p: float) -> float:
@@ -211,7 +340,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = ap.parse_args()
     if args.smoke:
-        args.runs, args.faults = 1, "kill9"
+        args.runs, args.faults = 1, "register_then_kill"  # a kill -9 of the leader, and a write
     table: dict[str, dict[str, Any]] = {}
     for fault in args.faults.split(","):
         with tempfile.TemporaryDirectory(prefix=f"tocsin-failover-{fault}-") as tmp:
@@ -231,10 +360,13 @@ def main() -> None:
                 "duplicates": tally["duplicates"],
                 "ambiguous": tally["ambiguous"],
             }
+            if fault in STATE_FAULTS:
+                table[fault]["state_lost"] = tally["state_lost"]
             print(
                 f"  {fault}: p50 {table[fault]['takeover_p50_s']} s, p95 {table[fault]['takeover_p95_s']} s, "
                 f"max {table[fault]['takeover_max_s']} s; {tally['events']} events, lost {tally['lost']}, "
-                f"duplicates {tally['duplicates']}, ambiguous {tally['ambiguous']}",
+                f"duplicates {tally['duplicates']}, ambiguous {tally['ambiguous']}"
+                + (f", state lost {tally['state_lost']}" if fault in STATE_FAULTS else ""),
                 flush=True,
             )
     print(json.dumps(table))

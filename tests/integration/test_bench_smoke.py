@@ -18,7 +18,7 @@ EXPECTED = {
     "registry": {"upserts_per_s", "first_batch_ms", "peak_rss_mb"},
     "outage": {"delivered", "drain_after_outage_s"},
     "cumulocity": {"alarms_per_s", "p99_ms", "created_per_s"},
-    "failover": {"kill9"},
+    "failover": {"register_then_kill"},
     "stages": {"events_per_s", "cpu_us_per_event", "samples"},
     "clients": {"messages", "tocsin", "paho", "gmqtt", "aiomqtt"},
 }

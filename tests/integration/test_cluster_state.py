@@ -22,7 +22,7 @@ def trio(tmp_path: Path) -> Iterator[tuple[Mosquitto, list[ServiceProcess]]]:
         ServiceProcess(tmp_path / nid, broker.port, nid, prio) for nid, prio in (("a", 0), ("b", 1), ("c", 2))
     ]
     try:
-        wait_until_sync(lambda: services[0].cluster().get("may_send") is True, 30, "a to lead")
+        wait_until_sync(lambda: services[0].cluster().get("may_send") is True, 90, "a to lead")
         wait_until_sync(lambda: all(s.cluster().get("leader") == "a" for s in services), 10, "all follow a")
         yield broker, services
     finally:

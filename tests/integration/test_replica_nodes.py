@@ -5,6 +5,8 @@ and a write is not confirmed while the cluster connection is down."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import time
 import uuid
 from pathlib import Path
@@ -14,13 +16,19 @@ import pytest
 from registrations.directory import DirectWriter
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
+from rules.engine import EngineState, RuleEngine, compile_rules
+from rules.event import Event
+from rules.loader import parse_rule_text
 from service.clock import SystemClock
 from service.cluster.node import ClusterNode
 from service.cluster.records import Presence
 from service.cluster.replica import HybridClock, ReplicaStore, Replicator, ReplicaUnavailable
+from service.cluster.replicated_noise import ReplicatedNoise
 from service.cluster.replicated_registrations import ReplicatedWriter
 from service.cluster.timing import ClusterTiming
 from service.config import MqttConfig
+from service.notify.noise import NoiseControl
+from service.notify.pipeline import to_notification
 from tests.support import Mosquitto, wait_until
 
 
@@ -130,3 +138,71 @@ async def test_a_registration_through_one_instance_is_in_every_instance_store(
             await i.stop()
         for s in stores.values():
             s.close()
+
+
+NOISY = """rules:
+  - id: leak
+    topic: home/{room}/leak
+    threshold: {value: value, above: 0}
+    cooldown: 1h
+    escalate:
+      - {after: 1h, audience: {users: [console]}}
+    title: "Leak in the {{ room }}"
+    audience: {tags: [home]}
+"""
+
+
+async def test_noise_state_converges_byte_for_byte_and_a_late_instance_catches_up(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    rules, errors = parse_rule_text(NOISY, "noisy.yaml")
+    assert errors == []
+    engine, state = RuleEngine(compile_rules(rules)), EngineState()
+    instances = [Instance(n, broker.port, tmp_path) for n in "abc"]
+    noises = [NoiseControl() for _ in instances]
+    writers = [ReplicatedNoise(n, i.rep) for n, i in zip(noises, instances, strict=True)]
+    late: Instance | None = None
+    try:
+        for i in instances:
+            await asyncio.wait_for(i.node.connected.wait(), 10)
+        now = time.time()
+        notes = []
+        for room in ("cellar", "hall"):
+            event = Event(f"e-{room}", "mqtt", f"home/{room}/leak", None, now, {"value": 5})
+            state, ts = engine.evaluate(event, state, now)
+            notes += [to_notification(t, now) for t in ts]
+        for n in notes:  # a leads: its noise control decides; b and c see the same transitions
+            assert noises[0].before_target(n, now) == [n]
+            for follower in noises[1:]:
+                follower.observe(n)
+        await writers[0].flushed()
+        ack = await writers[2].ack(notes[0].alert_id, "ann", "on it", now)  # through the follower c
+        assert ack is not None and ack.episode == notes[0].episode
+
+        def dumps() -> list[bytes]:
+            return [json.dumps(n.export_state(), sort_keys=True).encode() for n in noises]
+
+        await wait_until(lambda: len(set(dumps())) == 1, 10, "equal noise state on a, b, c")
+        await wait_until(lambda: len({i.dump() for i in instances}) == 1, 10, "equal records on a, b, c")
+        exported = noises[1].export_state()
+        assert set(exported["cooldown"]) == set(exported["followup"]) == {n.alert_id for n in notes}
+        assert exported["ack"] == {
+            notes[0].alert_id: {"episode": notes[0].episode, "by": "ann", "comment": "on it", "time": now}
+        }
+        # b leads now: the cooldown holds a new episode of the cellar leak, and the acknowledged one is
+        # never escalated while the other is, on a's schedule (an hour after a opened them)
+        later = dataclasses.replace(notes[0], nid="other", episode="e2")
+        assert noises[1].before_target(later, now + 60) == []
+        due = noises[1].due(now + 3600)
+        assert [n.alert_id for n in due.notifications] == [notes[1].alert_id]
+
+        late = Instance("d", broker.port, tmp_path)  # an empty disk: everything from the snapshots
+        late_noise = NoiseControl()
+        ReplicatedNoise(late_noise, late.rep)
+        await wait_until(lambda: late.dump() == instances[0].dump(), 10, "d caught up")
+        for n in notes:
+            late_noise.observe(n)
+        assert json.dumps(late_noise.export_state(), sort_keys=True).encode() == dumps()[0]
+    finally:
+        for i in [*instances, *([late] if late else [])]:
+            await i.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from registrations.model import Audience, Registration
@@ -206,3 +207,35 @@ def test_a_rules_own_quiet_hours_replace_the_configured_ones() -> None:
         "rules:\n  - id: c\n    topic: x\n    quiet_hours: {start: '25:00'}\n    title: t\n" + AUD, "q.yaml"
     )
     assert {e.reason for e in errors} >= {"'25:00' is not a time of day such as 22:00"}
+
+
+def test_shared_state_moves_to_another_instance_and_a_new_leader_keeps_the_old_schedule() -> None:
+    """What the leader's noise control exports (``on_state``) and another instance imports: a cooldown that
+    admits the same notification again (a takeover re-handing it) but holds a new one, and repeats and
+    escalation on the old leader's schedule, only the latest repeat when behind."""
+    rules = (
+        "rules:\n  - id: leak\n    topic: l/{room}\n    threshold: {above: 0}\n    cooldown: 1h\n"
+        "    repeat: 10m\n    escalate:\n      - {after: 15m, audience: {users: [boss]}}\n"
+        "    title: 'leak {{ room }}'\n" + AUD
+    )
+    old = Sim(rules)
+    changes: list[tuple[str, str, object]] = []
+    old.noise.on_state = lambda kind, key, value: changes.append((kind, key, value))
+    old.event("l/cellar", 1, 100)
+    [(_, first)] = old.sent
+    assert sorted(kind for kind, _, _ in changes) == ["cooldown", "followup"]
+    new = NoiseControl()
+    new.observe(first)  # a follower computed the same transition
+    for kind, key, value in changes:
+        new.import_state(kind, key, value)
+    assert new.export_state() == old.noise.export_state()
+    assert new.before_target(first, 200) == [first]  # the same notification: the ledger decides
+    due = new.due(100 + 45 * 60)  # the new leader 45 minutes on: the escalation and the latest repeat only
+    kinds = sorted((n.audience.users, round((n.created - 100) / 60)) for n in due.notifications)
+    assert kinds == [((), 40), (("boss",), 0)]
+    old_due = old.noise.due(100 + 15 * 60)
+    assert [n.nid for n in old_due.notifications if n.audience.users] == [
+        n.nid for n in due.notifications if n.audience.users
+    ]  # the same key on both: the send ledger skips what the old leader sent
+    later = dataclasses.replace(first, nid="n2", episode="e2")  # fires again within the cooldown: held
+    assert new.before_target(later, 100 + 50 * 60) == []
