@@ -30,8 +30,10 @@ from h2.events import (
     RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
-    StreamReset,
     WindowUpdated,
+)
+from h2.events import (
+    StreamReset as StreamResetEvent,
 )
 from h2.exceptions import ProtocolError
 
@@ -62,7 +64,7 @@ class Response:
 
 
 class _Stream:
-    __slots__ = ("future", "status", "headers", "body")
+    __slots__ = ("body", "future", "headers", "status")
 
     def __init__(self, future: asyncio.Future[Response]) -> None:
         self.future = future
@@ -130,7 +132,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(ev, ResponseReceived):
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
-                    s.headers = ev.headers  # type: ignore[assignment]
+                    s.headers = ev.headers
                     for k, v in ev.headers:
                         if k == b":status":
                             s.status = int(v)
@@ -144,7 +146,7 @@ class _Connection(asyncio.Protocol):
                 s = self._finish(ev.stream_id)
                 if s is not None and not s.future.done():
                     s.future.set_result(Response(s.status, s.headers, bytes(s.body)))
-            elif isinstance(ev, StreamReset):
+            elif isinstance(ev, StreamResetEvent):
                 s = self._finish(ev.stream_id)
                 if s is not None and not s.future.done():
                     s.future.set_exception(StreamReset(int(ev.error_code or 0)))
@@ -287,7 +289,7 @@ class Http2Pool:
                 try:
                     return await future
                 except asyncio.CancelledError:
-                    if not future.done():
+                    if future.cancelled():  # not answered in time (the caller's timeout)
                         conn.cancel(future)
                     raise
             if len(self.connections) + self._connecting < self.max_connections:

@@ -36,10 +36,11 @@ from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification
 from service.notify.stages import TargetStage
 from service.outbox import Outbox
-from service.providers.apns import ApnsProvider, _endpoint
+from service.providers.apns import ApnsProvider
 from service.providers.base import Provider
 from service.providers.fcm import FcmProvider
 from service.push_config import ApnsAppConfig, ApnsConfig, FcmConfig
+from tests.bench._aioapns import endpoint
 from tests.fakes.keys import ApnsKey, service_account
 
 BUNDLE = "com.example.bench"
@@ -167,7 +168,7 @@ async def aioapns_run(n: int, concurrency: int, key: ApnsKey, apns_port: int, ce
         max_connections=4,
         ssl_context=ssl.create_default_context(cafile=cert),
     )
-    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}")
+    client.pool.protocol_class = endpoint(f"https://localhost:{apns_port}")
     tokens = iter(range(n))
     ok = 0
 

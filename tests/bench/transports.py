@@ -17,26 +17,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import ssl
 import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import psutil
 from aioapns import APNs, NotificationRequest
 from aioapns.connection import JWTAuthorizationHeaderProvider
 
-from service.providers.apns import _endpoint
 from service.providers.http2 import Http2Pool
+from tests.bench._aioapns import endpoint
 from tests.bench.fanout import BUNDLE, start_fake
 from tests.fakes.keys import ApnsKey
 
 BODY = {"aps": {"alert": {"title": "Fan-out", "body": "One notification to every registration"}}}
-Runner = Callable[[int, int], Awaitable[None]]
+Runner = Callable[[int, int], Coroutine[Any, Any, None]]
 
 
 def headers(port: int, auth: str, i: int) -> list[tuple[str, str]]:
@@ -76,7 +78,7 @@ def aioapns_runner(key: ApnsKey, port: int, cert: str) -> Runner:
             max_connections=4,
             ssl_context=ssl.create_default_context(cafile=cert),
         )
-        client.pool.protocol_class = _endpoint(f"https://localhost:{port}")
+        client.pool.protocol_class = endpoint(f"https://localhost:{port}")
 
         async def one(i: int) -> None:
             req = NotificationRequest(
@@ -119,8 +121,8 @@ def h2_runner(auth: str, port: int, cert: str) -> Runner:
 
 
 def pyreqwest_runner(auth: str, port: int, cert: str) -> Runner | None:
-    try:
-        from pyreqwest.client import ClientBuilder
+    try:  # not a dependency: imported by name so that the type check does not need it
+        ClientBuilder = importlib.import_module("pyreqwest.client").ClientBuilder
     except ImportError:
         return None
 
@@ -152,8 +154,8 @@ def pyreqwest_runner(auth: str, port: int, cert: str) -> Runner | None:
 
 def curl_runner(auth: str, port: int, cert: str) -> Runner | None:
     try:
-        from curl_cffi import CurlHttpVersion
-        from curl_cffi.requests import AsyncSession
+        CurlHttpVersion = importlib.import_module("curl_cffi").CurlHttpVersion
+        AsyncSession = importlib.import_module("curl_cffi.requests").AsyncSession
     except ImportError:
         return None
 
@@ -197,7 +199,7 @@ def main() -> None:
             f"{key.key_id}:{key.team_id}:{tmp / 'apns.pub'}",
         )
         port, cert = int(info["port"]), str(info["cert"])
-        auth = JWTAuthorizationHeaderProvider(key.p8, key.key_id, key.team_id).get_header()
+        auth = str(JWTAuthorizationHeaderProvider(key.p8, key.key_id, key.team_id).get_header())  # type: ignore[no-untyped-call]
         candidates: dict[str, Runner | None] = {
             "aioapns": aioapns_runner(key, port, cert),
             "h2": h2_runner(auth, port, cert),
@@ -230,7 +232,7 @@ def main() -> None:
         rate = statistics.median(x[0] for x in rows)
         cpu = statistics.median(x[1] for x in rows)
         fake_cpu = statistics.median(x[2] for x in rows)
-        print(f"{name:10s} median {rate:8,.0f} requests/s {cpu:6.1f} µs/request, fake {fake_cpu:6.1f} µs/request")
+        print(f"{name:10s} median {rate:8,.0f} requests/s {cpu:6.1f} µs/request, fake {fake_cpu:6.1f} µs")
         figures[f"{name}_requests_per_s"] = round(rate, 1)
         figures[f"{name}_cpu_us_per_request"] = round(cpu, 1)
     print(json.dumps(figures))
