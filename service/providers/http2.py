@@ -1,12 +1,14 @@
-"""A multiplexed HTTP/2 client on asyncio and h2, for the providers' hot path (APNs).
+"""A multiplexed HTTP/2 client on asyncio and jh2 (h2's API, HPACK in Rust), for the providers' hot path.
 
 Chosen by measurement over aioapns and the native clients (README, "Send-path transports"): the work per
-request is what h2 needs and little else. Requests on a connection share one TLS write per loop turn; HPACK
-runs without Huffman coding (pure-Python Huffman was the largest cost per request) and without re-validating
-the headers the caller builds; the stream limit is counted here instead of by h2 (which walks every stream
-on every send). Each connection respects the server's MAX_CONCURRENT_STREAMS (APNs allows one until a
-request was answered), returns flow-control credit for every body it reads, waits for credit before sending
-a body larger than the window, and leaves the pool at a GOAWAY, finishing the streams the server kept.
+request is what the HTTP/2 state machine needs and little else; pure-Python h2 is the fallback
+(``state_machine="h2"``), measured beside it. Requests on a connection share one TLS write per loop turn;
+HPACK runs without Huffman coding (pure-Python Huffman was the largest cost per request, and the server pays
+to decode it) and without re-validating the headers the caller builds; the stream limit is counted here
+instead of by h2 (which walks every stream on every send). Each connection respects the server's
+MAX_CONCURRENT_STREAMS (APNs allows one until a request was answered), returns flow-control credit for every
+body it reads, waits for credit before sending a body larger than the window, and leaves the pool at a
+GOAWAY, finishing the streams the server kept.
 
 Errors: ``ConnectionError`` (subclass ``Http2ConnectionError``) when the connection could not be made or was
 lost or refused the stream before an answer; ``StreamReset`` when the server reset the stream. A request
@@ -18,24 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
-
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    ResponseReceived,
-    StreamEnded,
-    WindowUpdated,
-)
-from h2.events import (
-    StreamReset as StreamResetEvent,
-)
-from h2.exceptions import ProtocolError
+from types import ModuleType
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -73,35 +63,94 @@ class _Stream:
         self.body = bytearray()
 
 
-class _H2(H2Connection):
-    """h2 with the outbound stream count kept by the caller: h2's own walks every stream on every send."""
+class Flavour:
+    """The HTTP/2 state machine in use: ``h2`` (pure Python), or ``jh2`` (h2's fork with HPACK and frame
+    buffering in Rust, same API) when it is installed and asked for. Both are looked up by name so that the
+    event dispatch is a dictionary look-up, not a chain of isinstance tests."""
 
-    counted = 0
+    def __init__(self, package: str) -> None:
+        self.name = package
+        mod: dict[str, ModuleType] = {
+            part: importlib.import_module(f"{package}.{part}")
+            for part in ("config", "connection", "events", "exceptions")
+        }
+        self.config: Any = mod["config"].H2Configuration
+        self.protocol_error: type[Exception] = mod["exceptions"].ProtocolError
+        self.events: Any = mod["events"]
+        self.native = package != "h2"
+        base = mod["connection"].H2Connection
+
+        class _H2(base):  # type: ignore[misc, valid-type]
+            """h2 with the outbound stream count kept by the caller: h2's own walks every stream on every
+            send."""
+
+            counted = 0
+
+            @property
+            def open_outbound_streams(self) -> int:
+                return self.counted
+
+            def forget(self, stream_id: int) -> None:
+                """Drop a closed stream, as h2 itself does on its next count (late frames stay legal)."""
+                stream = self.streams.pop(stream_id, None)
+                if stream is not None:
+                    self._closed_streams[stream_id] = stream.closed_by
+
+        self.connection: Any = _H2
+
+
+class _PlainEncoder:
+    """jh2's (Rust) HPACK encoder with Huffman coding off; jh2 reads ``encode`` and ``header_table_size``."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder = encoder
+
+    def encode(self, headers: Any, huffman: bool | None = None) -> bytes:
+        return bytes(self._encoder.encode(headers, False))
 
     @property
-    def open_outbound_streams(self) -> int:
-        return self.counted
+    def header_table_size(self) -> int:
+        return int(self._encoder.header_table_size)
 
-    def forget(self, stream_id: int) -> None:
-        """Drop a closed stream, as h2 itself does on its next count (late frames on it stay legal)."""
-        stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            self._closed_streams[stream_id] = stream.closed_by
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._encoder.header_table_size = value
+
+
+@functools.cache
+def flavour(package: str = "h2") -> Flavour:
+    return Flavour(package)
 
 
 class _Connection(asyncio.Protocol):
     def __init__(self, pool: Http2Pool) -> None:
         self.pool = pool
-        config = H2Configuration(
+        f = pool.flavour
+        config = f.config(
             client_side=True,
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
             validate_inbound_headers=False,
         )
-        self.h2 = _H2(config=config)
+        self.h2: Any = f.connection(config=config)
+        # No Huffman coding: in h2 it is the largest cost per request, and the server pays to decode it.
         encoder = self.h2.encoder
-        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
+        if f.native:
+            self.h2.encoder = _PlainEncoder(encoder)
+        else:
+            encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)
+        ev = f.events
+        self._handlers = {
+            ev.ResponseReceived: self._on_response,
+            ev.DataReceived: self._on_data,
+            ev.StreamEnded: self._on_end,
+            ev.StreamReset: self._on_reset,
+            ev.WindowUpdated: self._on_window,
+            ev.RemoteSettingsChanged: self._on_settings,
+            ev.ConnectionTerminated: self._on_goaway,
+        }
+        self._protocol_error = f.protocol_error
         self.streams: dict[int, _Stream] = {}
         self.blocked: deque[tuple[int, memoryview]] = deque()  # bodies waiting for flow-control credit
         self.transport: asyncio.Transport | None = None
@@ -125,42 +174,53 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2.receive_data(data)
-        except ProtocolError as exc:
+        except self._protocol_error as exc:
             self._lost(Http2ConnectionError(f"HTTP/2 protocol error: {exc.__class__.__name__}"))
             return
+        handlers = self._handlers
         for ev in events:
-            if isinstance(ev, ResponseReceived):
-                s = self.streams.get(ev.stream_id)
-                if s is not None:
-                    s.headers = ev.headers
-                    for k, v in ev.headers:
-                        if k == b":status":
-                            s.status = int(v)
-                            break
-            elif isinstance(ev, DataReceived):
-                s = self.streams.get(ev.stream_id)
-                if s is not None:
-                    s.body += ev.data
-                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, StreamEnded):
-                s = self._finish(ev.stream_id)
-                if s is not None and not s.future.done():
-                    s.future.set_result(Response(s.status, s.headers, bytes(s.body)))
-            elif isinstance(ev, StreamResetEvent):
-                s = self._finish(ev.stream_id)
-                if s is not None and not s.future.done():
-                    s.future.set_exception(StreamReset(int(ev.error_code or 0)))
-            elif isinstance(ev, WindowUpdated):
-                self._unblock()
-            elif isinstance(ev, RemoteSettingsChanged):
-                self._unblock()
-                if not self.ready.done():
-                    self.usable = True
-                    self.ready.set_result(None)
-                self.pool._wake(all_=True)  # the stream limit may have grown
-            elif isinstance(ev, ConnectionTerminated):
-                self._goaway(ev.last_stream_id or 0, ev.additional_data)
+            handler = handlers.get(type(ev))
+            if handler is not None:
+                handler(ev)
         self._flush()
+
+    def _on_response(self, ev: Any) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.headers = ev.headers
+            for k, v in ev.headers:
+                if k == b":status":
+                    s.status = int(v)
+                    break
+
+    def _on_data(self, ev: Any) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.body += ev.data
+        self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+
+    def _on_end(self, ev: Any) -> None:
+        s = self._finish(ev.stream_id)
+        if s is not None and not s.future.done():
+            s.future.set_result(Response(s.status, s.headers, bytes(s.body)))
+
+    def _on_reset(self, ev: Any) -> None:
+        s = self._finish(ev.stream_id)
+        if s is not None and not s.future.done():
+            s.future.set_exception(StreamReset(int(ev.error_code or 0)))
+
+    def _on_window(self, ev: Any) -> None:
+        self._unblock()
+
+    def _on_settings(self, ev: Any) -> None:
+        self._unblock()
+        if not self.ready.done():
+            self.usable = True
+            self.ready.set_result(None)
+        self.pool._wake(all_=True)  # the stream limit may have grown
+
+    def _on_goaway(self, ev: Any) -> None:
+        self._goaway(ev.last_stream_id or 0, ev.additional_data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(Http2ConnectionError(f"connection lost: {exc.__class__.__name__ if exc else 'closed'}"))
@@ -271,8 +331,10 @@ class Http2Pool:
         ssl_context: ssl.SSLContext,
         max_connections: int = 1,
         connect_timeout: float = 10.0,
+        state_machine: str = "jh2",
     ) -> None:
         ssl_context.set_alpn_protocols(["h2"])
+        self.flavour = flavour(state_machine)
         self.host, self.port, self.ssl = host, port, ssl_context
         self.max_connections = max(1, max_connections)
         self.connect_timeout = connect_timeout

@@ -1,9 +1,10 @@
 """HTTP/2 transports side by side: the same APNs requests to the same fake APNs, client by client, in rounds.
 
-Candidates: aioapns 4.0 as tocsin used it (its protocol with HPACK Huffman off, ``service.providers.apns``
-before this benchmark), tocsin's own h2-on-asyncio client (``service.providers.http2``), and the native
-clients pyreqwest (Rust: hyper + rustls) and curl_cffi (libcurl + nghttp2) when they are installed (they are
-not dependencies: ``uv pip install pyreqwest curl_cffi`` into the venv to include them). Every request
+Candidates: aioapns 4.0 as tocsin used it (its protocol with HPACK Huffman off: ``tests/bench/_aioapns.py``),
+tocsin's own HTTP/2 client on asyncio (``service.providers.http2``) over h2 and over jh2 (h2's fork with HPACK
+and frame buffering in Rust), and the native clients pyreqwest (Rust: hyper + rustls) and curl_cffi (libcurl
++ nghttp2). Those not installed are left out (only h2 and aioapns are dependencies: ``uv pip install jh2
+pyreqwest curl_cffi`` into the venv to include the others). Every request
 carries the headers aioapns sends (path, host, apns-id, topic, expiration, priority, collapse id, push type,
 provider token) and the same JSON body; every answer must be 200. The rounds alternate the clients so that
 the machine's load (shared by other work) falls on all of them alike. Measured per client: requests/s and
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import json
 import ssl
 import statistics
@@ -101,9 +103,13 @@ def aioapns_runner(key: ApnsKey, port: int, cert: str) -> Runner:
     return run
 
 
-def h2_runner(auth: str, port: int, cert: str) -> Runner:
+def h2_runner(auth: str, port: int, cert: str, state_machine: str = "h2") -> Runner | None:
+    if importlib.util.find_spec(state_machine) is None:
+        return None
+
     async def run(n: int, concurrency: int) -> None:
-        pool = Http2Pool("localhost", port, ssl.create_default_context(cafile=cert), max_connections=4)
+        ctx = ssl.create_default_context(cafile=cert)
+        pool = Http2Pool("localhost", port, ctx, max_connections=4, state_machine=state_machine)
 
         async def one(i: int) -> None:
             body = json.dumps(BODY, ensure_ascii=False).encode()
@@ -203,6 +209,7 @@ def main() -> None:
         candidates: dict[str, Runner | None] = {
             "aioapns": aioapns_runner(key, port, cert),
             "h2": h2_runner(auth, port, cert),
+            "jh2": h2_runner(auth, port, cert, "jh2"),
             "pyreqwest": pyreqwest_runner(auth, port, cert),
             "curl_cffi": curl_runner(auth, port, cert),
         }
