@@ -18,14 +18,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from aioapns import NotificationRequest, PushType
 from aioapns.common import NotificationResult
 from aioapns.connection import JWTAuthorizationHeaderProvider
 
 from registrations.model import Registration
-from service.notify.model import Delivery
+from service.notify.model import Delivery, Notification
 from service.providers import apns_payload
 from service.providers.apns_client import ApnsClient
 from service.providers.base import (
@@ -83,6 +83,7 @@ class ApnsProvider:
         self._renewed: set[str] = set()  # apps whose tokens were just regenerated after ExpiredProviderToken
         self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
         self._gates: dict[tuple[str, str], asyncio.Lock] = {}
+        self._last_payload: tuple[Notification, object, str | None, dict[str, Any], bytes] | None = None
 
     @property
     def degraded(self) -> str | None:
@@ -177,9 +178,9 @@ class ApnsProvider:
         if found is None:
             return ConfigError(f"no APNs credentials are configured for app {reg.app!r}", str(reg.app))
         app, cfg = found
-        body = apns_payload.payload(n, reg.locale)
+        body, raw = self._payload(n, reg.locale)
         try:
-            apns_payload.check_size(n, body)
+            apns_payload.check_size(n, raw)
         except apns_payload.PayloadTooLarge as exc:
             return Rejected(str(exc))
         remaining = n.expires - time.time()
@@ -210,18 +211,29 @@ class ApnsProvider:
             # so that a refused credential costs one request, not one per connection.
             async with self._gates.setdefault(key, asyncio.Lock()):
                 if key not in self._warm:
-                    outcome = await self._send(app, reg.environment, client, request)
+                    outcome = await self._send(app, reg.environment, client, request, raw)
                     if isinstance(outcome, Delivered | TokenInvalid | TokenSuspect | Rejected):
                         self._warm.add(key)
                     return outcome
-        return await self._send(app, reg.environment, client, request)
+        return await self._send(app, reg.environment, client, request, raw)
+
+    def _payload(self, n: Notification, locale: str | None) -> tuple[dict[str, Any], bytes]:
+        """The payload and its bytes; a fan-out's deliveries share one notification (per-registration
+        copies, e.g. badges, are new objects), so the last one is reused rather than encoded again."""
+        last = self._last_payload
+        if last is not None and last[0] is n and last[1] is n.options and last[2] == locale:
+            return last[3], last[4]
+        body = apns_payload.payload(n, locale)
+        raw = apns_payload.encode(body)
+        self._last_payload = (n, n.options, locale, body, raw)
+        return body, raw
 
     async def _send(
-        self, app: str, environment: str, client: ApnsClient, request: NotificationRequest
+        self, app: str, environment: str, client: ApnsClient, request: NotificationRequest, raw: bytes
     ) -> Outcome:
         try:
             async with asyncio.timeout(self.config.timeout_s):  # no extra task per request, unlike wait_for
-                result = await client.send_notification(request)
+                result = await client.send_notification(request, raw)
         except TimeoutError:  # the stalled connection was closed: the next request opens a fresh one
             return Retry("APNs did not answer in time")
         except (ConnectionError, OSError) as exc:

@@ -48,7 +48,10 @@ class ApnsClient:
     def connections(self) -> int:
         return len(self.pool.connections)
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+    async def send_notification(
+        self, request: NotificationRequest, body: bytes | None = None
+    ) -> NotificationResult:
+        """Send ``request``; ``body``, when given, is ``request.message`` encoded already."""
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"https"),
@@ -67,7 +70,8 @@ class ApnsClient:
             headers.append((b"apns-push-type", request.push_type.value.encode()))
         if self.auth is not None:
             headers.append((b"authorization", str(self.auth.get_header()).encode()))  # type: ignore[no-untyped-call]
-        body = json.dumps(request.message, ensure_ascii=False).encode()
+        if body is None:
+            body = json.dumps(request.message, ensure_ascii=False).encode()
         return result(request.notification_id, await self.pool.request(headers, body))
 
     def close(self) -> None:

@@ -42,6 +42,8 @@ _CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "SENDER_ID_MISMATC
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _BAD_TOKEN = "not a valid FCM registration token"
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
+_TOKEN_PREFIX = '{"message":{"token":'
+_EMPTY_TOKEN = _TOKEN_PREFIX + '""'
 
 
 class _Credential:
@@ -89,6 +91,7 @@ class FcmProvider:
         self._checked = 0.0
         self._session: aiohttp.ClientSession | None = None
         self.problem: str | None = None
+        self._last_body: tuple[Notification, object, str | None, int, str] | None = None
 
     @property
     def degraded(self) -> str | None:
@@ -136,7 +139,7 @@ class FcmProvider:
         if remaining <= 0:
             return Rejected("expired before it could be sent")
         ttl = max(1, int(remaining))
-        body = json.dumps({"message": message(n, reg.token, ttl, reg.locale)}, separators=(",", ":"))
+        body = self._body(n, reg.token, ttl, reg.locale)
         if len(body) > MAX_MESSAGE + 1024:
             return Rejected(
                 f"FCM message of notification {n.nid} is {len(body)} bytes, over the 4096-byte limit"
@@ -174,6 +177,17 @@ class FcmProvider:
                 continue
             return self._outcome(status, raw, retry_after)
         return self._outcome(status, raw, retry_after)
+
+    def _body(self, n: Notification, token: str, ttl: int, locale: str | None) -> str:
+        """``{"message": message(...)}`` as compact JSON. A fan-out's deliveries share one notification and
+        differ only in the token (the message's first key): the rest is encoded once per notification,
+        locale and TTL second, and the token spliced in, byte for byte what encoding it all would give."""
+        key = (n, n.options, locale, ttl)
+        last = self._last_body
+        if last is None or last[0] is not n or last[1] is not n.options or last[2:4] != key[2:]:
+            whole = json.dumps({"message": message(n, "", ttl, locale)}, separators=(",", ":"))
+            last = self._last_body = (n, n.options, locale, ttl, whole[len(_EMPTY_TOKEN) :])
+        return _TOKEN_PREFIX + json.dumps(token) + last[4]
 
     def _outcome(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
         if status == 200:
