@@ -37,10 +37,20 @@ RULES = """rules:
 """
 
 
+LOG_PROVIDER = (
+    "providers: {log: {format: json}}\n"
+    "registrations: {seed: [{provider: log, token: counter, tags: [bench]}]}\n"
+)
+
+
 class Service:
-    def __init__(self, workdir: Path, broker_port: int) -> None:
+    """The service in its own process; ``delivery`` is its providers and registrations sections (YAML)."""
+
+    def __init__(
+        self, workdir: Path, broker_port: int, rules: str = RULES, delivery: str = LOG_PROVIDER
+    ) -> None:
         (workdir / "rules").mkdir(parents=True)
-        (workdir / "rules" / "bench.yaml").write_text(RULES)
+        (workdir / "rules" / "bench.yaml").write_text(rules)
         self.http_port = free_port()
         config = workdir / "tocsin.yaml"
         config.write_text(
@@ -48,9 +58,7 @@ class Service:
             f"mqtt: {{port: {broker_port}, embedded_broker: never}}\n"
             f"http: {{port: {self.http_port}}}\n"
             f"rules: {{paths: [{workdir / 'rules'}]}}\n"
-            "providers: {log: {format: json}}\n"
-            "registrations: {seed: [{provider: log, token: counter, tags: [bench]}]}\n"
-            "logging: {level: WARNING}\n"
+            "logging: {level: WARNING}\n" + delivery
         )
         self.stderr = (workdir / "service.log").open("w")
         self.proc = subprocess.Popen(

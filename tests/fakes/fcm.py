@@ -12,8 +12,9 @@ Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
 ``other_sender`` tokens (403 SENDER_ID_MISMATCH), ``fail_next`` and ``outage`` (429 QUOTA_EXCEEDED,
 503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
 
-Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N]``; prints
-one JSON line ``{"port"}`` when it listens.
+Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N] [--echo]``;
+prints one JSON line ``{"port"}`` when it listens; with ``--echo``, then one line ``TIME NOTIFICATION-BODY``
+per accepted message (benchmarks time deliveries by them).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import json
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jwt
 from aiohttp import web
+
+from tests.fakes.apns import echo_line, report
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -115,6 +119,7 @@ class FakeFCM:
     token_lifetime_s: int = 3600
     quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
     record: bool = True
+    echo: Callable[[Sent], None] | None = None  # told of every accepted message (benchmarks)
 
     def __post_init__(self) -> None:
         self.sent: list[Sent] = []
@@ -211,6 +216,8 @@ class FakeFCM:
         if self.record:
             self.sent.append(sent)
             self.answers.append((time.monotonic(), sent.token, 200))
+        if self.echo is not None:
+            self.echo(sent)
         name = f"projects/{sent.project}/messages/0:{time.time_ns()}%{secrets.token_hex(8)}"
         return web.json_response({"name": name})
 
@@ -317,16 +324,17 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--account", action="append", default=[], help="PUBLIC_PEM_FILE:EMAIL:KEY_ID:PROJECT")
+    parser.add_argument("--echo", action="store_true", help="print 'TIME BODY' per accepted message")
     args = parser.parse_args()
     fake = FakeFCM(port=args.port, record=False)
+    if args.echo:
+        fake.echo = lambda m: echo_line(m.message.get("notification", {}).get("body", ""))
     for spec in args.account:
         pem, email, kid, project = spec.split(":", 3)
         fake.add_account(kid, email, project, Path(pem).read_text())  # noqa: ASYNC240
     await fake.start()
     print(json.dumps({"port": fake.port}), flush=True)
-    while True:
-        await asyncio.sleep(5)
-        print(json.dumps({"accepted": fake.accepted, "rejected": fake.rejected}), flush=True)
+    await report(lambda: {"accepted": fake.accepted, "rejected": fake.rejected}, args.echo)
 
 
 if __name__ == "__main__":
