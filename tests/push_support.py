@@ -77,6 +77,10 @@ def fcm_account(fake: FakeFCM, project: str = "tocsin-test") -> dict[str, str]:
 
 
 def fcm_config(fake: FakeFCM, info: dict[str, str] | None = None, **kw: Any) -> FcmConfig:
+    """The provider pointed at the fake: over HTTP/2 with TLS when the fake serves it (``cert_dir``), else
+    HTTP/1.1."""
     if info is not None and "credentials_path" not in kw:
         kw["credentials"] = SecretStr(json.dumps(info))
+    if fake.cert_dir is not None:
+        return FcmConfig(send_url=fake.h2_url, ca_file=fake.cert_path, **kw)
     return FcmConfig(send_url=fake.url, **kw)

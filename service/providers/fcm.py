@@ -1,4 +1,5 @@
-"""The FCM HTTP v1 provider: google-auth service-account credentials, aiohttp for the sends.
+"""The FCM HTTP v1 provider: google-auth service-account credentials; sends over HTTP/2 (``http2``,
+multiplexed) to an https endpoint, as fcm.googleapis.com, else HTTP/1.1 keep-alive (aiohttp).
 
 The OAuth token comes from google-auth's ``Credentials.refresh`` run in a thread (one refresh at a time,
 shared by all senders), only against the configured token endpoint: ``before_request`` is never called, so
@@ -15,6 +16,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import google.auth.exceptions
@@ -33,6 +35,7 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.http2 import Http2ConnectionError, Http2Pool, StreamReset
 from service.push_config import FcmConfig
 
 log = logging.getLogger("tocsin.fcm")
@@ -92,6 +95,8 @@ class FcmProvider:
         self._session: aiohttp.ClientSession | None = None
         self.problem: str | None = None
         self._last_body: tuple[Notification, object, str | None, int, str] | None = None
+        self._h2: tuple[Http2Pool, bytes] | None = None  # (pool, authority) for an https send_url
+        self._h2_off = False  # http:// endpoint, or the server refused HTTP/2
 
     @property
     def degraded(self) -> str | None:
@@ -162,15 +167,10 @@ class FcmProvider:
             except (google.auth.exceptions.TransportError, OSError) as exc:
                 return Retry(f"cannot reach the FCM token endpoint: {exc.__class__.__name__}")
             try:
-                async with self._http().post(
-                    url,
-                    data=body,
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                ) as resp:
-                    status, raw, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+                status, raw, retry_after = await self._post(url, body, token)
             except TimeoutError:
                 return Retry("FCM did not answer in time")
-            except (aiohttp.ClientError, OSError) as exc:
+            except (aiohttp.ClientError, OSError, StreamReset) as exc:
                 return Retry(f"cannot reach FCM: {exc.__class__.__name__}")
             if status == 401 and _fcm_code(raw) is None and stale is None:
                 stale = token
@@ -188,6 +188,56 @@ class FcmProvider:
             whole = json.dumps({"message": message(n, "", ttl, locale)}, separators=(",", ":"))
             last = self._last_body = (n, n.options, locale, ttl, whole[len(_EMPTY_TOKEN) :])
         return _TOKEN_PREFIX + json.dumps(token) + last[4]
+
+    async def _post(self, url: str, body: str, token: str) -> tuple[int, bytes, str | None]:
+        """HTTP/2 to an https endpoint (multiplexed: ``fcm_http2``), else HTTP/1.1 keep-alive (aiohttp)."""
+        h2 = self._h2_pool(url)
+        if h2 is not None:
+            pool, path, authority = h2
+            headers = [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":path", path),
+                (b":authority", authority),
+                (b"authorization", b"Bearer " + token.encode()),
+                (b"content-type", b"application/json"),
+            ]
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    resp = await pool.request(headers, body.encode())
+            except Http2ConnectionError:
+                if not pool.refused_http2:
+                    raise
+                log.warning("FCM endpoint %s does not speak HTTP/2: using HTTP/1.1", self.config.send_url)
+                self._h2 = None
+                self._h2_off = True
+            else:
+                retry_after = resp.header(b"retry-after")
+                return resp.status, resp.body, retry_after.decode() if retry_after is not None else None
+        async with self._http().post(
+            url,
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        ) as r:
+            return r.status, await r.read(), r.headers.get("Retry-After")
+
+    def _h2_pool(self, url: str) -> tuple[Http2Pool, bytes, bytes] | None:
+        if self._h2_off:
+            return None
+        if self._h2 is None:
+            parts = urlsplit(url)
+            if parts.scheme != "https" or not parts.hostname:
+                self._h2_off = True
+                return None
+            ctx = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
+            # Multiplexed: a few connections carry all the requests in flight (HTTP/1.1 needs one each).
+            pool = Http2Pool(
+                parts.hostname, parts.port or 443, ctx, max(1, self.config.max_connections // 32)
+            )
+            self._h2 = (pool, parts.netloc.encode())
+        pool, authority = self._h2
+        parts = urlsplit(url)
+        return pool, (parts.path + (f"?{parts.query}" if parts.query else "")).encode(), authority
 
     def _outcome(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
         if status == 200:
@@ -208,6 +258,9 @@ class FcmProvider:
         return Rejected(what)
 
     async def close(self) -> None:
+        if self._h2 is not None:
+            self._h2[0].close()
+            self._h2 = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -165,6 +165,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            self.pool.refused_http2 = True
             self._fail_ready(Http2ConnectionError("the server did not agree to HTTP/2 (ALPN)"))
             transport.close()
             return
@@ -342,6 +343,7 @@ class Http2Pool:
         self._connecting = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.opened = 0  # connections made, for metrics and tests
+        self.refused_http2 = False  # the server's ALPN answer was not "h2"
 
     async def request(self, headers: Headers, body: bytes) -> Response:
         while True:

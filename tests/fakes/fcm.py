@@ -1,4 +1,5 @@
-"""A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp, plain HTTP on localhost).
+"""A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp, plain HTTP on localhost; the
+send endpoint also over HTTP/2 with TLS when given a certificate directory, as fcm.googleapis.com serves it).
 
 Token endpoint (``POST /token``): the JWT-bearer grant, the assertion RS256-signed by a known service
 account's key (``kid`` = private_key_id), ``iss`` = its client_email, the firebase.messaging scope, ``exp``
@@ -13,7 +14,8 @@ Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
 503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
 
 Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N] [--echo]``;
-prints one JSON line ``{"port"}`` when it listens; with ``--echo``, then one line ``TIME NOTIFICATION-BODY``
+prints one JSON line ``{"port", "h2_port", "cert"}`` when it listens (``--cert-dir DIR``: also HTTP/2 over
+TLS on ``h2_port``); with ``--echo``, then one line ``TIME NOTIFICATION-BODY``
 per accepted message (benchmarks time deliveries by them).
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections import deque
@@ -33,7 +36,9 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from tests.fakes import h2server
 from tests.fakes.apns import echo_line, report
+from tests.fakes.keys import self_signed
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -57,6 +62,7 @@ ERRORS = {
     "INTERNAL": 500,
 }
 RESERVED_DATA = ("from", "message_type")
+_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 
 
 @dataclass
@@ -120,6 +126,9 @@ class FakeFCM:
     quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
     record: bool = True
     echo: Callable[[Sent], None] | None = None  # told of every accepted message (benchmarks)
+    # Set: the send endpoint is also served over HTTP/2 with TLS (as fcm.googleapis.com does), at ``h2_url``,
+    # with a self-signed certificate made in this directory (``cert_path``).
+    cert_dir: Path | None = None
 
     def __post_init__(self) -> None:
         self.sent: list[Sent] = []
@@ -130,6 +139,10 @@ class FakeFCM:
         self._live: dict[str, tuple[str, float]] = {}  # access token -> (project, expiry)
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
+        self.h2_port = 0
+        self.h2_requests = 0  # sends that came over HTTP/2
+        self.cert_path: Path | None = None
+        self._h2: asyncio.Server | None = None
         self._window: deque[float] = deque()  # times of accepted messages in the last minute
         self.stalled = 0
 
@@ -152,10 +165,32 @@ class FakeFCM:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self.cert_dir is not None:
+            cert, key = self.cert_dir / "localhost-cert.pem", self.cert_dir / "localhost-key.pem"
+            if not cert.exists():
+                cert, key = self_signed(self.cert_dir)
+            self.cert_path = cert
+            self._h2, _ = await h2server.serve(self._h2_request, self.host, 0, cert, key)
+            self.h2_port = self._h2.sockets[0].getsockname()[1]
         return self
+
+    @property
+    def h2_url(self) -> str:
+        return f"https://localhost:{self.h2_port}"
+
+    def _h2_request(self, headers: dict[str, str], body: bytes) -> h2server.Answer | None:
+        self.h2_requests += 1
+        match = _SEND_PATH.match(headers.get(":path", ""))
+        if headers.get(":method") != "POST" or match is None:
+            return 404, {}, json.dumps(_Error(404, "Not found").body()).encode()
+        if self._stalls():
+            return None
+        return self.answer(match.group(1), headers.get("authorization", ""), body)
 
     async def stop(self) -> None:
         self._release.set()
+        if self._h2 is not None:
+            self._h2.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -196,22 +231,34 @@ class FakeFCM:
 
     # -- FCM HTTP v1 ----------------------------------------------------------------------------------------
     async def _send(self, request: web.Request) -> web.Response:
-        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
-            self.stalled += 1
+        if self._stalls():
             await self._release.wait()  # never answered while the fake runs
             raise web.HTTPServiceUnavailable()
         raw = await request.read()
+        status, headers, body = self.answer(
+            request.match_info["project"], request.headers.get("Authorization", ""), raw
+        )
+        return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+
+    def _stalls(self) -> bool:
+        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
+            self.stalled += 1
+            return True
+        return False
+
+    def answer(self, project: str, auth: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One send, whichever HTTP version carried it: status, extra headers, JSON body."""
         try:
-            sent = self._check(request, raw)
+            sent = self._check(project, auth, raw)
         except _Error as e:
             if self.record:
                 self.answers.append((time.monotonic(), _token_of(raw), e.status))
             reason = e.code or _STATUS.get(e.status, "ERROR")
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             headers = {"Retry-After": str(int(self._retry_after))} if self._retry_after is not None else {}
-            return web.json_response(e.body(), status=e.status, headers=headers)
+            return e.status, headers, json.dumps(e.body()).encode()
         if sent.validate_only:
-            return web.json_response({"name": f"projects/{sent.project}/messages/fake_message_id"})
+            return 200, {}, json.dumps({"name": f"projects/{sent.project}/messages/fake_message_id"}).encode()
         self.accepted += 1
         if self.record:
             self.sent.append(sent)
@@ -219,14 +266,12 @@ class FakeFCM:
         if self.echo is not None:
             self.echo(sent)
         name = f"projects/{sent.project}/messages/0:{time.time_ns()}%{secrets.token_hex(8)}"
-        return web.json_response({"name": name})
+        return 200, {}, json.dumps({"name": name}).encode()
 
     _retry_after: float | None = None
 
-    def _check(self, request: web.Request, raw: bytes) -> Sent:
+    def _check(self, project: str, auth: str, raw: bytes) -> Sent:
         self._retry_after = None
-        project = request.match_info["project"]
-        auth = request.headers.get("Authorization", "")
         live = self._live.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
         if live is None or live[1] < time.time():
             raise _Error(401, "Request had invalid authentication credentials.")
@@ -325,15 +370,19 @@ async def _main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--account", action="append", default=[], help="PUBLIC_PEM_FILE:EMAIL:KEY_ID:PROJECT")
     parser.add_argument("--echo", action="store_true", help="print 'TIME BODY' per accepted message")
+    parser.add_argument("--cert-dir", type=Path, help="also serve the send endpoint over HTTP/2 with TLS")
     args = parser.parse_args()
-    fake = FakeFCM(port=args.port, record=False)
+    fake = FakeFCM(port=args.port, record=False, cert_dir=args.cert_dir)
     if args.echo:
         fake.echo = lambda m: echo_line(m.message.get("notification", {}).get("body", ""))
     for spec in args.account:
         pem, email, kid, project = spec.split(":", 3)
         fake.add_account(kid, email, project, Path(pem).read_text())  # noqa: ASYNC240
     await fake.start()
-    print(json.dumps({"port": fake.port}), flush=True)
+    print(
+        json.dumps({"port": fake.port, "h2_port": fake.h2_port, "cert": str(fake.cert_path or "")}),
+        flush=True,
+    )
     await report(lambda: {"accepted": fake.accepted, "rejected": fake.rejected}, args.echo)
 
 

@@ -1,4 +1,5 @@
-"""The FCM HTTP v1 provider (google-auth + aiohttp) against the fake token and send endpoints.
+"""The FCM HTTP v1 provider (google-auth; aiohttp over HTTP/1.1, or tocsin's HTTP/2 client to an https
+endpoint) against the fake token and send endpoints. Every test runs over both transports.
 
 The fake runs in the test's own event loop: a token refresh that blocked the loop could never be answered,
 so every delivered message here also shows that the refresh runs off the loop.
@@ -23,9 +24,9 @@ from tests.push_support import delivery, fcm_account, fcm_config, notification
 TOKEN = "fcm-token-" + "a" * 40
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeFCM]:
-    f = await FakeFCM().start()
+@pytest.fixture(params=["http1", "http2"])
+async def fake(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FakeFCM]:
+    f = await FakeFCM(cert_dir=tmp_path / "tls" if request.param == "http2" else None).start()
     yield f
     await f.stop()
 
@@ -66,6 +67,7 @@ async def test_message_carries_the_options_and_the_nid_as_tag(fake: FakeFCM, pro
     assert android["notification"]["channel_id"] == "alarms" and android["notification"]["sound"] == "siren"
     assert m["apns"] == {"headers": {"apns-priority": "10"}} and m["webpush"]["headers"]["Urgency"] == "high"
     assert fake.tokens_issued == 1
+    assert fake.h2_requests == (1 if fake.cert_dir is not None else 0)  # the transport asked for
 
 
 async def test_one_token_for_many_sends_and_background_is_data_only(
