@@ -235,9 +235,9 @@ class _Connection(asyncio.Protocol):
         stream_id = self._next_id
         self._next_id += 2
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.h2.send_headers(stream_id, headers, end_stream=not body)  # h2 counts the streams open before
         self.streams[stream_id] = _Stream(future)
         self.h2.counted += 1
-        self.h2.send_headers(stream_id, headers, end_stream=not body)
         if body:
             self.blocked.append((stream_id, memoryview(body)))
             self._unblock()

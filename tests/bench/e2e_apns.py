@@ -1,6 +1,6 @@
 """End-to-end benchmark to the providers: MQTT publish → real Mosquitto → the tocsin service (its own process)
-→ the fake APNs (HTTP/2, TLS, provider tokens checked) and the fake FCM (OAuth2 + HTTP v1), each its own
-process.
+→ the fake APNs (HTTP/2, TLS, provider tokens checked) and the fake FCM (OAuth2 + HTTP v1 over HTTP/2 and
+TLS), each its own process.
 
 Two rules, one per platform: ``bench/<device>/apns`` events notify the one APNs registration, ``.../fcm``
 events the one FCM registration, alternately, so every event is exactly one push and half go to each fake.
@@ -108,7 +108,7 @@ def delivery(work: Path, apns: dict[str, Any], key: ApnsKey, sa: Path, fcm_url: 
                 "production_url": f"https://localhost:{apns['port']}",
                 "ca_file": apns["cert"],
             },
-            "fcm": {"credentials_path": str(sa), "send_url": fcm_url},
+            "fcm": {"credentials_path": str(sa), "send_url": fcm_url, "ca_file": apns["cert"]},
         },
         "registrations": {
             "seed": [
@@ -188,11 +188,13 @@ def main() -> None:
         (work / "sa.pub").write_text(pub)
         fcm_proc, fcm_info = start_fake(
             "tests.fakes.fcm",
+            "--cert-dir",
+            str(work / "tls"),  # the APNs fake's certificate: one CA file for both
             "--account",
             f"{work / 'sa.pub'}:{info['client_email']}:{info['private_key_id']}:{PROJECT}",
         )
-        fcm_url = f"http://127.0.0.1:{fcm_info['port']}"
-        info["token_uri"] = f"{fcm_url}/token"
+        info["token_uri"] = f"http://127.0.0.1:{fcm_info['port']}/token"
+        fcm_url = f"https://localhost:{fcm_info['h2_port']}"  # HTTP/2 over TLS, as fcm.googleapis.com
         sa = write_service_account(work / "sa.json", info)
         arrivals = Arrivals()
         for proc in (apns_proc, fcm_proc):

@@ -3,7 +3,8 @@
 The fake APNs and the fake FCM (OAuth2 + HTTP v1) run as separate processes; this process is the service's
 delivery path as the service wires it: audience resolution from the SQLite registry, the durable outbox
 (every row committed before its first send and marked when answered), the dispatcher's workers, and the
-production APNs (aioapns) and FCM (aiohttp + google-auth) clients. Measured: notifications/s from the first
+production APNs and FCM clients (HTTP/2 over TLS to both fakes, ``--fcm-http1`` for FCM over HTTP/1.1
+keep-alive). Measured: notifications/s from the first
 submit to the last outbox row final, this process's CPU µs per notification, its peak RSS. Then, in the same
 run, a plain aioapns loop sends N/2 notifications to the same fake APNs for comparison.
 
@@ -89,7 +90,14 @@ async def service_run(
             max_connections=4,
         )
     )
-    fcm = FcmProvider(FcmConfig(credentials=SecretStr(json.dumps(sa)), send_url=fcm_url, max_connections=128))
+    fcm = FcmProvider(
+        FcmConfig(
+            credentials=SecretStr(json.dumps(sa)),
+            send_url=fcm_url,
+            ca_file=Path(cert) if fcm_url.startswith("https") else None,
+            max_connections=128,
+        )
+    )
     providers: dict[str, Provider] = {"apns": apns, "fcm": fcm}
     metrics = Metrics()
     dispatcher = Dispatcher(
@@ -203,6 +211,9 @@ def main() -> None:
         "--only", choices=["apns", "fcm"], help="all registrations on one platform (profiling)"
     )
     parser.add_argument("--smoke", action="store_true", help="a few hundred registrations (the test suite)")
+    parser.add_argument(
+        "--fcm-http1", action="store_true", help="FCM over HTTP/1.1 keep-alive (default: HTTP/2 over TLS)"
+    )
     args = parser.parse_args()
     n = 400 if args.smoke else args.registrations
     global ONLY
@@ -222,11 +233,17 @@ def main() -> None:
         (tmp / "sa.pub").write_text(pub)
         fcm_proc, fcm_info = start_fake(
             "tests.fakes.fcm",
+            "--cert-dir",
+            str(tmp / "tls"),  # the APNs fake's certificate: one CA file for both
             "--account",
             f"{tmp / 'sa.pub'}:{sa['client_email']}:{sa['private_key_id']}:{PROJECT}",
         )
-        fcm_url = f"http://127.0.0.1:{fcm_info['port']}"
-        sa["token_uri"] = f"{fcm_url}/token"
+        sa["token_uri"] = f"http://127.0.0.1:{fcm_info['port']}/token"
+        fcm_url = (
+            f"http://127.0.0.1:{fcm_info['port']}"
+            if args.fcm_http1
+            else f"https://localhost:{fcm_info['h2_port']}"
+        )
         try:
             print(
                 f"fan-out of one notification to {n} registrations ({n // 2} APNs, {n - n // 2} FCM), "

@@ -1,4 +1,5 @@
-"""HTTP/2 transports side by side: the same APNs requests to the same fake APNs, client by client, in rounds.
+"""HTTP transports side by side: the same APNs requests to the same fake APNs, client by client, in rounds;
+and FCM through the provider over HTTP/1.1 keep-alive and over HTTP/2, to the same fake FCM.
 
 Candidates: aioapns 4.0 as tocsin used it (its protocol with HPACK Huffman off: ``tests/bench/_aioapns.py``),
 tocsin's own HTTP/2 client on asyncio (``service.providers.http2``) over h2 and over jh2 (h2's fork with HPACK
@@ -33,11 +34,17 @@ from typing import Any
 import psutil
 from aioapns import APNs, NotificationRequest
 from aioapns.connection import JWTAuthorizationHeaderProvider
+from pydantic import SecretStr
 
+from registrations.model import Audience, Registration
+from service.notify.model import Delivery, Notification
+from service.providers.base import Delivered
+from service.providers.fcm import FcmProvider
 from service.providers.http2 import Http2Pool
+from service.push_config import FcmConfig
 from tests.bench._aioapns import endpoint
-from tests.bench.fanout import BUNDLE, start_fake
-from tests.fakes.keys import ApnsKey
+from tests.bench.fanout import BUNDLE, PROJECT, start_fake
+from tests.fakes.keys import ApnsKey, service_account
 
 BODY = {"aps": {"alert": {"title": "Fan-out", "body": "One notification to every registration"}}}
 Runner = Callable[[int, int], Coroutine[Any, Any, None]]
@@ -184,6 +191,47 @@ def curl_runner(auth: str, port: int, cert: str) -> Runner | None:
     return run
 
 
+def fcm_runner(sa: dict[str, str], url: str, ca: str | None) -> Runner:
+    """FCM through the production provider: HTTP/1.1 keep-alive (aiohttp, plain HTTP: the fake's HTTP/1.1
+    listener has no TLS) or HTTP/2 over TLS (``http2``), by the send URL's scheme."""
+
+    async def run(n: int, concurrency: int) -> None:
+        config = FcmConfig(
+            credentials=SecretStr(json.dumps(sa)),
+            send_url=url,
+            ca_file=Path(ca) if ca else None,
+            max_connections=128,
+        )
+        provider = FcmProvider(config)
+        now = time.time()
+        note = Notification(
+            nid="bench",
+            alert_id="a",
+            episode="e",
+            rule="bench",
+            state="firing",
+            severity="warning",
+            title="Fan-out",
+            body="One notification to every registration",
+            labels={},
+            audience=Audience(tags=("bench",)),
+            created=now,
+            expires=now + 3600,
+        )
+
+        async def one(i: int) -> None:
+            outcome = await provider.send(Delivery(note, Registration("fcm", f"fcm-bench-token-{i:012d}")))
+            if not isinstance(outcome, Delivered):
+                raise SystemExit(f"FCM: {outcome}")
+
+        try:
+            await _spread(n, concurrency, one)
+        finally:
+            await provider.close()
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -205,6 +253,16 @@ def main() -> None:
             f"{key.key_id}:{key.team_id}:{tmp / 'apns.pub'}",
         )
         port, cert = int(info["port"]), str(info["cert"])
+        sa, pub = service_account(PROJECT, "http://127.0.0.1:0/token")
+        (tmp / "sa.pub").write_text(pub)
+        fcm_proc, fcm_info = start_fake(
+            "tests.fakes.fcm",
+            "--cert-dir",
+            str(tmp / "tls"),
+            "--account",
+            f"{tmp / 'sa.pub'}:{sa['client_email']}:{sa['private_key_id']}:{PROJECT}",
+        )
+        sa["token_uri"] = f"http://127.0.0.1:{fcm_info['port']}/token"
         auth = str(JWTAuthorizationHeaderProvider(key.p8, key.key_id, key.team_id).get_header())  # type: ignore[no-untyped-call]
         candidates: dict[str, Runner | None] = {
             "aioapns": aioapns_runner(key, port, cert),
@@ -212,14 +270,17 @@ def main() -> None:
             "jh2": h2_runner(auth, port, cert, "jh2"),
             "pyreqwest": pyreqwest_runner(auth, port, cert),
             "curl_cffi": curl_runner(auth, port, cert),
+            "fcm_http1": fcm_runner(sa, f"http://127.0.0.1:{fcm_info['port']}", None),
+            "fcm_http2": fcm_runner(sa, f"https://localhost:{fcm_info['h2_port']}", str(fcm_info["cert"])),
         }
         runners = {k: v for k, v in candidates.items() if v is not None and (not args.only or k in args.only)}
-        fake = psutil.Process(proc.pid)
+        fakes = {"apns": psutil.Process(proc.pid), "fcm": psutil.Process(fcm_proc.pid)}
         results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runners}
         try:
             print(f"{n} APNs requests per client per round, {args.concurrency} concurrent, {rounds} rounds")
             for r in range(rounds):
                 for name, run in runners.items():
+                    fake = fakes["fcm" if name.startswith("fcm") else "apns"]
                     f0 = sum(fake.cpu_times()[:2])
                     cpu0, t0 = time.process_time(), time.perf_counter()
                     asyncio.run(run(n, args.concurrency))
@@ -232,8 +293,9 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for p in (proc, fcm_proc):
+                p.terminate()
+                p.wait(10)
     figures: dict[str, float] = {}
     for name, rows in results.items():
         rate = statistics.median(x[0] for x in rows)

@@ -7,6 +7,7 @@ so every delivered message here also shows that the refresh runs off the loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -205,3 +206,14 @@ async def test_project_quota_answers_429_with_retry_after(fake: FakeFCM, provide
     over = await provider.send(delivery(notification(), "fcm", TOKEN))
     assert isinstance(over, Retry) and "QUOTA_EXCEEDED" in over.reason
     assert over.after is not None and 50 <= over.after <= 60
+
+
+async def test_more_sends_in_flight_than_the_servers_stream_limit(
+    fake: FakeFCM, provider: FcmProvider
+) -> None:
+    """300 at once: over HTTP/2 more than the fake's 100 streams per connection, so requests wait for a
+    stream or a new connection instead of failing."""
+    tokens = [f"fcm-token-{i:040d}" for i in range(300)]
+    outcomes = await asyncio.gather(*(provider.send(delivery(notification(), "fcm", t)) for t in tokens))
+    assert outcomes == [Delivered()] * 300
+    assert sorted(s.token for s in fake.sent) == tokens
