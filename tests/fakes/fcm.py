@@ -26,6 +26,7 @@ import asyncio
 import json
 import re
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -129,6 +130,7 @@ class FakeFCM:
     # Set: the send endpoint is also served over HTTP/2 with TLS (as fcm.googleapis.com does), at ``h2_url``,
     # with a self-signed certificate made in this directory (``cert_path``).
     cert_dir: Path | None = None
+    tls_http1: Path | None = None  # a second HTTP/1.1-only listener over TLS, certificate from this directory
 
     def __post_init__(self) -> None:
         self.sent: list[Sent] = []
@@ -140,6 +142,7 @@ class FakeFCM:
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
         self.h2_port = 0
+        self.tls_port = 0
         self.h2_requests = 0  # sends that came over HTTP/2
         self.cert_path: Path | None = None
         self._h2: asyncio.Server | None = None
@@ -172,6 +175,14 @@ class FakeFCM:
             self.cert_path = cert
             self._h2, _ = await h2server.serve(self._h2_request, self.host, 0, cert, key)
             self.h2_port = self._h2.sockets[0].getsockname()[1]
+        if self.tls_http1 is not None:  # a server that does not speak HTTP/2: ALPN offers none
+            cert, key = self_signed(self.tls_http1)
+            self.cert_path = cert
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            tls_site = web.TCPSite(self._runner, self.host, 0, ssl_context=ctx)
+            await tls_site.start()
+            self.tls_port = self._runner.addresses[-1][1]
         return self
 
     @property

@@ -217,3 +217,21 @@ async def test_more_sends_in_flight_than_the_servers_stream_limit(
     outcomes = await asyncio.gather(*(provider.send(delivery(notification(), "fcm", t)) for t in tokens))
     assert outcomes == [Delivered()] * 300
     assert sorted(s.token for s in fake.sent) == tokens
+
+
+async def test_an_https_endpoint_without_http2_is_reached_over_http1(tmp_path: Path) -> None:
+    """An https send_url whose server offers no h2 in ALPN (a proxy, say): HTTP/1.1 from then on."""
+    fake = await FakeFCM(tls_http1=tmp_path / "tls").start()
+    config = fcm_config(fake, fcm_account(fake))
+    p = FcmProvider(
+        config.model_copy(
+            update={"send_url": f"https://localhost:{fake.tls_port}", "ca_file": fake.cert_path}
+        )
+    )
+    try:
+        for i in range(2):
+            assert await p.send(delivery(notification(f"n{i}"), "fcm", TOKEN)) == Delivered()
+        assert fake.count() == 2 and fake.h2_requests == 0
+    finally:
+        await p.close()
+        await fake.stop()
