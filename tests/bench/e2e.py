@@ -77,10 +77,10 @@ class Service:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float = 30) -> None:
         import urllib.request
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if port_open(self.http_port):
                 try:
@@ -92,7 +92,7 @@ class Service:
                 except OSError:
                     pass
             time.sleep(0.05)
-        raise RuntimeError("the service did not become ready within 30 s")
+        raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
