@@ -77,7 +77,11 @@ def fcm_account(fake: FakeFCM, project: str = "tocsin-test") -> dict[str, str]:
 
 
 def fcm_config(fake: FakeFCM, info: dict[str, str] | None = None, **kw: Any) -> FcmConfig:
+    """The provider pointed at the fake: over HTTP/2 with TLS when the fake serves it (``cert_dir`` and
+    ``h2``), else HTTP/1.1 (over TLS with ``cert_dir``)."""
     if info is not None and "credentials_path" not in kw:
         kw["credentials"] = SecretStr(json.dumps(info))
     kw.setdefault("ca_file", fake.ca_file)  # None for a plain-HTTP fake
+    if fake.h2_port:
+        return FcmConfig(send_url=fake.h2_url, **kw)
     return FcmConfig(send_url=fake.url, **kw)

@@ -1,16 +1,16 @@
-"""The APNs provider, on aioapns 4.0: one client per (app, environment), token or certificate authentication.
+"""The APNs provider: one client per (app, environment), token or certificate authentication.
 
-aioapns has no host option: each client's pool gets a protocol subclass carrying the configured host and port
-(spec §2.3), so tests and benchmarks reach the fake by configuration only. aioapns would sign a JWT per
-connection; the subclass hands every connection the signing key's one provider token instead
-(apns_token.py). aioapns does not retry on 429/5xx and never times out a request whose answer does not come:
-both are handled here.
+The requests are aioapns 4.0's (``NotificationRequest``, its headers), sent over tocsin's own HTTP/2 client
+(``apns_client``, ``http2``), chosen by measurement: aioapns's own connection pool cost twice the CPU per push
+(README, "Send-path transports"). The endpoint is the configured host and port (spec §2.3), so tests and
+benchmarks reach the fake by configuration only. Every connection of a signing key uses that key's one
+provider token (apns_token.py), renewed between 20 and 60 minutes as Apple asks. Retries on 429/5xx and the
+request timeout are handled here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
@@ -21,18 +21,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
-from aioapns import APNs, NotificationRequest, PushType
+from aioapns import NotificationRequest, PushType
 from aioapns.common import NotificationResult
-from aioapns.connection import APNsProductionClientProtocol
-from aioapns.exceptions import MaxAttemptsExceeded
-from h2.events import ConnectionTerminated
 
 from registrations.model import Registration
 from service.clock import Clock
-from service.notify.model import Delivery
+from service.notify.model import Delivery, Notification
 from service.providers import apns_payload
+from service.providers.apns_client import ApnsClient
 from service.providers.apns_token import ProviderToken, ProviderTokens, es256
 from service.providers.base import (
     ConfigError,
@@ -72,55 +69,6 @@ def _push_type(name: str) -> PushType:
         return cast(PushType, _PushTypeValue(name))
 
 
-async def _quiet(request: NotificationRequest, result: NotificationResult) -> None:
-    """aioapns logs every failure at ERROR; the dispatcher logs outcomes with their meaning instead."""
-
-
-class _LeanProtocol(APNsProductionClientProtocol):
-    """aioapns's protocol with cheaper header encoding: HPACK without Huffman coding (pure-Python Huffman
-    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds.
-
-    ``SHARED_TOKEN``: the signing key's one provider token (apns_token.py), used instead of the token aioapns
-    would make for each connection."""
-
-    SHARED_TOKEN: ProviderToken | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.SHARED_TOKEN is not None:
-            self.auth_provider = self.SHARED_TOKEN  # type: ignore[assignment]  # same get_header() interface
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn.config.validate_outbound_headers = False
-        self.conn.config.normalize_outbound_headers = False
-        encoder = self.conn.encoder
-        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)  # type: ignore[method-assign]
-        super().connection_made(transport)
-
-    def on_data_received(self, data: bytes, stream_id: int) -> None:
-        """aioapns never returns flow-control credit for error bodies: after 64 KiB of them on a
-        connection APNs could not answer any more. Acknowledge each body (sent with the next flush)."""
-        super().on_data_received(data, stream_id)
-        self.conn.acknowledge_received_data(len(data), stream_id)
-
-    def on_connection_terminated(self, event: ConnectionTerminated) -> None:
-        """After a GOAWAY, leave the pool at once: aioapns only does so when the transport is gone, and in
-        between it would hand the dead connection to the next request."""
-        super().on_connection_terminated(event)
-        discard, self.on_connection_lost = self.on_connection_lost, None
-        if discard is not None:
-            discard(self)
-
-
-def _endpoint(url: str, token: ProviderToken | None = None) -> type[APNsProductionClientProtocol]:
-    """aioapns has no host option: a protocol class carrying the configured host and port (spec §2.3)."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"APNs endpoint {url!r} must be https://host[:port]")
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "SHARED_TOKEN": token}
-    return type("ConfiguredAPNsEndpoint", (_LeanProtocol,), attrs)
-
-
 def _credential_file(app: ApnsAppConfig) -> Path | None:
     return app.private_key_path or app.certificate_path
 
@@ -140,7 +88,7 @@ class ApnsProvider:
     def __init__(self, config: ApnsConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.tokens = ProviderTokens(clock)  # one JWT per signing key, shared by all clients and connections
-        self._clients: dict[tuple[str, str], APNs] = {}
+        self._clients: dict[tuple[str, str], ApnsClient] = {}
         self._mtimes: dict[str, float | None] = {}
         self._checked: dict[str, float] = {}
         self.problems: dict[str, str] = {}  # app -> why its credential is paused
@@ -149,6 +97,7 @@ class ApnsProvider:
         self._app_tokens: dict[str, ProviderToken] = {}  # app -> its signing key's token (token auth)
         self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
         self._gates: dict[tuple[str, str], asyncio.Lock] = {}
+        self._last_payload: tuple[Notification, object, str | None, dict[str, Any], bytes] | None = None
 
     @property
     def degraded(self) -> str | None:
@@ -169,7 +118,7 @@ class ApnsProvider:
             return None
         return name, apps[name]
 
-    def _client(self, app: str, cfg: ApnsAppConfig, environment: str) -> APNs:
+    def _client(self, app: str, cfg: ApnsAppConfig, environment: str) -> ApnsClient:
         self._watch(app, cfg)
         key = (app, environment)
         client = self._clients.get(key)
@@ -194,22 +143,15 @@ class ApnsProvider:
 
     def _drop(self, app: str) -> None:
         for key in [k for k in self._clients if k[0] == app]:
-            self._clients.pop(key).pool.close()
+            self._clients.pop(key).close()
             self._warm.discard(key)
 
-    def _build(self, app: str, cfg: ApnsAppConfig, environment: str) -> APNs:
+    def _build(self, app: str, cfg: ApnsAppConfig, environment: str) -> ApnsClient:
         url = self.config.sandbox_url if environment == "sandbox" else self.config.production_url
         ctx = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
-        common: dict[str, Any] = {
-            "topic": app,
-            "max_connections": self.config.max_connections,
-            "max_connection_attempts": 3,
-            "ssl_context": ctx,
-            "err_func": _quiet,
-        }
         token: ProviderToken | None = None
         if cfg.certificate_path is not None:
-            client = self._cert_client(cfg, common)
+            self._load_certificate(cfg, ctx)
         else:
             key = (
                 cfg.private_key.get_secret_value()
@@ -219,16 +161,15 @@ class ApnsProvider:
             token = self._app_tokens[app] = self.tokens.for_key(
                 cast(str, cfg.team_id), cast(str, cfg.key_id), key
             )
-            client = APNs(key=key, key_id=cfg.key_id, team_id=cfg.team_id, **common)
-        client.pool.protocol_class = _endpoint(url, token)
-        return client
+        return ApnsClient(url, app, ctx, self.config.max_connections, token)
 
-    def _cert_client(self, cfg: ApnsAppConfig, common: dict[str, Any]) -> APNs:
+    def _load_certificate(self, cfg: ApnsAppConfig, ctx: ssl.SSLContext) -> None:
         path = cast(Path, cfg.certificate_path)
         raw = path.read_bytes()
         if b"-----BEGIN" in raw:
-            return APNs(client_cert=str(path), **common)
-        # PKCS#12: aioapns loads a PEM file once, at construction; hand it a private temporary one.
+            ctx.load_cert_chain(str(path))
+            return
+        # PKCS#12: ssl loads PEM files only; hand it a private temporary one, removed once loaded.
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.serialization import pkcs12
 
@@ -243,7 +184,7 @@ class ApnsProvider:
         try:
             os.write(fd, pem)
             os.close(fd)
-            return APNs(client_cert=tmp, **common)
+            ctx.load_cert_chain(tmp)
         finally:
             os.unlink(tmp)
 
@@ -253,9 +194,9 @@ class ApnsProvider:
         if found is None:
             return ConfigError(f"no APNs credentials are configured for app {reg.app!r}", str(reg.app))
         app, cfg = found
-        body = apns_payload.payload(n, reg.locale)
+        body, raw = self._payload(n, reg.locale)
         try:
-            apns_payload.check_size(n, body)
+            apns_payload.check_size(n, raw)
         except apns_payload.PayloadTooLarge as exc:
             return Rejected(str(exc))
         remaining = n.expires - time.time()
@@ -280,39 +221,44 @@ class ApnsProvider:
             apns_topic=apns_payload.topic(app, n.options.push_type),
         )
         key = (app, reg.environment)
-        if not client.pool.connections:  # idle connections close after 10 s: the next one starts cold
+        if not client.connections:  # a lost connection: the next one starts cold
             self._warm.discard(key)
         if key not in self._warm:
-            # Apple allows one stream until a request with a valid token was answered; aioapns would open
-            # hundreds on a fresh connection before the server's settings arrive. The first goes alone.
+            # Apple allows one stream until a request with a valid token was answered: the first goes alone,
+            # so that a refused credential costs one request, not one per connection.
             async with self._gates.setdefault(key, asyncio.Lock()):
                 if key not in self._warm:
-                    outcome = await self._send(app, reg.environment, client, request)
+                    outcome = await self._send(app, reg.environment, client, request, raw)
                     if isinstance(outcome, Delivered | TokenInvalid | TokenSuspect | Rejected):
                         self._warm.add(key)
                     return outcome
-        return await self._send(app, reg.environment, client, request)
+        return await self._send(app, reg.environment, client, request, raw)
 
-    async def _send(self, app: str, environment: str, client: APNs, request: NotificationRequest) -> Outcome:
+    def _payload(self, n: Notification, locale: str | None) -> tuple[dict[str, Any], bytes]:
+        """The payload and its bytes; a fan-out's deliveries share one notification (per-registration
+        copies, e.g. badges, are new objects), so the last one is reused rather than encoded again."""
+        last = self._last_payload
+        if last is not None and last[0] is n and last[1] is n.options and last[2] == locale:
+            return last[3], last[4]
+        body = apns_payload.payload(n, locale)
+        raw = apns_payload.encode(body)
+        self._last_payload = (n, n.options, locale, body, raw)
+        return body, raw
+
+    async def _send(
+        self, app: str, environment: str, client: ApnsClient, request: NotificationRequest, raw: bytes
+    ) -> Outcome:
         try:
             async with asyncio.timeout(self.config.timeout_s):  # no extra task per request, unlike wait_for
-                result = await client.send_notification(request)
-        except TimeoutError:
-            self._abandon(client, request.notification_id)
+                result = await client.send_notification(request, raw)
+        except TimeoutError:  # the stalled connection was closed: the next request opens a fresh one
             return Retry("APNs did not answer in time")
-        except (MaxAttemptsExceeded, ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError) as exc:
             return Retry(f"cannot reach APNs: {exc.__class__.__name__}")
-        except Exception as exc:  # h2 protocol errors and the like: a new try on a fresh connection
+        except Exception as exc:  # h2 protocol errors, stream resets: a new try on a fresh connection
             log.warning("APNs client error for %s: %s: %s", app, exc.__class__.__name__, exc)
             return Retry(f"APNs client error: {exc.__class__.__name__}")
         return self._outcome(app, environment, result)
-
-    def _abandon(self, client: APNs, notification_id: str) -> None:
-        """A stalled connection holds its streams forever: close it, aioapns opens a fresh one."""
-        for conn in list(client.pool.connections):
-            if notification_id in conn.requests:
-                conn.requests.pop(notification_id)  # its waiter is cancelled already: nothing to fail
-                conn.close()
 
     def _outcome(self, app: str, environment: str, result: NotificationResult) -> Outcome:
         status, reason = str(result.status), result.description or ""
@@ -348,7 +294,7 @@ class ApnsProvider:
 
     async def close(self) -> None:
         for client in self._clients.values():
-            client.pool.close()
+            client.close()
         self._clients.clear()
 
 

@@ -77,14 +77,18 @@ def aps_keys(o: PushOptions) -> dict[str, Any]:
     return aps
 
 
+def encode(body: dict[str, Any]) -> bytes:
+    """The bytes sent: JSON with ``ensure_ascii=False``, as aioapns encodes it."""
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
 def encoded_size(body: dict[str, Any]) -> int:
-    """The size aioapns will send (it encodes with ensure_ascii=False)."""
-    return len(json.dumps(body, ensure_ascii=False).encode())
+    return len(encode(body))
 
 
-def check_size(n: Notification, body: dict[str, Any]) -> None:
+def check_size(n: Notification, body: dict[str, Any] | bytes) -> None:
     limit = MAX_VOIP_PAYLOAD if n.options.push_type == "voip" else MAX_PAYLOAD
-    size = encoded_size(body)
+    size = len(body) if isinstance(body, bytes) else encoded_size(body)
     if size > limit:
         raise PayloadTooLarge(
             f"APNs payload of notification {n.nid} is {size} bytes; the limit for "

@@ -1,4 +1,5 @@
-"""The FCM HTTP v1 provider: google-auth service-account credentials, aiohttp for the sends.
+"""The FCM HTTP v1 provider: google-auth service-account credentials; sends over HTTP/2 (``http2``,
+multiplexed) to an https endpoint, as fcm.googleapis.com, else HTTP/1.1 keep-alive (aiohttp).
 
 The OAuth token comes from google-auth's ``Credentials.refresh`` run in a thread (one refresh at a time,
 shared by all senders), only against the configured token endpoint: ``before_request`` is never called, so
@@ -18,6 +19,7 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import google.auth.exceptions
@@ -38,6 +40,7 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.http2 import Http2ConnectionError, Http2Pool, StreamReset
 from service.providers.plugin import ProviderPlugin
 from service.push_config import FcmConfig
 
@@ -89,6 +92,10 @@ class _TimedRequest(google.auth.transport.Request):
         return response
 
 
+_TOKEN_PREFIX = '{"message":{"token":'
+_EMPTY_TOKEN = _TOKEN_PREFIX + '""'
+
+
 class _Credential:
     """One service account and its current access token."""
 
@@ -137,6 +144,9 @@ class FcmProvider:
         self._checked = 0.0
         self._session: aiohttp.ClientSession | None = None
         self.problem: str | None = None
+        self._last_body: tuple[Notification, object, str | None, int, str, int] | None = None
+        self._h2: tuple[Http2Pool, bytes] | None = None  # (pool, authority) for an https send_url
+        self._h2_off = False  # http:// endpoint, or the server refused HTTP/2
 
     @property
     def degraded(self) -> str | None:
@@ -185,13 +195,11 @@ class FcmProvider:
         if remaining <= 0:
             return Rejected("expired before it could be sent")
         ttl = max(1, int(remaining))
-        msg = message(n, reg.token, ttl, reg.locale)
-        size = payload_size(msg)
+        body, size = self._body(n, reg.token, ttl, reg.locale)
         if size > MAX_PAYLOAD:
             return Rejected(
                 f"FCM payload of notification {n.nid} is {size} bytes, over the {MAX_PAYLOAD}-byte limit"
             )
-        body = json.dumps({"message": msg}, separators=(",", ":"))
         try:
             cred = self._credential()
         except (OSError, ValueError, KeyError) as exc:
@@ -214,15 +222,10 @@ class FcmProvider:
                 log.info("FCM token endpoint answers again")
                 self.problem = None
             try:
-                async with self._http().post(
-                    url,
-                    data=body,
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-                ) as resp:
-                    status, raw, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+                status, raw, retry_after = await self._post(url, body, token)
             except TimeoutError:
                 return Retry("FCM did not answer in time")
-            except (aiohttp.ClientError, OSError) as exc:
+            except (aiohttp.ClientError, OSError, StreamReset) as exc:
                 return Retry(f"cannot reach FCM: {exc.__class__.__name__}")
             if status == 401 and _fcm_code(raw) is None and stale is None:
                 stale = token
@@ -237,6 +240,76 @@ class FcmProvider:
             log.warning("FCM: %s", problem)
         self.problem = problem
         return problem
+
+    def _body(self, n: Notification, token: str, ttl: int, locale: str | None) -> tuple[str, int]:
+        """``{"message": message(...)}`` as compact JSON, and its size as FCM counts it. A fan-out's
+        deliveries share one notification and differ only in the token (the message's first key, which FCM
+        does not count): the rest is encoded once per notification, locale and TTL second, and the token
+        spliced in, byte for byte what encoding it all would give."""
+        key = (n, n.options, locale, ttl)
+        last = self._last_body
+        if last is None or last[0] is not n or last[1] is not n.options or last[2:4] != key[2:]:
+            msg = message(n, "", ttl, locale)
+            whole = json.dumps({"message": msg}, separators=(",", ":"))
+            last = self._last_body = (
+                n,
+                n.options,
+                locale,
+                ttl,
+                whole[len(_EMPTY_TOKEN) :],
+                payload_size(msg),
+            )
+        return _TOKEN_PREFIX + json.dumps(token) + last[4], last[5]
+
+    async def _post(self, url: str, body: str, token: str) -> tuple[int, bytes, str | None]:
+        """HTTP/2 to an https endpoint (multiplexed: ``fcm_http2``), else HTTP/1.1 keep-alive (aiohttp)."""
+        h2 = self._h2_pool(url)
+        if h2 is not None:
+            pool, path, authority = h2
+            headers = [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":path", path),
+                (b":authority", authority),
+                (b"authorization", b"Bearer " + token.encode()),
+                (b"content-type", b"application/json"),
+            ]
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    resp = await pool.request(headers, body.encode())
+            except Http2ConnectionError:
+                if not pool.refused_http2:
+                    raise
+                log.warning("FCM endpoint %s does not speak HTTP/2: using HTTP/1.1", self.config.send_url)
+                self._h2 = None
+                self._h2_off = True
+            else:
+                retry_after = resp.header(b"retry-after")
+                return resp.status, resp.body, retry_after.decode() if retry_after is not None else None
+        async with self._http().post(
+            url,
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        ) as r:
+            return r.status, await r.read(), r.headers.get("Retry-After")
+
+    def _h2_pool(self, url: str) -> tuple[Http2Pool, bytes, bytes] | None:
+        if self._h2_off:
+            return None
+        if self._h2 is None:
+            parts = urlsplit(url)
+            if parts.scheme != "https" or not parts.hostname:
+                self._h2_off = True
+                return None
+            ctx = ssl.create_default_context(cafile=str(self.config.ca_file) if self.config.ca_file else None)
+            # Multiplexed: a few connections carry all the requests in flight (HTTP/1.1 needs one each).
+            pool = Http2Pool(
+                parts.hostname, parts.port or 443, ctx, max(1, self.config.max_connections // 32)
+            )
+            self._h2 = (pool, parts.netloc.encode())
+        pool, authority = self._h2
+        parts = urlsplit(url)
+        return pool, (parts.path + (f"?{parts.query}" if parts.query else "")).encode(), authority
 
     def _outcome(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
         if status == 200:
@@ -259,6 +332,9 @@ class FcmProvider:
     async def close(self) -> None:
         if self._cred is not None:
             self._cred.session.close()
+        if self._h2 is not None:
+            self._h2[0].close()
+            self._h2 = None
         if self._session is not None:
             await self._session.close()
             self._session = None

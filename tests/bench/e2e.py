@@ -37,10 +37,20 @@ RULES = """rules:
 """
 
 
+LOG_PROVIDER = (
+    "providers: {log: {format: json}}\n"
+    "registrations: {seed: [{provider: log, token: counter, tags: [bench]}]}\n"
+)
+
+
 class Service:
-    def __init__(self, workdir: Path, broker_port: int) -> None:
+    """The service in its own process; ``delivery`` is its providers and registrations sections (YAML)."""
+
+    def __init__(
+        self, workdir: Path, broker_port: int, rules: str = RULES, delivery: str = LOG_PROVIDER
+    ) -> None:
         (workdir / "rules").mkdir(parents=True)
-        (workdir / "rules" / "bench.yaml").write_text(RULES)
+        (workdir / "rules" / "bench.yaml").write_text(rules)
         self.http_port = free_port()
         config = workdir / "tocsin.yaml"
         config.write_text(
@@ -48,9 +58,7 @@ class Service:
             f"mqtt: {{port: {broker_port}, embedded_broker: never}}\n"
             f"http: {{port: {self.http_port}}}\n"
             f"rules: {{paths: [{workdir / 'rules'}]}}\n"
-            "providers: {log: {format: json}}\n"
-            "registrations: {seed: [{provider: log, token: counter, tags: [bench]}]}\n"
-            "logging: {level: WARNING}\n"
+            "logging: {level: WARNING}\n" + delivery
         )
         self.stderr = (workdir / "service.log").open("w")
         self.proc = subprocess.Popen(
@@ -69,10 +77,10 @@ class Service:
         for line in self.proc.stdout:
             self.lines.append(line)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, timeout: float = 30) -> None:
         import urllib.request
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if port_open(self.http_port):
                 try:
@@ -84,7 +92,7 @@ class Service:
                 except OSError:
                     pass
             time.sleep(0.05)
-        raise RuntimeError("the service did not become ready within 30 s")
+        raise RuntimeError(f"the service did not become ready within {timeout:.0f} s")
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()

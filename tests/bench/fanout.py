@@ -3,7 +3,8 @@
 The fake APNs and the fake FCM (OAuth2 + HTTP v1) run as separate processes; this process is the service's
 delivery path as the service wires it: audience resolution from the SQLite registry, the durable outbox
 (every row committed before its first send and marked when answered), the dispatcher's workers, and the
-production APNs (aioapns) and FCM (aiohttp + google-auth) clients. Measured: notifications/s from the first
+production APNs and FCM clients (HTTP/2 over TLS to both fakes, ``--fcm-http1`` for FCM over HTTP/1.1
+keep-alive). Measured: notifications/s from the first
 submit to the last outbox row final, this process's CPU µs per notification, its peak RSS. Then, in the same
 run, a plain aioapns loop sends N/2 notifications to the same fake APNs for comparison.
 
@@ -36,11 +37,12 @@ from service.notify.dispatch import Dispatcher
 from service.notify.model import Delivery, Notification
 from service.notify.stages import TargetStage
 from service.outbox import Outbox
-from service.providers.apns import ApnsProvider, _endpoint
+from service.providers.apns import ApnsProvider
 from service.providers.apns_token import ProviderTokens
 from service.providers.base import Provider
 from service.providers.fcm import FcmProvider
 from service.push_config import ApnsAppConfig, ApnsConfig, FcmConfig
+from tests.bench._aioapns import endpoint
 from tests.fakes.keys import ApnsKey, service_account
 
 BUNDLE = "com.example.bench"
@@ -89,7 +91,14 @@ async def service_run(
             max_connections=4,
         )
     )
-    fcm = FcmProvider(FcmConfig(credentials=SecretStr(json.dumps(sa)), send_url=fcm_url, max_connections=128))
+    fcm = FcmProvider(
+        FcmConfig(
+            credentials=SecretStr(json.dumps(sa)),
+            send_url=fcm_url,
+            ca_file=Path(cert) if fcm_url.startswith("https") else None,
+            max_connections=128,
+        )
+    )
     providers: dict[str, Provider] = {"apns": apns, "fcm": fcm}
     metrics = Metrics()
     dispatcher = Dispatcher(
@@ -171,7 +180,7 @@ async def aioapns_run(n: int, concurrency: int, key: ApnsKey, apns_port: int, ce
     # One provider token for all its connections: the fake, as Apple, refuses a key's second token change
     # within 20 minutes (aioapns alone signs one per connection).
     shared = ProviderTokens().for_key(key.team_id, key.key_id, key.p8)
-    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}", shared)
+    client.pool.protocol_class = endpoint(f"https://localhost:{apns_port}", shared)
     tokens = iter(range(n))
     ok = 0
 
@@ -209,6 +218,9 @@ def main() -> None:
     parser.add_argument(
         "--providers", help="the receivers instead: webpush,webhook (see tests/bench/fanout_receivers.py)"
     )
+    parser.add_argument(
+        "--fcm-http1", action="store_true", help="FCM over HTTP/1.1 keep-alive (default: HTTP/2 over TLS)"
+    )
     args = parser.parse_args()
     n = 400 if args.smoke else args.registrations
     if args.providers:
@@ -235,11 +247,17 @@ def main() -> None:
         (tmp / "sa.pub").write_text(pub)
         fcm_proc, fcm_info = start_fake(
             "tests.fakes.fcm",
+            "--cert-dir",
+            str(tmp / "tls"),  # the APNs fake's certificate: one CA file for both
             "--account",
             f"{tmp / 'sa.pub'}:{sa['client_email']}:{sa['private_key_id']}:{PROJECT}",
         )
-        fcm_url = f"http://127.0.0.1:{fcm_info['port']}"
-        sa["token_uri"] = f"{fcm_url}/token"
+        sa["token_uri"] = f"http://127.0.0.1:{fcm_info['port']}/token"
+        fcm_url = (
+            f"http://127.0.0.1:{fcm_info['port']}"
+            if args.fcm_http1
+            else f"https://localhost:{fcm_info['h2_port']}"
+        )
         try:
             print(
                 f"fan-out of one notification to {n} registrations ({n // 2} APNs, {n - n // 2} FCM), "

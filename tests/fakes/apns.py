@@ -13,8 +13,9 @@ of 429s; 503 ``Shutdown`` also sends GOAWAY), ``outage`` (every request answered
 ``max_token_age_s`` (0 makes every provider token expired), ``stall`` / ``stall_after`` (requests are read
 and never answered).
 
-Run alone: ``python -m tests.fakes.apns --cert-dir DIR --key KID:TEAM:PUBLIC_PEM_FILE [--port N]``; it prints
-one JSON line ``{"port", "cert"}`` when it listens.
+Run alone: ``python -m tests.fakes.apns --cert-dir DIR --key KID:TEAM:PUBLIC_PEM_FILE [--port N] [--echo]``;
+it prints one JSON line ``{"port", "cert"}`` when it listens; with ``--echo``, then one line ``TIME
+ALERT-BODY`` per accepted request (benchmarks time deliveries by them).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import json
 import re
 import ssl
+import sys
 import time
 import uuid
 from collections import deque
@@ -103,6 +105,7 @@ class FakeAPNs:
     min_token_change_s: float = 20 * 60
     record: bool = True
     clock: Callable[[], float] = time.time  # what provider-token ages are measured with (tests may drive it)
+    echo: Callable[[Received], None] | None = None  # told of every accepted request (benchmarks)
 
     def __post_init__(self) -> None:
         self.received: list[Received] = []
@@ -369,6 +372,8 @@ class _Connection(asyncio.Protocol):
         fake.accepted += 1
         if fake.record:
             fake.received.append(received)
+        if fake.echo is not None:
+            fake.echo(received)
         self.h2.send_headers(stream_id, [(":status", "200"), ("apns-id", apns_id)], end_stream=True)
         if not self.opened:  # authenticated: open up to many concurrent streams, as Apple does
             self.opened = True
@@ -401,8 +406,11 @@ async def _main() -> None:
     parser.add_argument("--cert-dir", type=Path, required=True)
     parser.add_argument("--key", action="append", default=[], help="KEY_ID:TEAM_ID:PUBLIC_PEM_FILE")
     parser.add_argument("--unregistered", type=Path, help="file of tokens (one a line) to answer 410")
+    parser.add_argument("--echo", action="store_true", help="print 'TIME ALERT-BODY' per accepted request")
     args = parser.parse_args()
     fake = FakeAPNs(args.cert_dir, port=args.port, record=False)
+    if args.echo:
+        fake.echo = lambda r: echo_line(r.payload.get("aps", {}).get("alert", {}).get("body", ""))
     for spec in args.key:
         kid, team, pem = spec.split(":", 2)
         fake.add_key(kid, team, Path(pem).read_text())  # noqa: ASYNC240
@@ -411,9 +419,22 @@ async def _main() -> None:
         fake.unregistered = {t: now_ms for t in args.unregistered.read_text().split()}
     await fake.start()
     print(json.dumps({"port": fake.port, "cert": str(fake.cert_path)}), flush=True)
+    await report(lambda: {"accepted": fake.accepted, "rejected": fake.rejected}, args.echo)
+
+
+def echo_line(body: object) -> None:
+    sys.stdout.write(f"{time.time():.6f} {body}\n")  # flushed by ``report``, not per line
+
+
+async def report(counts: Callable[[], dict[str, Any]], echo: bool) -> None:
+    """Counts every 5 s; echo lines flushed every 20 ms."""
+    last = time.monotonic()
     while True:
-        await asyncio.sleep(5)
-        print(json.dumps({"accepted": fake.accepted, "rejected": fake.rejected}), flush=True)
+        await asyncio.sleep(0.02 if echo else 5)
+        if time.monotonic() - last >= 5:
+            last = time.monotonic()
+            print(json.dumps(counts()))
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

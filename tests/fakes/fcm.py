@@ -1,8 +1,9 @@
 """A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp on localhost).
 
 With ``cert_dir`` both are served over TLS with a certificate of a private CA made at start (``ca_file``),
-as Google serves them over HTTPS only: a client that does not trust the CA cannot get a token. Without it,
-plain HTTP (the benchmarks' choice).
+as Google serves them over HTTPS only: a client that does not trust the CA cannot get a token. The send
+endpoint is then also served over HTTP/2 (``h2_url``, the same certificate), as fcm.googleapis.com is, unless
+``h2`` is off. Without ``cert_dir``, plain HTTP (the benchmarks' choice).
 
 Token endpoint (``POST /token``): the JWT-bearer grant, the assertion RS256-signed by a known service
 account's key (``kid`` = private_key_id), ``iss`` = its client_email, the firebase.messaging scope, ``exp``
@@ -18,8 +19,10 @@ UNREGISTERED),
 ``other_sender`` tokens (403 SENDER_ID_MISMATCH), ``fail_next`` and ``outage`` (429 QUOTA_EXCEEDED,
 503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
 
-Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N]``; prints
-one JSON line ``{"port"}`` when it listens.
+Run alone: ``python -m tests.fakes.fcm --account PUBLIC_PEM:EMAIL:KEY_ID:PROJECT [--port N] [--echo]``;
+prints one JSON line ``{"port", "h2_port", "cert"}`` when it listens (``--cert-dir DIR``: also HTTP/2 over
+TLS on ``h2_port``); with ``--echo``, then one line ``TIME NOTIFICATION-BODY``
+per accepted message (benchmarks time deliveries by them).
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import secrets
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,10 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from tests.fakes import h2server
+from tests.fakes.apns import echo_line, report
 from tests.fakes.certs import CertificateAuthority
+from tests.fakes.keys import self_signed
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -70,6 +78,9 @@ def payload_size(message: dict[str, Any]) -> int:
     """What FCM holds to 4096 bytes: the message's keys and values without the target, as UTF-8."""
     rest = {k: v for k, v in message.items() if k not in TARGETS}
     return len(json.dumps(rest, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+_SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 
 
 @dataclass
@@ -133,17 +144,22 @@ class FakeFCM:
     token_lifetime_s: int = 3600
     quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
     record: bool = True
+    echo: Callable[[Sent], None] | None = None  # told of every accepted message (benchmarks)
     cert_dir: Path | None = None  # serve TLS with a private CA's certificate, written here
+    h2: bool = True  # with cert_dir: the send endpoint also over HTTP/2, at ``h2_url``
+    tls_http1: Path | None = None  # a second HTTP/1.1-only listener over TLS, certificate from this directory
 
     def __post_init__(self) -> None:
         self.ca_file: Path | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._leaf: tuple[Path, Path] | None = None
         if self.cert_dir is not None:
             ca = CertificateAuthority(self.cert_dir, "fake google CA")
             leaf = ca.server("localhost", ip=self.host)
             self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._ssl.load_cert_chain(leaf.cert, leaf.key)
             self.ca_file = ca.cert
+            self._leaf = (leaf.cert, leaf.key)
         self.sent: list[Sent] = []
         self.answers: list[tuple[float, str, int]] = []  # (time, token, status) of every answered send
         self.accepted = 0
@@ -152,6 +168,11 @@ class FakeFCM:
         self._live: dict[str, tuple[str, float]] = {}  # access token -> (project, expiry)
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
+        self.h2_port = 0
+        self.tls_port = 0
+        self.h2_requests = 0  # sends that came over HTTP/2
+        self.cert_path: Path | None = None
+        self._h2: asyncio.Server | None = None
         self._window: deque[float] = deque()  # times of accepted messages in the last minute
         self.stalled = 0
 
@@ -174,10 +195,37 @@ class FakeFCM:
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        if self._leaf is not None and self.h2:
+            self.cert_path = self.ca_file  # what a client trusts for either listener
+            self._h2, _ = await h2server.serve(self._h2_request, self.host, 0, *self._leaf)
+            self.h2_port = self._h2.sockets[0].getsockname()[1]
+        if self.tls_http1 is not None:  # a server that does not speak HTTP/2: ALPN offers none
+            cert, key = self_signed(self.tls_http1)
+            self.cert_path = cert
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            tls_site = web.TCPSite(self._runner, self.host, 0, ssl_context=ctx)
+            await tls_site.start()
+            self.tls_port = self._runner.addresses[-1][1]
         return self
+
+    @property
+    def h2_url(self) -> str:
+        return f"https://localhost:{self.h2_port}"
+
+    def _h2_request(self, headers: dict[str, str], body: bytes) -> h2server.Answer | None:
+        self.h2_requests += 1
+        match = _SEND_PATH.match(headers.get(":path", ""))
+        if headers.get(":method") != "POST" or match is None:
+            return 404, {}, json.dumps(_Error(404, "Not found").body()).encode()
+        if self._stalls():
+            return None
+        return self.answer(match.group(1), headers.get("authorization", ""), body)
 
     async def stop(self) -> None:
         self._release.set()
+        if self._h2 is not None:
+            self._h2.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -221,35 +269,47 @@ class FakeFCM:
 
     # -- FCM HTTP v1 ----------------------------------------------------------------------------------------
     async def _send(self, request: web.Request) -> web.Response:
-        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
-            self.stalled += 1
+        if self._stalls():
             await self._release.wait()  # never answered while the fake runs
             raise web.HTTPServiceUnavailable()
         raw = await request.read()
+        status, headers, body = self.answer(
+            request.match_info["project"], request.headers.get("Authorization", ""), raw
+        )
+        return web.Response(status=status, headers=headers, body=body, content_type="application/json")
+
+    def _stalls(self) -> bool:
+        if self.stall or (self.stall_after is not None and self.accepted >= self.stall_after):
+            self.stalled += 1
+            return True
+        return False
+
+    def answer(self, project: str, auth: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """One send, whichever HTTP version carried it: status, extra headers, JSON body."""
         try:
-            sent = self._check(request, raw)
+            sent = self._check(project, auth, raw)
         except _Error as e:
             if self.record:
                 self.answers.append((time.monotonic(), _token_of(raw), e.status))
             reason = e.code or _STATUS.get(e.status, "ERROR")
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
             headers = {"Retry-After": str(int(self._retry_after))} if self._retry_after is not None else {}
-            return web.json_response(e.body(), status=e.status, headers=headers)
+            return e.status, headers, json.dumps(e.body()).encode()
         if sent.validate_only:
-            return web.json_response({"name": f"projects/{sent.project}/messages/fake_message_id"})
+            return 200, {}, json.dumps({"name": f"projects/{sent.project}/messages/fake_message_id"}).encode()
         self.accepted += 1
         if self.record:
             self.sent.append(sent)
             self.answers.append((time.monotonic(), sent.token, 200))
+        if self.echo is not None:
+            self.echo(sent)
         name = f"projects/{sent.project}/messages/0:{time.time_ns()}%{secrets.token_hex(8)}"
-        return web.json_response({"name": name})
+        return 200, {}, json.dumps({"name": name}).encode()
 
     _retry_after: float | None = None
 
-    def _check(self, request: web.Request, raw: bytes) -> Sent:
+    def _check(self, project: str, auth: str, raw: bytes) -> Sent:
         self._retry_after = None
-        project = request.match_info["project"]
-        auth = request.headers.get("Authorization", "")
         live = self._live.get(auth.removeprefix("Bearer ").strip()) if auth.startswith("Bearer ") else None
         if live is None or live[1] < time.time():
             raise _Error(401, "Request had invalid authentication credentials.")
@@ -347,16 +407,21 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--account", action="append", default=[], help="PUBLIC_PEM_FILE:EMAIL:KEY_ID:PROJECT")
+    parser.add_argument("--echo", action="store_true", help="print 'TIME BODY' per accepted message")
+    parser.add_argument("--cert-dir", type=Path, help="also serve the send endpoint over HTTP/2 with TLS")
     args = parser.parse_args()
-    fake = FakeFCM(port=args.port, record=False)
+    fake = FakeFCM(port=args.port, record=False, cert_dir=args.cert_dir)
+    if args.echo:
+        fake.echo = lambda m: echo_line(m.message.get("notification", {}).get("body", ""))
     for spec in args.account:
         pem, email, kid, project = spec.split(":", 3)
         fake.add_account(kid, email, project, Path(pem).read_text())  # noqa: ASYNC240
     await fake.start()
-    print(json.dumps({"port": fake.port}), flush=True)
-    while True:
-        await asyncio.sleep(5)
-        print(json.dumps({"accepted": fake.accepted, "rejected": fake.rejected}), flush=True)
+    print(
+        json.dumps({"port": fake.port, "h2_port": fake.h2_port, "cert": str(fake.cert_path or "")}),
+        flush=True,
+    )
+    await report(lambda: {"accepted": fake.accepted, "rejected": fake.rejected}, args.echo)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {
     "fanout": {"notifications_per_s", "cpu_us_per_notification", "aioapns_notifications_per_s"},
     "e2e": {"qos", "max_events_per_s", "cpu_s_per_1k_events", "rate_1k_p99_ms"},
+    "e2e_apns": {"qos", "max_events_per_s", "cpu_s_per_1k_events", "rate_1k_p99_ms"},
+    "transports": {"h2_requests_per_s", "h2_cpu_us_per_request", "aioapns_requests_per_s"},
     "rules": {"evaluations_per_s", "added_latency_us"},
     "registry": {"upserts_per_s", "first_batch_ms", "peak_rss_mb"},
     "outage": {"delivered", "drain_after_outage_s"},

@@ -1,4 +1,5 @@
-"""The FCM HTTP v1 provider (google-auth + aiohttp) against the fake token and send endpoints.
+"""The FCM HTTP v1 provider (google-auth; aiohttp over HTTP/1.1, or tocsin's HTTP/2 client to an https
+endpoint) against the fake token and send endpoints. Every test runs over both transports.
 
 The fake runs in the test's own event loop: a token refresh that blocked the loop could never be answered,
 so every delivered message here also shows that the refresh runs off the loop.
@@ -6,6 +7,7 @@ so every delivered message here also shows that the refresh runs off the loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -25,9 +27,10 @@ from tests.push_support import delivery, fcm_account, fcm_config, notification
 TOKEN = "fcm-token-" + "a" * 40
 
 
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeFCM]:
-    f = await FakeFCM(cert_dir=tmp_path / "fcm").start()  # HTTPS with a private CA, as Google is
+@pytest.fixture(params=["http1", "http2"])
+async def fake(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FakeFCM]:
+    # HTTPS with a private CA, as Google is; sends over HTTP/2 or HTTP/1.1
+    f = await FakeFCM(cert_dir=tmp_path / "fcm", h2=request.param == "http2").start()
     yield f
     await f.stop()
 
@@ -68,6 +71,7 @@ async def test_message_carries_the_options_and_the_nid_as_tag(fake: FakeFCM, pro
     assert android["notification"]["channel_id"] == "alarms" and android["notification"]["sound"] == "siren"
     assert m["apns"] == {"headers": {"apns-priority": "10"}} and m["webpush"]["headers"]["Urgency"] == "high"
     assert fake.tokens_issued == 1
+    assert fake.h2_requests == (1 if fake.cert_dir is not None else 0)  # the transport asked for
 
 
 async def test_one_token_for_many_sends_and_background_is_data_only(
@@ -261,3 +265,32 @@ async def test_payload_limit_is_4096_bytes_as_fcm_counts_them(fake: FakeFCM, pro
     refused = await provider.send(delivery(over, "fcm", TOKEN))
     assert refused == Rejected("FCM payload of notification nid-size is 4097 bytes, over the 4096-byte limit")
     assert len(fake.answers) == 1  # never sent
+
+
+async def test_more_sends_in_flight_than_the_servers_stream_limit(
+    fake: FakeFCM, provider: FcmProvider
+) -> None:
+    """300 at once: over HTTP/2 more than the fake's 100 streams per connection, so requests wait for a
+    stream or a new connection instead of failing."""
+    tokens = [f"fcm-token-{i:040d}" for i in range(300)]
+    outcomes = await asyncio.gather(*(provider.send(delivery(notification(), "fcm", t)) for t in tokens))
+    assert outcomes == [Delivered()] * 300
+    assert sorted(s.token for s in fake.sent) == tokens
+
+
+async def test_an_https_endpoint_without_http2_is_reached_over_http1(tmp_path: Path) -> None:
+    """An https send_url whose server offers no h2 in ALPN (a proxy, say): HTTP/1.1 from then on."""
+    fake = await FakeFCM(tls_http1=tmp_path / "tls").start()
+    config = fcm_config(fake, fcm_account(fake))
+    p = FcmProvider(
+        config.model_copy(
+            update={"send_url": f"https://localhost:{fake.tls_port}", "ca_file": fake.cert_path}
+        )
+    )
+    try:
+        for i in range(2):
+            assert await p.send(delivery(notification(f"n{i}"), "fcm", TOKEN)) == Delivered()
+        assert fake.count() == 2 and fake.h2_requests == 0
+    finally:
+        await p.close()
+        await fake.stop()
