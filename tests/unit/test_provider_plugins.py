@@ -24,7 +24,9 @@ def with_pigeon(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_every_name_and_config_section_comes_from_the_plugin_list() -> None:
-    assert PROVIDERS == plugins.NAMES == tuple(plugins.plugins()) == ("log", "apns", "fcm")
+    assert (
+        PROVIDERS == plugins.NAMES == tuple(plugins.plugins()) == ("log", "apns", "fcm", "webhook", "webpush")
+    )
     config = load_config(None, {})
     for name, plugin in plugins.plugins().items():
         assert isinstance(config.providers.section(name), plugin.config)
@@ -33,7 +35,9 @@ def test_every_name_and_config_section_comes_from_the_plugin_list() -> None:
         load_config(None, {"TOCSIN_PROVIDERS__PIGEON__LOFT": "roof"})
     [problem] = bad.value.problems
     assert problem.endswith(": providers.pigeon: unknown field")
-    with pytest.raises(ValueError, match="unknown provider 'pigeon': one of log, apns, fcm"):
+    with pytest.raises(
+        ValueError, match="unknown provider 'pigeon': one of log, apns, fcm, webhook, webpush"
+    ):
         check_token("pigeon", "leg-1")
 
 
