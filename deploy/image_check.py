@@ -60,6 +60,15 @@ def _basic(tenant: str, user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (the manifest's ``resources.memory``: 512M is 512,000,000 bytes)."""
+    digits = quantity.rstrip("KMGi")
+    return int(digits) * _UNITS[quantity[len(digits) :]]
+
+
 def _probe_deadline(probe: dict[str, Any]) -> float:
     """Seconds after the start at which the platform gives up on a probe (Kubernetes' defaults apply)."""
     return float(
@@ -96,7 +105,7 @@ class Container:
             "--security-opt",
             "no-new-privileges",
             "--memory",
-            memory,
+            str(_memory_bytes(memory)),
             "--env-file",
             str(env_file),
             "--volume",
@@ -166,6 +175,7 @@ class Check:
         try:
             config_dir, env_file = self._configure(info, apns, key)
             memory = str(self.manifest.get("resources", {}).get("memory", "512M"))
+            self.figures["memory_limit_bytes"] = _memory_bytes(memory)
             t0 = time.monotonic()
             container.start(self.args.image, shlex.split(self.args.run_opts), env_file, config_dir, memory)
             say(f"started {self.args.image} as {container.name} ({' '.join(self.engine[:1])}, memory {memory})")
@@ -297,6 +307,9 @@ class Check:
                     f"({CAP_NET_BIND_SERVICE:#x})"
                 )
         no_new_privs = next(line.split()[1] for line in status.splitlines() if line.startswith("NoNewPrivs:"))
+        peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+        self.figures["peak_rss_mb"] = round(peak_kib / 1024, 1)
+        say(f"main process: peak RSS so far {peak_kib / 1024:.1f} MiB")
         say(f"main process: uid {uid}, CapEff/CapPrm/CapBnd {CAP_NET_BIND_SERVICE:#x} (NET_BIND_SERVICE only), "
             f"NoNewPrivs {no_new_privs}")  # fmt: skip
 
