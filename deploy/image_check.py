@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +68,11 @@ def _memory_bytes(quantity: str) -> int:
     return int(digits) * _UNITS[quantity[len(digits) :]]
 
 
+def _proc_field(status: str, name: str) -> str:
+    """The first word of a /proc/PID/status field, e.g. ``CapEff`` or ``VmHWM`` (in kB)."""
+    return next(line.split()[1] for line in status.splitlines() if line.startswith(f"{name}:"))
+
+
 def _probe_deadline(probe: dict[str, Any]) -> float:
     """Seconds after the start at which the platform gives up on a probe (Kubernetes' defaults apply)."""
     return float(
@@ -78,63 +82,53 @@ def _probe_deadline(probe: dict[str, Any]) -> float:
 
 
 class Container:
-    """One container of the image, run with the engine's command line (podman or docker)."""
+    """One container of the image, driven through the engine's command line (podman or docker)."""
 
     def __init__(self, engine: list[str], name: str) -> None:
         self.engine, self.name = engine, name
         self.started = False
 
-    def _run(self, *args: str, check: bool = True) -> str:
-        done = subprocess.run([*self.engine, *args], capture_output=True, text=True, check=False)
-        if check and done.returncode != 0:
-            raise CheckFailed(f"{shlex.join([self.engine[0], *args])} failed: {done.stderr.strip()}")
-        return done.stdout.strip()
-
-    def start(self, image: str, run_opts: list[str], env_file: Path, config_dir: Path, memory: str) -> None:
-        self._run(
-            "run",
-            "--detach",
-            "--name",
-            self.name,
-            "--network",
-            "host",
-            "--cap-drop",
-            "ALL",
-            "--cap-add",
-            "NET_BIND_SERVICE",
-            "--security-opt",
-            "no-new-privileges",
-            "--memory",
-            str(_memory_bytes(memory)),
-            "--env-file",
-            str(env_file),
-            "--volume",
-            f"{config_dir}:{CONFIG_DIR}:ro",
-            *run_opts,
-            image,
-            "--config",
-            f"{CONFIG_DIR}/tocsin.yaml",
+    async def _run(self, *args: str, check: bool = True) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            *self.engine, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
+        out, err = await proc.communicate()
+        if check and proc.returncode != 0:
+            raise CheckFailed(f"{shlex.join([self.engine[0], *args])} failed: {err.decode().strip()}")
+        return (out.decode() + ("" if check else err.decode())).strip()
+
+    async def start(
+        self, image: str, run_opts: list[str], env_file: Path, config_dir: Path, memory: int
+    ) -> None:
         self.started = True
-
-    def state(self, field: str) -> str:
-        return self._run("inspect", "--format", "{{.State.%s}}" % field, self.name)
-
-    def running(self) -> bool:
-        return self.state("Running") == "true"
-
-    def logs(self, lines: int = 40) -> str:
-        done = subprocess.run(
-            [*self.engine, "logs", "--tail", str(lines), self.name], capture_output=True, text=True, check=False
+        await self._run(
+            *("run", "--detach", "--name", self.name, "--network", "host"),
+            *("--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE", "--security-opt", "no-new-privileges"),
+            *("--memory", str(memory), "--env-file", str(env_file)),
+            *("--volume", f"{config_dir}:{CONFIG_DIR}:ro", *run_opts),
+            *(image, "--config", f"{CONFIG_DIR}/tocsin.yaml"),
         )
-        return (done.stdout + done.stderr).strip()
 
-    def stop(self, timeout_s: int) -> None:
-        self._run("stop", "--time", str(timeout_s), self.name)
+    async def state(self, field: str) -> str:
+        return await self._run("inspect", "--format", f"{{{{.State.{field}}}}}", self.name)
 
-    def remove(self) -> None:
+    async def running(self) -> bool:
+        return await self.state("Running") == "true"
+
+    async def status(self) -> str:
+        """The main process's /proc status, read on the host."""
+        pid = await self.state("Pid")
+        return Path(f"/proc/{pid}/status").read_text()  # noqa: ASYNC240 (procfs: no disk to wait for)
+
+    async def logs(self, lines: int = 40) -> str:
+        return await self._run("logs", "--tail", str(lines), self.name, check=False)
+
+    async def stop(self, timeout_s: int) -> None:
+        await self._run("stop", "--time", str(timeout_s), self.name)
+
+    async def remove(self) -> None:
         if self.started:
-            self._run("rm", "--force", self.name, check=False)
+            await self._run("rm", "--force", self.name, check=False)
 
 
 async def _poll(
@@ -145,8 +139,9 @@ async def _poll(
     while time.monotonic() - t0 < deadline_s:
         if await condition():
             return time.monotonic() - t0
-        if not container.running():
-            raise CheckFailed(f"the container stopped (exit code {container.state('ExitCode')}) before {what}")
+        if not await container.running():
+            code = await container.state("ExitCode")
+            raise CheckFailed(f"the container stopped (exit code {code}) before {what}")
         await asyncio.sleep(0.1)
     raise CheckFailed(f"no {what} within {deadline_s:.0f} s of the start")
 
@@ -175,38 +170,45 @@ class Check:
         try:
             config_dir, env_file = self._configure(info, apns, key)
             memory = str(self.manifest.get("resources", {}).get("memory", "512M"))
-            self.figures["memory_limit_bytes"] = _memory_bytes(memory)
+            self.figures["memory_limit_bytes"] = limit = _memory_bytes(memory)
             t0 = time.monotonic()
-            container.start(self.args.image, shlex.split(self.args.run_opts), env_file, config_dir, memory)
-            say(f"started {self.args.image} as {container.name} ({' '.join(self.engine[:1])}, memory {memory})")
+            await container.start(
+                self.args.image, shlex.split(self.args.run_opts), env_file, config_dir, limit
+            )
+            say(f"started {self.args.image} as {container.name} ({self.engine[0]}, memory limit {memory})")
             try:
-                await self._follow(container, info, apns, port, live, ready, t0)
-                self._check_capabilities(container)
-                await self._alarm_end_to_end(container, info, apns, port)
-                self._stop(container)
+                await self._follow(container, info, port, live, ready, t0)
+                await self._check_capabilities(container)
+                await self._alarm_end_to_end(info, apns, port)
+                await self._stop(container)
             except CheckFailed:
-                say(f"the container's log (last lines):\n{container.logs()}")
+                say(f"the container's log (last lines):\n{await container.logs()}")
                 raise
         finally:
-            container.remove()
+            await container.remove()
             await apns.stop()
-            double.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                double.wait(10)
-            if double.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                double.terminate()
+            try:
+                await asyncio.wait_for(double.wait(), 10)
+            except TimeoutError:
                 double.kill()
+                await double.wait()
 
-    async def _start_double(self) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-        log = (self.workdir / "double.log").open("w")
-        double = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakes.cumulocity", "--tenants", "1"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
+    async def _start_double(self) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
+        with (self.workdir / "double.log").open("w") as log:
+            double = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "tests.fakes.cumulocity", "--tenants", "1"),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+            )
         assert double.stdout is not None
-        first = await asyncio.wait_for(asyncio.to_thread(double.stdout.readline), 60)
+        try:
+            first = await asyncio.wait_for(double.stdout.readline(), 60)
+        except TimeoutError:
+            double.kill()
+            raise CheckFailed("the Cumulocity double did not start within 60 s") from None
         if not first:
             raise CheckFailed(f"the Cumulocity double exited:\n{(self.workdir / 'double.log').read_text()}")
         info: dict[str, Any] = json.loads(first)
@@ -246,7 +248,6 @@ class Check:
         self,
         container: Container,
         info: dict[str, Any],
-        apns: FakeAPNs,
         port: int,
         live: dict[str, Any],
         ready: dict[str, Any],
@@ -294,28 +295,21 @@ class Check:
             live_s=round(live_s, 2), ready_s=round(ready_s, 2), following_s=round(follow_s, 2)
         )
 
-    def _check_capabilities(self, container: Container) -> None:
+    async def _check_capabilities(self, container: Container) -> None:
         """The main process's capability sets, read from /proc on the host: NET_BIND_SERVICE only."""
-        pid = container.state("Pid")
-        status = Path(f"/proc/{pid}/status").read_text()
-        caps = {k: int(v, 16) for k, v in (line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))}
-        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        status = await container.status()
         for name in ("CapEff", "CapPrm", "CapBnd"):
-            if caps[name] != CAP_NET_BIND_SERVICE:
+            caps = int(_proc_field(status, name), 16)
+            if caps != CAP_NET_BIND_SERVICE:
                 raise CheckFailed(
-                    f"the main process (pid {pid}) has {name} {caps[name]:#x}; expected NET_BIND_SERVICE only "
+                    f"the main process has {name} {caps:#x}; expected NET_BIND_SERVICE only "
                     f"({CAP_NET_BIND_SERVICE:#x})"
                 )
-        no_new_privs = next(line.split()[1] for line in status.splitlines() if line.startswith("NoNewPrivs:"))
-        peak_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
-        self.figures["peak_rss_mb"] = round(peak_kib / 1024, 1)
-        say(f"main process: peak RSS so far {peak_kib / 1024:.1f} MiB")
-        say(f"main process: uid {uid}, CapEff/CapPrm/CapBnd {CAP_NET_BIND_SERVICE:#x} (NET_BIND_SERVICE only), "
-            f"NoNewPrivs {no_new_privs}")  # fmt: skip
+        uid, no_new_privs = _proc_field(status, "Uid"), _proc_field(status, "NoNewPrivs")
+        say(f"main process: uid {uid}, CapEff/CapPrm/CapBnd {CAP_NET_BIND_SERVICE:#x} (NET_BIND_SERVICE "
+            f"only), NoNewPrivs {no_new_privs}")  # fmt: skip
 
-    async def _alarm_end_to_end(
-        self, container: Container, info: dict[str, Any], apns: FakeAPNs, port: int
-    ) -> None:
+    async def _alarm_end_to_end(self, info: dict[str, Any], apns: FakeAPNs, port: int) -> None:
         tenant, creds = next(iter(info["tenants"].items()))
         auth = _basic(tenant, creds["user"], creds["password"])
         phone = apns_token()
@@ -336,7 +330,9 @@ class Check:
             url = f"http://127.0.0.1:{port}/registrations"
             async with http.post(url, json=registration, headers=auth) as r:
                 if r.status != 204:
-                    raise CheckFailed(f"POST /registrations as {tenant}/{creds['user']}: {r.status} {await r.text()}")
+                    raise CheckFailed(
+                        f"POST /registrations as {tenant}/{creds['user']}: {r.status} {await r.text()}"
+                    )
             say(f"registered an iPhone ({BUNDLE}) through the push gateway API as {tenant}/{creds['user']}")
             sent = time.monotonic()
             async with http.post(f"{info['base_url']}/alarm/alarms", json=alarm, headers=auth) as r:
@@ -354,15 +350,23 @@ class Check:
         got = next(x for x in apns.received if x.token == phone)
         title = got.payload.get("aps", {}).get("alert", {}).get("title")
         if got.topic != BUNDLE or got.payload.get("alarmId") != alarm_id or title != "New CRITICAL alarm!":
-            raise CheckFailed(f"the push for alarm {alarm_id} is not the alarm's: topic {got.topic}, {got.payload}")
+            raise CheckFailed(
+                f"the push for alarm {alarm_id} is not the alarm's: topic {got.topic}, {got.payload}"
+            )
         say(f"alarm {alarm_id} (CRITICAL) → the fake APNs in {push_ms:.0f} ms: topic {got.topic}, "
             f"title {title!r}, alarmId {alarm_id}, sourceId {got.payload.get('sourceId')}")  # fmt: skip
         self.figures["alarm_to_push_ms"] = round(push_ms, 1)
 
-    def _stop(self, container: Container) -> None:
+    async def _stop(self, container: Container) -> None:
+        status = await container.status()
+        peak_kib = int(_proc_field(status, "VmHWM"))
+        self.figures["peak_rss_mb"] = round(peak_kib / 1024, 1)
+        say(f"main process: peak RSS {peak_kib / 1024:.1f} MiB (the manifest requests "
+            f"{self.manifest.get('requestedResources', {}).get('memory')}, limit "
+            f"{self.manifest.get('resources', {}).get('memory')})")  # fmt: skip
         t = time.monotonic()
-        container.stop(20)
-        code = container.state("ExitCode")
+        await container.stop(20)
+        code = await container.state("ExitCode")
         stop_s = time.monotonic() - t
         if code != "0":
             raise CheckFailed(f"SIGTERM: the container exited with code {code} after {stop_s:.1f} s, not 0")
@@ -372,8 +376,12 @@ class Check:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--image", required=True, help="the image to run, e.g. localhost/tocsin:0.1.0-SNAPSHOT")
-    parser.add_argument("--engine", default="podman", help='the container engine\'s command (default "podman")')
+    parser.add_argument(
+        "--image", required=True, help="the image to run, e.g. localhost/tocsin:0.1.0-SNAPSHOT"
+    )
+    parser.add_argument(
+        "--engine", default="podman", help='the container engine\'s command (default "podman")'
+    )
     parser.add_argument("--run-opts", default="", help="more options for `run` (e.g. this host's ulimits)")
     parser.add_argument("--figures", type=Path, help="write the figures (JSON) here")
     args = parser.parse_args(argv)
