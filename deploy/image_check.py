@@ -10,9 +10,10 @@ only ``NET_BIND_SERVICE`` (``--cap-drop ALL``, no new privileges, the manifest's
 network, so it serves port 80 on this host's loopback and reaches both fakes there; its configuration (the
 APNs app, the fake's address and CA) is mounted read-only at /etc/tocsin. Checked, in order: the manifest's
 liveness and readiness probes answer 200 (within the time the platform would wait), tocsin follows the
-tenant's alarm stream, the main process holds exactly NET_BIND_SERVICE, a phone registered through the push
-gateway API gets an alarm created in the double (the payload the fake APNs received), and SIGTERM stops it
-cleanly. Any failure ends the run with a message and the container's log; the figures go to ``--figures``.
+tenant's alarm stream, the main process holds exactly NET_BIND_SERVICE, the image's HEALTHCHECK passes, a
+phone registered through the push gateway API gets an alarm created in the double (the payload the fake APNs
+received), and SIGTERM stops it cleanly. Any failure ends the run with a message and the container's log;
+the figures go to ``--figures``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,17 @@ class Container:
         pid = await self.state("Pid")
         return Path(f"/proc/{pid}/status").read_text()  # noqa: ASYNC240 (procfs: no disk to wait for)
 
+    async def healthcheck(self, image: str) -> tuple[list[str], int]:
+        """The image's HEALTHCHECK command, run in the container (as the engine would): (command, status)."""
+        found = json.loads(
+            await self._run("image", "inspect", "--format", "{{json .Config.Healthcheck}}", image)
+        )
+        if not found or found.get("Test", [""])[0] != "CMD":
+            raise CheckFailed(f"{image} has no HEALTHCHECK CMD (build with --format docker)")
+        command: list[str] = found["Test"][1:]
+        proc = await asyncio.create_subprocess_exec(*self.engine, "exec", self.name, *command)
+        return command, await proc.wait()
+
     async def logs(self, lines: int = 40) -> str:
         return await self._run("logs", "--tail", str(lines), self.name, check=False)
 
@@ -179,6 +191,10 @@ class Check:
             try:
                 await self._follow(container, info, port, live, ready, t0)
                 await self._check_capabilities(container)
+                command, status = await container.healthcheck(self.args.image)
+                if status != 0:
+                    raise CheckFailed(f"the image's HEALTHCHECK ({shlex.join(command)}) exited with {status}")
+                say(f"the image's HEALTHCHECK ({command[0]} {command[1]} ...): exit code 0")
                 await self._alarm_end_to_end(info, apns, port)
                 await self._stop(container)
             except CheckFailed:
