@@ -22,6 +22,7 @@ from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 from registrations.store import RegistrationStore, StoreUnavailable
+from service.providers import plugins
 
 log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
@@ -158,6 +159,8 @@ def to_json(r: Registration) -> dict[str, Any]:
         "created": timestamp(r.created),
         "updated": timestamp(r.updated),
         "last_success": timestamp(r.last_success),
+        # A Web Push subscription's public key; its auth secret is never shown.
+        "p256dh": r.p256dh,
     }
 
 
@@ -174,7 +177,7 @@ def to_c8y(r: Registration) -> dict[str, Any]:
         "device": {
             "deviceName": r.device_name,
             "deviceToken": r.token,
-            "platform": "IOS" if r.provider == "apns" else "Android",
+            "platform": {p: c for c, p in plugins.c8y_providers().items()}.get(r.provider, r.provider),
         },
     }
 
@@ -184,6 +187,13 @@ _LIST_PARAMS = {"user_id", "app", "provider", "tags", "channel", "state", "token
 
 
 UserExists = Callable[[str, str], Awaitable[bool]]
+# (provider, token) -> token, or ValueError: the deployment's own check of where a token makes tocsin post
+# (webhook URLs, Web Push endpoints: scheme, credentials, allowed hosts).
+TargetCheck = Callable[[str, str], str]
+
+
+def no_target_check(provider: str, token: str) -> str:
+    return token
 
 
 class RegistrationApi:
@@ -198,9 +208,11 @@ class RegistrationApi:
         auth: Authenticator,
         on_reject: RejectCounter = lambda route, status: None,
         user_exists: UserExists | None = None,
+        check_target: TargetCheck = no_target_check,
     ) -> None:
         self.stores, self.auth, self.on_reject = stores, auth, on_reject
         self.user_exists = user_exists
+        self.check_target = check_target
 
     def routes(self) -> list[web.RouteDef]:
         def g(route: str, style: Style, handler: Handler) -> Handler:
@@ -256,6 +268,10 @@ class RegistrationApi:
     async def register(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         body = await parse(request, RegistrationIn)
+        try:
+            self.check_target(body.provider, body.token)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
         app = body.app if body.app is not None or principal.admin or principal.app is None else principal.app
         user_id = self._own_user(principal, body.user_id)
         current = registry.store.get(body.provider, body.token)
@@ -274,6 +290,7 @@ class RegistrationApi:
             quiet_hours=body.quiet_hours,
             badge=body.badge,
         )
+        reg.p256dh, reg.auth = body.keys
         saved = await registry.writer.upsert(reg)
         return web.json_response(to_json(saved), status=200 if current is not None else 201)
 
@@ -372,7 +389,11 @@ class RegistrationApi:
     async def c8y_register(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         body = await parse(request, C8yRegistration)
-        provider = "apns" if body.device.platform == "IOS" else "fcm"
+        provider = plugins.c8y_providers().get(body.device.platform)
+        if provider is None:
+            raise ApiError(
+                400, "invalid_body", f"device.platform {body.device.platform!r}: no provider serves it"
+            )
         try:
             token = check_token(provider, body.device.deviceToken)
             tags = (*body.tags, check_tag(c8y_user_tag(body.userId)), check_tag(f"bundleId:{body.bundleId}"))

@@ -44,6 +44,8 @@ _FIELDS = {  # fragment key -> Registration attribute
     "badge": "badge",
     "lastSuccess": "last_success",
     "stateSince": "state_since",
+    "p256dh": "p256dh",  # a Web Push subscription's keys
+    "auth": "auth",
 }
 
 

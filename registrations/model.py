@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
-Provider = Literal["apns", "fcm", "log"]
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import AfterValidator, WithJsonSchema
+
+from service.providers import plugins
+
 Environment = Literal["production", "sandbox"]
 State = Literal["active", "suspect", "invalid"]
-PROVIDERS: tuple[str, ...] = ("apns", "fcm", "log")
+PROVIDERS: tuple[str, ...] = plugins.NAMES  # the provider plug-ins' names
 STATES: tuple[str, ...] = ("active", "suspect", "invalid")
 _TAG = re.compile(r"[A-Za-z0-9_@#.:\-]{1,120}")
-# APNs device tokens are 32 bytes, written as 64 hex digits (specs/push-providers.md).
-_APNS_TOKEN = re.compile(r"[0-9a-fA-F]{64}")
-# FCM registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
-_FCM_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
-FCM_TOKEN_LENGTH = (32, 4096)
-_LOG_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
+_B64URL = re.compile(r"[A-Za-z0-9_\-]+={0,2}")
 
 
 @dataclass(slots=True)
@@ -42,6 +43,10 @@ class Registration:
     badge: int | None = None
     last_success: float | None = None
     state_since: float | None = None  # when ``state`` last changed
+    # A Web Push subscription's keys (the token is its endpoint): the browser's P-256 public key and auth
+    # secret, unpadded URL-safe base64 as PushSubscription.toJSON() gives them (RFC 8291 §3).
+    p256dh: str | None = None
+    auth: str | None = None
 
 
 def new_id() -> str:
@@ -60,24 +65,42 @@ def check_tag(tag: str) -> str:
 
 
 def check_token(provider: str, token: str) -> str:
-    """The token in the shape its provider issues; returns it normalised (APNs: lower-case hex)."""
-    if provider == "apns":
-        if not _APNS_TOKEN.fullmatch(token):
-            raise ValueError("an APNs device token is 64 hexadecimal characters")
-        return token.lower()
-    if provider == "fcm":
-        low, high = FCM_TOKEN_LENGTH
-        if not (low <= len(token) <= high) or not _FCM_TOKEN.fullmatch(token):
-            raise ValueError(
-                f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
-                "with at most one ':'"
-            )
-        return token
-    if provider == "log":
-        if not _LOG_TOKEN.fullmatch(token):
-            raise ValueError("a log token is 1-200 printable characters without spaces")
-        return token
-    raise ValueError(f"unknown provider {provider!r}: one of {', '.join(PROVIDERS)}")
+    """The token in the shape its provider issues (the provider plug-in's rule), normalised."""
+    return plugins.check_token(provider, token)
+
+
+def check_provider(name: str) -> str:
+    if name not in PROVIDERS:
+        raise ValueError(f"unknown provider {name!r}: one of {', '.join(PROVIDERS)}")
+    return name
+
+
+# A provider's name in a request or configuration: checked against the plug-ins, an enum in OpenAPI.
+ProviderName = Annotated[str, AfterValidator(check_provider), WithJsonSchema({"enum": list(PROVIDERS)})]
+
+
+def _b64url(text: str, what: str) -> bytes:
+    if not _B64URL.fullmatch(text):
+        raise ValueError(f"{what} is URL-safe base64")
+    try:
+        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is URL-safe base64") from None
+
+
+def check_subscription_keys(p256dh: str, auth: str) -> tuple[str, str]:
+    """A push subscription's keys as RFC 8291 §3 has them: p256dh an uncompressed P-256 point (65 bytes,
+    0x04 first), auth a 16-byte secret. Returned unpadded, as browsers give them."""
+    point = _b64url(p256dh, "keys.p256dh")
+    if len(point) != 65 or point[0] != 4:
+        raise ValueError("keys.p256dh is the subscription's P-256 public key: 65 bytes, uncompressed")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    except ValueError:
+        raise ValueError("keys.p256dh is not a point on the P-256 curve") from None
+    if len(_b64url(auth, "keys.auth")) != 16:
+        raise ValueError("keys.auth is the subscription's 16-byte authentication secret")
+    return p256dh.rstrip("="), auth.rstrip("=")
 
 
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"

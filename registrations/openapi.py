@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from registrations.schemas import C8yNotification, C8yRegistration, RegistrationIn, RegistrationPatch
+from registrations.model import PROVIDERS
+from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 
 REF = "#/components/schemas/{model}"
 
@@ -45,7 +46,7 @@ C8Y_ERRORS = {
     "403": answer("The app key may not do this", "C8yError"),
 }
 TOKEN_PARAMS = [
-    {"name": "provider", "in": "path", "required": True, "schema": {"enum": ["apns", "fcm", "log"]}},
+    {"name": "provider", "in": "path", "required": True, "schema": {"enum": list(PROVIDERS)}},
     {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}},
 ]
 
@@ -158,13 +159,13 @@ _ISO = {"type": ["string", "null"], "format": "date-time"}
 _TEXT = {"type": ["string", "null"]}
 _LIST = {"type": "array", "items": {"type": "string"}}
 SCHEMAS: dict[str, Any] = {
-    **schemas(RegistrationIn, RegistrationPatch, C8yRegistration, C8yNotification),
+    **schemas(RegistrationIn, RegistrationPatch, C8yRegistration),
     "Registration": {
         "type": "object",
         "properties": {
             "id": {"type": "string"},
-            "provider": {"enum": ["apns", "fcm", "log"]},
-            "token": {"type": "string"},
+            "provider": {"enum": list(PROVIDERS)},
+            "token": {"type": "string", "description": "device token; webhook: URL; webpush: endpoint"},
             "app": _TEXT,
             "environment": {"enum": ["production", "sandbox"]},
             "user_id": _TEXT,
@@ -180,6 +181,7 @@ SCHEMAS: dict[str, Any] = {
             "created": _ISO,
             "updated": _ISO,
             "last_success": _ISO,
+            "p256dh": {"type": ["string", "null"], "description": "webpush: the subscription's public key"},
         },
     },
     "RegistrationPage": {
@@ -204,7 +206,11 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "deviceName": _TEXT,
                     "deviceToken": {"type": "string"},
-                    "platform": {"enum": ["IOS", "Android"]},
+                    "platform": {
+                        "type": "string",
+                        "description": "IOS or Android; a provider the gateway has no platform for (log)"
+                        " shows its own name",
+                    },
                 },
             },
         },

@@ -6,9 +6,15 @@ import re
 import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from registrations.model import check_quiet_hours, check_tag, check_token
+from registrations.model import (
+    ProviderName,
+    check_quiet_hours,
+    check_subscription_keys,
+    check_tag,
+    check_token,
+)
 
 MAX_TAGS = 60  # as Azure Notification Hubs allows per installation
 _CHANNEL = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
@@ -68,7 +74,11 @@ class RegistrationFields(Strict):
         if v is not None:
             try:
                 zoneinfo.ZoneInfo(v)
-            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            except (
+                ValueError,
+                OSError,
+                zoneinfo.ZoneInfoNotFoundError,
+            ):  # OSError: a name too long for a path
                 raise ValueError("a time zone is an IANA name such as 'Europe/Berlin'") from None
         return v
 
@@ -78,21 +88,68 @@ class RegistrationFields(Strict):
         return None if v is None else check_quiet_hours(v)
 
 
-class RegistrationIn(RegistrationFields):
-    """``POST /v1/registrations``: register a token, or update it when it is registered already."""
+class SubscriptionKeys(Strict):
+    p256dh: str = Field(min_length=86, max_length=88, description="the browser's P-256 key (base64url)")
+    auth: str = Field(min_length=22, max_length=24, description="the 16-byte auth secret (base64url)")
 
-    provider: Literal["apns", "fcm", "log"]
-    token: str = Field(min_length=1, max_length=4096)
+
+class PushSubscriptionIn(Strict):
+    """A Web Push subscription exactly as the browser's ``PushSubscription.toJSON()`` gives it."""
+
+    endpoint: str = Field(min_length=1, max_length=2048)
+    expirationTime: float | None = None
+    keys: SubscriptionKeys
+
+
+class RegistrationIn(RegistrationFields):
+    """``POST /v1/registrations``: register a token, or update it when it is registered already.
+
+    A Web Push registration gives ``subscription`` instead of ``token`` (its endpoint becomes the token);
+    a webhook registration's token is the URL to post to."""
+
+    provider: ProviderName
+    subscription: PushSubscriptionIn | None = Field(None, description="webpush only, instead of token")
+    token: str = Field(
+        "",
+        max_length=4096,
+        validate_default=True,
+        description="the device token (webhook: the URL); required unless a webpush subscription is given",
+    )
     app: str | None = None
 
     _check_app = field_validator("app")(_app)
 
+    @field_validator("token")
+    @classmethod
+    def _token_given(cls, v: str, info: ValidationInfo) -> str:
+        provider, sub = info.data.get("provider"), info.data.get("subscription")
+        if provider == "webpush" and sub is not None:
+            if v and v != sub.endpoint:
+                raise ValueError("a webpush registration's token, when given, is its subscription's endpoint")
+            return str(sub.endpoint)
+        if not v:
+            raise ValueError("Field required")
+        return v
+
     @model_validator(mode="after")
     def _token_shape(self) -> RegistrationIn:
+        if self.provider == "webpush":
+            if self.subscription is None:
+                raise ValueError("a webpush registration needs its subscription: {endpoint, keys}")
+            check_subscription_keys(self.subscription.keys.p256dh, self.subscription.keys.auth)
+        elif self.subscription is not None:
+            raise ValueError("only a webpush registration has a subscription")
         normal = check_token(self.provider, self.token)
         if normal != self.token:
             object.__setattr__(self, "token", normal)
         return self
+
+    @property
+    def keys(self) -> tuple[str | None, str | None]:
+        """(p256dh, auth) of a Web Push subscription, unpadded; (None, None) for other providers."""
+        if self.subscription is None:
+            return None, None
+        return check_subscription_keys(self.subscription.keys.p256dh, self.subscription.keys.auth)
 
 
 class RegistrationPatch(RegistrationFields):
@@ -106,7 +163,7 @@ class AudienceIn(Strict):
     tokens: list[str] = Field(default_factory=list, max_length=10_000)
     tags: str | None = Field(default=None, description="tag expression, e.g. 'a && (b || !c)'")
     channels: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    platforms: list[Literal["apns", "fcm", "log"]] = Field(default_factory=list)
+    platforms: list[ProviderName] = Field(default_factory=list)
     apps: list[str] = Field(default_factory=list, max_length=100)
 
     _check_channels = field_validator("channels")(_channels)
@@ -141,23 +198,3 @@ class C8yRegistration(C8yStrict):
 
     _check_tags = field_validator("tags")(_tags)
     _check_app = field_validator("bundleId")(_app)
-
-
-class C8yReceiver(C8yStrict):
-    userIds: list[str] = Field(default_factory=list, max_length=10_000)
-    deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
-
-
-class C8yBody(C8yStrict):
-    alarmId: str = Field(min_length=1, max_length=255)
-
-
-class C8yMessage(C8yStrict):
-    title: str = Field(min_length=1, max_length=1000)
-    body: C8yBody
-
-
-class C8yNotification(C8yStrict):
-    receiver: C8yReceiver | None = None
-    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    message: C8yMessage

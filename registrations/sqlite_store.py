@@ -36,6 +36,8 @@ _COLUMNS = (
     "badge",
     "last_success",
     "state_since",
+    "p256dh",
+    "auth",
 )
 _PROVIDERS = ", ".join("?" * len(PROVIDERS))  # provider IN (...) AND token = ?: the unique index serves
 _TAGS, _CHANNELS = _COLUMNS.index("tags"), _COLUMNS.index("channels")
@@ -123,8 +125,18 @@ def _m2_full_model(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_registration_tags_rid ON registration_tags(rid)")
 
 
+def _m3_push_subscription(db: sqlite_utils.Database) -> None:
+    """A Web Push subscription's keys (its endpoint is the token)."""
+    db.execute("ALTER TABLE registrations ADD COLUMN p256dh TEXT")
+    db.execute("ALTER TABLE registrations ADD COLUMN auth TEXT")
+
+
 # Append only: each entry runs once per database, in order, inside a transaction.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_registrations, _m2_full_model]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_registrations,
+    _m2_full_model,
+    _m3_push_subscription,
+]
 
 
 class SqliteRegistrationStore:
@@ -314,7 +326,7 @@ def _connect(path: str) -> sqlite3.Connection:
 def _from_row(row: tuple[Any, ...]) -> Registration:
     """``row`` is (rid, *_COLUMNS); unpacked by name, as this runs for every registration resolved."""
     (_, provider, token, user_id, app, environment, device_name, tags, locale, timezone, state, id_, created,
-     updated, channels, quiet_hours, badge, last_success, state_since) = row  # fmt: skip
+     updated, channels, quiet_hours, badge, last_success, state_since, p256dh, auth) = row  # fmt: skip
     return Registration(
         provider,
         token,
@@ -334,4 +346,6 @@ def _from_row(row: tuple[Any, ...]) -> Registration:
         badge,
         last_success,
         state_since,
+        p256dh,
+        auth,
     )

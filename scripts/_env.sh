@@ -22,3 +22,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/uv.lock" -nt "$stamp" ] || [ "$ROOT/pyproject.t
   touch "$stamp"
 fi
 VENV="$ROOT/.venv"
+# Compiled bytecode is kept (under .cache/, out of the source tree) even where the environment turns it off
+# (PYTHONDONTWRITEBYTECODE): the tests start many service processes, and each would compile every module again.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="$ROOT/.cache/pycache"

@@ -47,6 +47,7 @@ from service.http.openapi import document
 from service.http.push import PushApi
 from service.http.reports import add_report_routes
 from service.http.server import admin_only, build_app
+from service.http.webpush import add_webpush_routes
 from service.journal import Journal
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
@@ -57,8 +58,10 @@ from service.notify.pipeline import Pipeline
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.notify.webhook import WebhookDecider
 from service.outbox import Outbox
+from service.providers import plugins
 from service.providers.base import Provider
 from service.providers.registry import build_providers
+from service.providers.webpush import WebPushConfig
 from service.reload import watch
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
@@ -193,10 +196,13 @@ class Service:
             self.auth,
             lambda route, status: rejected.inc(route, str(status)),
             self.cumulocity.user_exists if self.cumulocity is not None else None,
+            plugins.target_check(config.providers),
         )
         self.push_api = PushApi(
             self.pipeline, self.auth, self.clock, lambda route, status: rejected.inc(route, str(status))
         )
+        if self.cumulocity is not None:
+            self.push_api.load_alarm = self.cumulocity.alarm
         self.source = MqttIntake(
             config.mqtt,
             config.client_id,
@@ -216,7 +222,7 @@ class Service:
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
-            self.ledger_store = LedgerStore(config.data_dir / "cluster.db")
+            self.ledger_store = LedgerStore(self.journal, legacy=config.data_dir / "cluster.db")
             self.cluster = ClusterNode(
                 config.mqtt,
                 config.cluster.name,
@@ -232,9 +238,7 @@ class Service:
             loaded = self.ledger_store.load_into(self.cluster.ledger, self.clock.time())
             self.cluster.ledger.on_record = self.ledger_store.save
             if loaded:
-                log.info(
-                    "cluster ledger: %d records restored from %s", loaded, config.data_dir / "cluster.db"
-                )
+                log.info("cluster ledger: %d records restored from %s", loaded, config.store_path)
             self.dispatcher.guard = self.gate
             # Registrations written through any instance reach every instance (service/cluster/replica.py).
             self.replicator = Replicator(
@@ -445,8 +449,6 @@ class Service:
         cfg = self.config
         self._stack.callback(self.store.close)
         self._stack.callback(self.writer.close)
-        if self.cluster is not None:
-            self._stack.callback(self.ledger_store.close)
         # Runs after everything else stopped: commits what is left (final states, alert state), then closes.
         self._stack.callback(self.journal.close)
         self._stack.callback(self.outbox.close)
@@ -490,6 +492,7 @@ class Service:
                 self.silence_writer,
             )
             add_report_routes(self.http_app, self.outbox, self.explainer)
+            add_webpush_routes(self.http_app, cfg.providers.get(WebPushConfig))
             Console(self).add_to(self.http_app)
             self.http_app.middlewares.append(admin_only(self.auth))
             runner = web.AppRunner(

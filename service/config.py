@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -23,9 +23,12 @@ from pydantic import (
     model_validator,
 )
 
+from registrations.model import ProviderName
 from rules import yaml_source
 from service.cluster.timing import ClusterTiming
-from service.push_config import ApnsConfig, DeliveryConfig, FcmConfig
+from service.providers import plugins
+from service.providers.plugins import ProvidersBase
+from service.push_config import DeliveryConfig
 
 ENV_PREFIX = "TOCSIN_"
 NOT_SETTINGS = frozenset({"TOCSIN_CONFIG", "TOCSIN_API_KEY"})  # read by the CLI, not configuration
@@ -153,19 +156,14 @@ class HttpConfig(_Section):
     )
 
 
-class LogProviderConfig(_Section):
-    format: Literal["text", "json"] = "text"
-    stream: Literal["stdout", "stderr"] = "stdout"
-
-
-class ProvidersConfig(_Section):
-    log: LogProviderConfig = LogProviderConfig()
-    apns: ApnsConfig = ApnsConfig()
-    fcm: FcmConfig = FcmConfig()
+if TYPE_CHECKING:
+    ProvidersConfig = ProvidersBase
+else:  # one sub-section per provider plug-in (service/providers/plugins.py)
+    ProvidersConfig = plugins.providers_config_model()
 
 
 class SeedRegistration(_Section):
-    provider: Literal["apns", "fcm", "log"]
+    provider: ProviderName
     token: str = Field(min_length=1)
     user_id: str | None = None
     tags: tuple[str, ...] = ()

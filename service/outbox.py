@@ -19,6 +19,7 @@ from typing import Any
 
 from registrations.model import Audience
 from service.journal import Journal, Statement
+from service.jsontext import dumps
 from service.notify.model import Delivery, Notification, describe
 from service.notify.options import PushOptions
 
@@ -53,7 +54,7 @@ _V1_OPTIONS = ("sound", "category", "priority", "collapse_key")
 
 
 def encode(n: Notification) -> str:
-    return json.dumps(
+    return dumps(
         {
             "v": BODY_VERSION,
             **describe(n),
@@ -67,8 +68,7 @@ def encode(n: Notification) -> str:
             "origin": n.origin,
             "channels": list(n.audience.channels),
             "tenant": n.tenant,
-        },
-        separators=(",", ":"),
+        }
     )
 
 

@@ -112,7 +112,7 @@ class C8yRig:
 async def c8y_rig(tmp_path: Path, **fake: Any) -> AsyncIterator[C8yRig]:
     c8y = FakeCumulocity(**fake)
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     key = ApnsKey.generate()
     apns.add_key(key.key_id, key.team_id, key.public_pem, None)
     info, public = service_account("tocsin-test", f"{fcm.url}/token")
@@ -127,7 +127,7 @@ async def c8y_rig(tmp_path: Path, **fake: Any) -> AsyncIterator[C8yRig]:
                 "production_url": f"https://localhost:{apns.port}",
                 "ca_file": str(apns.cert_path),
             },
-            "fcm": {"send_url": fcm.url, "credentials": json.dumps(info)},
+            "fcm": {"send_url": fcm.url, "credentials": json.dumps(info), "ca_file": str(fcm.ca_file)},
         },
         "registrations": {"seed": []},
         "cumulocity": {"poll_s": 0.2, "auth_cache_s": 0},

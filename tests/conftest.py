@@ -11,7 +11,7 @@ import pytest
 
 from service.app import Service
 from service.config import Config, load_config
-from service.providers.log import LogProvider
+from service.providers.log import LogProvider, LogProviderConfig
 from tests.support import Mosquitto, free_port, wait_until
 
 
@@ -69,7 +69,9 @@ class RunningService:
 
 async def start_service(config: Config) -> tuple[Service, Printed]:
     printed = Printed()
-    service = Service(config, providers={"log": LogProvider(config.providers.log, stream=printed.stream)})
+    service = Service(
+        config, providers={"log": LogProvider(config.providers.get(LogProviderConfig), stream=printed.stream)}
+    )
     await service.__aenter__()
     return service, printed
 

@@ -79,4 +79,5 @@ def fcm_account(fake: FakeFCM, project: str = "tocsin-test") -> dict[str, str]:
 def fcm_config(fake: FakeFCM, info: dict[str, str] | None = None, **kw: Any) -> FcmConfig:
     if info is not None and "credentials_path" not in kw:
         kw["credentials"] = SecretStr(json.dumps(info))
+    kw.setdefault("ca_file", fake.ca_file)  # None for a plain-HTTP fake
     return FcmConfig(send_url=fake.url, **kw)

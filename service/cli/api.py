@@ -15,9 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from service.cli import push_flags
 from service.config import Config, ConfigError
+from service.providers.plugins import NAMES as PROVIDERS
 
 Loader = Callable[[str | None], Config]
 
@@ -37,6 +40,7 @@ def example(*lines: str) -> str:
 
 
 RAW = argparse.RawDescriptionHelpFormatter
+_NAMES = ", ".join(PROVIDERS)
 
 
 def add_commands(sub: Any, load: Loader) -> None:
@@ -53,7 +57,9 @@ def add_commands(sub: Any, load: Loader) -> None:
     common(ls)
     ls.add_argument("--user", action="append", default=[], help="this user's (repeatable), e.g. --user ann")
     ls.add_argument("--app", action="append", default=[], help="this app's, e.g. --app com.example.alarms")
-    ls.add_argument("--provider", action="append", default=[], help="apns, fcm or log, e.g. --provider fcm")
+    ls.add_argument(
+        "--provider", action="append", default=[], help=f"{_NAMES}, e.g. --provider {PROVIDERS[-1]}"
+    )
     ls.add_argument("--tags", help="tag expression, e.g. 'severity:critical && deviceId:all'")
     ls.add_argument("--state", help="active, suspect or invalid, e.g. --state invalid")
     ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
@@ -61,12 +67,27 @@ def add_commands(sub: Any, load: Loader) -> None:
     add = verbs.add_parser(
         "add",
         help="register a token (again: updates it)",
-        epilog=example("tocsin registrations add log my-laptop --user ann --tag home"),
+        epilog=example(
+            "tocsin registrations add log my-laptop --user ann --tag home",
+            "tocsin registrations add webhook https://hooks.example.com/tocsin --tag ops",
+            "tocsin registrations add webpush --subscription subscription.json --user ann --tag home",
+        ),
         formatter_class=RAW,
     )
     common(add)
-    add.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
-    add.add_argument("token", help="the device token (APNs: 64 hex digits)")
+    add.add_argument("provider", choices=PROVIDERS, help="the push provider")
+    add.add_argument(
+        "token",
+        nargs="?",
+        help="the device token (APNs: 64 hex digits; webhook: the URL; webpush: the endpoint)",
+    )
+    add.add_argument(
+        "--subscription",
+        type=Path,
+        help="webpush: a file with the browser's PushSubscription.toJSON(): {endpoint, keys}",
+    )
+    add.add_argument("--p256dh", help="webpush: the subscription's keys.p256dh (with the endpoint as token)")
+    add.add_argument("--auth", help="webpush: the subscription's keys.auth (with the endpoint as token)")
     add.add_argument("--user", help="the user id, e.g. --user ann")
     add.add_argument("--app", help="bundle id or package name, e.g. --app com.example.alarms")
     add.add_argument("--tag", action="append", default=[], help="a tag (repeatable), e.g. --tag home")
@@ -82,14 +103,19 @@ def add_commands(sub: Any, load: Loader) -> None:
         formatter_class=RAW,
     )
     common(rm)
-    rm.add_argument("provider", choices=["apns", "fcm", "log"], help="the push provider")
+    rm.add_argument("provider", choices=PROVIDERS, help="the push provider")
     rm.add_argument("token", help="the device token")
     rm.set_defaults(func=lambda a: _remove(a, load))
 
     push = sub.add_parser(
         "push",
         help="send a notification to an audience (--wait: and print its delivery report)",
-        epilog=example("tocsin push --user ann --title 'Test' --wait", "tocsin push --tags 'deviceId:4711'"),
+        epilog=example(
+            "tocsin push --user ann --title 'Test' --wait",
+            "tocsin push --tags 'deviceId:4711'",
+            "tocsin push --tags home --title Ring --sound bell.caf --priority normal --collapse-key bell-hall"
+            " --locale-title de='Es klingelt'",
+        ),
         formatter_class=RAW,
     )
     common(push)
@@ -104,8 +130,9 @@ def add_commands(sub: Any, load: Loader) -> None:
         "--app", action="append", default=[], help="only this app's, e.g. --app com.example.alarms"
     )
     push.add_argument(
-        "--platform", action="append", default=[], choices=["apns", "fcm", "log"], help="only this provider's"
+        "--platform", action="append", default=[], choices=PROVIDERS, help="only this provider's"
     )
+    push_flags.add_flags(push)  # one per option of POST /v1/push: --sound, --badge, --priority, ...
     push.add_argument("--wait", action="store_true", help="wait until it is delivered, then print the report")
     push.add_argument(
         "--timeout", type=float, default=60.0, help="how long --wait waits, seconds (default 60)"
@@ -197,13 +224,33 @@ def _list(args: argparse.Namespace, load: Loader) -> int:
     return 0
 
 
+def _subscription(args: argparse.Namespace) -> dict[str, Any]:
+    """A Web Push subscription from --subscription FILE, or from the endpoint with --p256dh and --auth."""
+    if args.subscription is not None:
+        try:
+            doc = json.loads(args.subscription.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read the subscription {args.subscription}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise CliError(f"{args.subscription} is not a PushSubscription JSON object")
+        return doc
+    if not (args.token and args.p256dh and args.auth):
+        raise CliError(
+            "a webpush registration needs --subscription FILE, or the endpoint with --p256dh and --auth"
+        )
+    return {"endpoint": args.token, "keys": {"p256dh": args.p256dh, "auth": args.auth}}
+
+
 def _add(args: argparse.Namespace, load: Loader) -> int:
-    body: dict[str, Any] = {
-        "provider": args.provider,
-        "token": args.token,
-        "tags": args.tag,
-        "channels": args.channel,
-    }
+    body: dict[str, Any] = {"provider": args.provider, "tags": args.tag, "channels": args.channel}
+    if args.provider == "webpush":
+        body["subscription"] = _subscription(args)
+    elif args.token is None:
+        raise CliError(f"a {args.provider} registration needs its token")
+    elif args.subscription or args.p256dh or args.auth:
+        raise CliError("--subscription, --p256dh and --auth are for webpush registrations")
+    else:
+        body["token"] = args.token
     if args.user:
         body["user_id"] = args.user
     if args.app:
@@ -237,7 +284,11 @@ def _push(args: argparse.Namespace, load: Loader) -> int:
     }
     if args.tags:
         audience["tags"] = args.tags
-    body = {"audience": audience, "title": args.title, "body": args.body}
+    try:
+        options = push_flags.body_fields(args)
+    except push_flags.FlagError as exc:
+        raise CliError(str(exc)) from None
+    body = {"audience": audience, "title": args.title, "body": args.body, **options}
     _, answer = call(args, load, "POST", "/v1/push", body)
     if not args.wait:
         print(json.dumps(answer) if args.json else f"accepted: notification {answer['id']}")

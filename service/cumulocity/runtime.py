@@ -351,6 +351,20 @@ class CumulocityRuntime:
         self.acks.inc("acknowledged")
         return {"acknowledged": True, "alarm": alarm_id}
 
+    async def alarm(self, tenant: str, alarm_id: str) -> Mapping[str, Any] | None:
+        """The alarm as the tenant's platform has it, None when it has none of that id; the push gateway's
+        ``POST /notification`` loads it for its text. ``C8yError`` when the platform cannot answer."""
+        t = self.tenants.get(tenant)
+        if t is None:
+            raise C8yError(503, "unsubscribed", f"tenant {tenant} is not subscribed")
+        try:
+            doc = await t.client.request("GET", f"/alarm/alarms/{quote(alarm_id, safe='')}")
+        except C8yError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return doc if isinstance(doc, dict) else None
+
     async def user_exists(self, tenant: str, user: str) -> bool:
         """Whether ``user`` is a user of ``tenant`` (the push gateway API registers devices only for them)."""
         t = self.tenants.get(tenant)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registrations.auth import AuthError, Principal
+from registrations.model import PROVIDERS
 from rules.durations import parse_duration
 from rules.engine import RuleEngine
 from rules.event import Event
@@ -238,6 +239,7 @@ class Console:
                 "tenant": principal.tenant,
                 "instance": s.config.instance.id,
                 "version": s.health().get("version"),
+                "providers": list(PROVIDERS),
             }
         )
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from registrations import openapi as reg
-from registrations.schemas import C8yNotification
 from service import __version__
 from service.http.console import CONSOLE_PATHS
 from service.http.events import EventsIn
-from service.http.push import PushIn
+from service.http.push import C8yNotification, PushIn
+from service.http.webpush import PATHS as WEBPUSH_PATHS
 
 _PLAIN = {"200": {"description": "OK"}}
 _TASK = {
@@ -175,9 +175,16 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS},
+        "paths": {
+            **SERVICE_PATHS,
+            **reg.PATHS,
+            **PUSH_PATHS,
+            **OPERATOR_PATHS,
+            **CONSOLE_PATHS,
+            **WEBPUSH_PATHS,
+        },
         "components": {
-            "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn), **reg.schemas(EventsIn)},
+            "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn, C8yNotification), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,
         },
         "security": [{"apiKey": []}, {"bearer": []}, {"basic": []}],

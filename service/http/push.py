@@ -9,23 +9,27 @@ push-delivery issue's).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import uuid
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from registrations.auth import Authenticator, Principal
 from registrations.http import ApiError, RejectCounter, guarded, parse, timestamp
 from registrations.http import check_expression as checked
 from registrations.model import Audience
-from registrations.schemas import AudienceIn, C8yNotification, Strict
+from registrations.schemas import MAX_TAGS, AudienceIn, C8yStrict, Strict
 from service.clock import Clock
+from service.cumulocity.client import C8yError
 from service.notify.model import Notification
 from service.notify.options import PushOptions, PushType
 from service.notify.pipeline import DEFAULT_EXPIRY_S, Pipeline
+from service.providers import plugins
 
 log = logging.getLogger("tocsin.push")
 MAX_SCHEDULE_S = 30 * 86400
@@ -37,39 +41,71 @@ class LocaleText(Strict):
     body: str | None = Field(default=None, max_length=4000)
 
 
-class PushIn(Strict):
-    audience: AudienceIn
-    title: str = Field(min_length=1, max_length=1000)
-    body: str = Field(default="", max_length=4000)
-    data: dict[str, str] = Field(default_factory=dict, max_length=50)
-    severity: Literal["info", "warning", "minor", "major", "critical"] = "info"
-    schedule_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default now")
-    expires_at: dt.datetime | None = Field(default=None, description="ISO 8601 with zone; default 1 h")
-    # What a rule can say, spelled as in rules (spec: APNs headers and aps, FCM android and apns blocks).
-    locales: dict[str, LocaleText] = Field(
-        default_factory=dict, max_length=50, description="locale -> title/body (de-AT, then de, then default)"
-    )
-    sound: str | None = Field(default=None, min_length=1, max_length=200)
-    badge: int | None = Field(default=None, ge=0, le=1_000_000)
-    badge_increment: bool = Field(default=False, description="the registration's stored count plus one")
-    priority: Literal["high", "normal", "low"] | None = None
-    collapse_key: str | None = Field(default=None, min_length=1, max_length=64)
-    push_type: PushType = "alert"
-    content_available: bool = False
-    mutable_content: bool = False
-    interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = None
-    thread_id: str | None = Field(default=None, min_length=1, max_length=200)
-    category: str | None = Field(default=None, min_length=1, max_length=200)
+class PushFields(BaseModel):
+    """What a notification can say beyond its title and text, spelled as in rules and mapped as the spec
+    maps them (APNs headers and ``aps``; FCM ``android`` and ``apns`` blocks). One definition for
+    ``POST /v1/push``, the Cumulocity ``POST /notification`` and the flags of ``tocsin push``."""
 
-    @model_validator(mode="after")
-    def _zones(self) -> PushIn:
-        for name in ("schedule_at", "expires_at"):
-            value = getattr(self, name)
-            if value is not None and value.tzinfo is None:
-                raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T08:00:00Z)")
-        if self.collapse_key is not None and len(self.collapse_key.encode()) > 64:
-            raise ValueError("collapse_key: at most 64 bytes (APNs apns-collapse-id)")
-        return self
+    locales: dict[str, LocaleText] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="text per locale, picked by the registration's locale (de-AT, then de, then the"
+        " default title and body)",
+    )
+    sound: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="aps.sound and the Android sound, e.g. bell.caf",
+    )
+    badge: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="aps.badge: the number on the app icon (0 clears it)"
+    )
+    badge_increment: bool = Field(
+        default=False, description="aps.badge: the registration's stored count plus one"
+    )
+    priority: Literal["high", "normal", "low"] | None = Field(
+        default=None,
+        description="apns-priority 10, 5 or 1 and Android HIGH or NORMAL (default: high for alerts)",
+    )
+    collapse_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="apns-collapse-id and the Android collapse key and tag: a newer push with the same key"
+        " replaces the older one on the phone (default: the notification id)",
+    )
+    push_type: PushType = Field(
+        default="alert", description="apns-push-type; background is data only, at priority 5"
+    )
+    content_available: bool = Field(
+        default=False, description="aps.content-available: 1, the app is woken to fetch content"
+    )
+    mutable_content: bool = Field(
+        default=False, description="aps.mutable-content: 1, the app's service extension may change it"
+    )
+    interruption_level: Literal["passive", "active", "time-sensitive", "critical"] | None = Field(
+        default=None, description="aps.interruption-level: whether it breaks through Focus"
+    )
+    thread_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="aps.thread-id: notifications with the same one are grouped",
+    )
+    category: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="aps.category: which actions the app offers with it, e.g. DOORBELL",
+    )
+
+    @field_validator("collapse_key")
+    @classmethod
+    def _collapse_bytes(cls, v: str | None) -> str | None:
+        if v is not None and len(v.encode()) > 64:
+            raise ValueError("at most 64 bytes (APNs apns-collapse-id)")
+        return v
 
     def options(self) -> PushOptions:
         return PushOptions(
@@ -86,11 +122,63 @@ class PushIn(Strict):
             category=self.category,
         )
 
-    def texts(self) -> dict[str, tuple[str, str]]:
+    def texts(self, title: str, body: str) -> dict[str, tuple[str, str]]:
+        """Title and text per locale; what a locale leaves out is the default's."""
         return {
-            k: (v.title or self.title, v.body if v.body is not None else self.body)
-            for k, v in self.locales.items()
+            k: (v.title or title, v.body if v.body is not None else body) for k, v in self.locales.items()
         }
+
+
+class PushIn(Strict, PushFields):
+    """``POST /v1/push``."""
+
+    audience: AudienceIn
+    title: str = Field(min_length=1, max_length=1000)
+    body: str = Field(default="", max_length=4000)
+    data: dict[str, str] = Field(
+        default_factory=dict, max_length=50, description="key/values for the app: FCM data, APNs custom keys"
+    )
+    severity: Literal["info", "warning", "minor", "major", "critical"] = Field(
+        default="info", description="the notification's severity (reports, webhooks, the console)"
+    )
+    schedule_at: dt.datetime | None = Field(
+        default=None, description="when to send: ISO 8601 with zone (default now), e.g. 2026-01-01T08:00:00Z"
+    )
+    expires_at: dt.datetime | None = Field(
+        default=None, description="not delivered after: ISO 8601 with zone (default 1 h after sending)"
+    )
+
+    @model_validator(mode="after")
+    def _zones(self) -> PushIn:
+        for name in ("schedule_at", "expires_at"):
+            value = getattr(self, name)
+            if value is not None and value.tzinfo is None:
+                raise ValueError(f"{name} needs a time zone (e.g. 2026-01-01T08:00:00Z)")
+        return self
+
+
+class C8yReceiver(C8yStrict):
+    userIds: list[str] = Field(default_factory=list, max_length=10_000)
+    deviceTokens: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class C8yBody(C8yStrict):
+    alarmId: str = Field(min_length=1, max_length=255)
+
+
+class C8yMessage(C8yStrict, PushFields):
+    """The push gateway's message, and the options of ``POST /v1/push`` beside its title."""
+
+    title: str = Field(min_length=1, max_length=1000)
+    body: C8yBody
+
+
+class C8yNotification(C8yStrict):
+    """Cumulocity push gateway ``POST /notification``."""
+
+    receiver: C8yReceiver | None = None
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    message: C8yMessage
 
 
 def audience_of(a: AudienceIn) -> Audience:
@@ -114,7 +202,7 @@ def c8y_audience(body: C8yNotification) -> Audience:
         return Audience(users=tuple(receiver.userIds), tokens=tuple(receiver.deviceTokens), where=either)
     if either:
         return Audience(expression=either)
-    return Audience(platforms=("apns", "fcm"))
+    return Audience(platforms=tuple(plugins.c8y_providers().values()))  # the gateway's phones, not the log
 
 
 class PushApi:
@@ -126,6 +214,8 @@ class PushApi:
         on_reject: RejectCounter = lambda r, s: None,
     ) -> None:
         self.pipeline, self.auth, self.clock, self.on_reject = pipeline, auth, clock, on_reject
+        # A Cumulocity tenant's alarm by id (CumulocityRuntime.alarm), when running on the platform.
+        self.load_alarm: Callable[[str, str], Awaitable[Mapping[str, Any] | None]] | None = None
         self._tasks: set[asyncio.Task[int]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -164,7 +254,7 @@ class PushApi:
                 400, "invalid_body", f"expires_at: {reason}", [{"field": "expires_at", "reason": reason}]
             )
         n = self.notification(audience, body.title, body.body, dict(body.data), body.severity, now, expires)
-        n.options, n.texts, n.tenant = body.options(), body.texts(), principal.tenant
+        n.options, n.texts, n.tenant = body.options(), body.texts(body.title, body.body), principal.tenant
         self.submit(n, at)
         scheduled = timestamp(at) if at > now else None
         return web.json_response(
@@ -172,20 +262,34 @@ class PushApi:
         )
 
     async def c8y_notification(self, request: web.Request) -> web.Response:
+        """As the push gateway: the alarm is loaded for its text (the body) and source (``sourceId``), the
+        sound is ``default`` unless given; the options of ``POST /v1/push`` may be given beside the title."""
         principal = await self._admin(request)
         body = await parse(request, C8yNotification)
+        message = body.message
         now = self.clock.time()
-        alarm = body.message.body.alarmId
+        alarm_id = message.body.alarmId
+        text, data = "", {"alarmId": alarm_id}
+        if principal.tenant is not None and self.load_alarm is not None:
+            try:
+                alarm = await self.load_alarm(principal.tenant, alarm_id)
+            except C8yError as exc:
+                log.warning("tenant %s: cannot load alarm %s: %s", principal.tenant, alarm_id, exc)
+                raise ApiError(503, "unavailable", f"cannot load alarm {alarm_id}: {exc.message}") from None
+            if alarm is None:
+                reason = f"message.body.alarmId: the tenant has no alarm {alarm_id}"
+                raise ApiError(400, "invalid_body", reason)
+            text = str(alarm.get("text") or "")
+            source = alarm.get("source")
+            if isinstance(source, dict) and source.get("id") is not None:
+                data["sourceId"] = str(source["id"])
         n = self.notification(
-            c8y_audience(body),
-            body.message.title,
-            "",
-            {"alarmId": alarm},
-            "info",
-            now,
-            now + DEFAULT_EXPIRY_S,
+            c8y_audience(body), message.title, text, data, "info", now, now + DEFAULT_EXPIRY_S
         )
-        n.tenant = principal.tenant
+        options = message.options()
+        if options.sound is None:  # the gateway's templates: aps.sound "default"
+            options = dataclasses.replace(options, sound="default")
+        n.options, n.texts, n.tenant = options, message.texts(message.title, text), principal.tenant
         self.submit(n, now)
         return web.Response(status=204)
 

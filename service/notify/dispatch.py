@@ -60,6 +60,22 @@ def backoff_delay(
     return r.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
+def retry_delay(
+    attempt: int,
+    after: float | None,
+    base: float = 0.5,
+    cap: float = 60.0,
+    rng: random.Random | None = None,
+) -> float:
+    """Full jitter on every retry. A provider's Retry-After is the earliest moment, not the moment: the
+    retries it asked for spread over as long again (at least the backoff window, at most ``cap``), so a
+    throttled burst does not come back within one millisecond."""
+    if after is None:
+        return backoff_delay(attempt, base, cap, rng)
+    r = rng or random
+    return after + r.uniform(0, min(cap, max(after, base * 2 ** (attempt - 1))))
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -146,8 +162,7 @@ class Dispatcher:
             log.warning("no provider %r is configured for registration %s", reg.provider, reg.id)
             self._finish(delivery, "failed", "no_provider")
             return
-        credential_for = getattr(provider, "credential_for", None)
-        key = (provider.name, credential_for(reg) if credential_for is not None else "")
+        key = (provider.name, provider.credential_for(reg))
         if key in self.paused and self._probes.get(key) is not delivery:
             self.parked.setdefault(key, []).append(delivery)
             return
@@ -285,11 +300,7 @@ class Dispatcher:
 
     def _retry(self, delivery: Delivery, outcome: Retry) -> None:
         n = delivery.notification
-        delay = (
-            outcome.after
-            if outcome.after is not None
-            else backoff_delay(delivery.attempt, self.retry_base_s, self.retry_cap_s)
-        )
+        delay = retry_delay(delivery.attempt, outcome.after, self.retry_base_s, self.retry_cap_s)
         if delivery.attempt >= self.max_attempts or self.clock.time() + delay > n.expires:
             self.metrics.notifications.inc(delivery.registration.provider, "gave_up")
             log.warning(

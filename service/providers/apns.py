@@ -1,9 +1,10 @@
 """The APNs provider, on aioapns 4.0: one client per (app, environment), token or certificate authentication.
 
 aioapns has no host option: each client's pool gets a protocol subclass carrying the configured host and port
-(spec §2.3), so tests and benchmarks reach the fake by configuration only. aioapns renews the JWT every 30
-minutes per connection (Apple: between 20 and 60). It does not retry on 429/5xx and never times out a request
-whose answer does not come: both are handled here.
+(spec §2.3), so tests and benchmarks reach the fake by configuration only. aioapns would sign a JWT per
+connection; the subclass hands every connection the signing key's one provider token instead
+(apns_token.py). aioapns does not retry on 429/5xx and never times out a request whose answer does not come:
+both are handled here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -28,8 +30,10 @@ from aioapns.exceptions import MaxAttemptsExceeded
 from h2.events import ConnectionTerminated
 
 from registrations.model import Registration
+from service.clock import Clock
 from service.notify.model import Delivery
 from service.providers import apns_payload
+from service.providers.apns_token import ProviderToken, ProviderTokens, es256
 from service.providers.base import (
     ConfigError,
     Delivered,
@@ -39,11 +43,19 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.plugin import ProviderPlugin
 from service.push_config import ApnsAppConfig, ApnsConfig
 
 log = logging.getLogger("tocsin.apns")
 _SUSPECT = {"BadDeviceToken", "DeviceTokenNotForTopic", "MissingDeviceToken"}
 _RETRY_STATUS = {"429", "500", "503"}
+_TOKEN = re.compile(r"[0-9a-fA-F]{64}")  # 32 bytes as 64 hex digits (specs/push-providers.md)
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("an APNs device token is 64 hexadecimal characters")
+    return token.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +78,17 @@ async def _quiet(request: NotificationRequest, result: NotificationResult) -> No
 
 class _LeanProtocol(APNsProductionClientProtocol):
     """aioapns's protocol with cheaper header encoding: HPACK without Huffman coding (pure-Python Huffman
-    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds."""
+    was the largest CPU cost per request) and no re-validation of the headers aioapns itself builds.
+
+    ``SHARED_TOKEN``: the signing key's one provider token (apns_token.py), used instead of the token aioapns
+    would make for each connection."""
+
+    SHARED_TOKEN: ProviderToken | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.SHARED_TOKEN is not None:
+            self.auth_provider = self.SHARED_TOKEN  # type: ignore[assignment]  # same get_header() interface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.config.validate_outbound_headers = False
@@ -90,12 +112,12 @@ class _LeanProtocol(APNsProductionClientProtocol):
             discard(self)
 
 
-def _endpoint(url: str) -> type[APNsProductionClientProtocol]:
+def _endpoint(url: str, token: ProviderToken | None = None) -> type[APNsProductionClientProtocol]:
     """aioapns has no host option: a protocol class carrying the configured host and port (spec §2.3)."""
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"APNs endpoint {url!r} must be https://host[:port]")
-    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443}
+    attrs = {"APNS_SERVER": parts.hostname, "APNS_PORT": parts.port or 443, "SHARED_TOKEN": token}
     return type("ConfiguredAPNsEndpoint", (_LeanProtocol,), attrs)
 
 
@@ -115,13 +137,16 @@ def _mtime(path: Path | None) -> float | None:
 class ApnsProvider:
     name = "apns"
 
-    def __init__(self, config: ApnsConfig) -> None:
+    def __init__(self, config: ApnsConfig, clock: Clock | None = None) -> None:
         self.config = config
+        self.tokens = ProviderTokens(clock)  # one JWT per signing key, shared by all clients and connections
         self._clients: dict[tuple[str, str], APNs] = {}
         self._mtimes: dict[str, float | None] = {}
         self._checked: dict[str, float] = {}
         self.problems: dict[str, str] = {}  # app -> why its credential is paused
         self._renewed: set[str] = set()  # apps whose tokens were just regenerated after ExpiredProviderToken
+        self._throttled: set[str] = set()  # apps answered TooManyProviderTokenUpdates (logged once)
+        self._app_tokens: dict[str, ProviderToken] = {}  # app -> its signing key's token (token auth)
         self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
         self._gates: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -182,6 +207,7 @@ class ApnsProvider:
             "ssl_context": ctx,
             "err_func": _quiet,
         }
+        token: ProviderToken | None = None
         if cfg.certificate_path is not None:
             client = self._cert_client(cfg, common)
         else:
@@ -190,8 +216,11 @@ class ApnsProvider:
                 if cfg.private_key is not None
                 else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
             )
+            token = self._app_tokens[app] = self.tokens.for_key(
+                cast(str, cfg.team_id), cast(str, cfg.key_id), key
+            )
             client = APNs(key=key, key_id=cfg.key_id, team_id=cfg.team_id, **common)
-        client.pool.protocol_class = _endpoint(url)
+        client.pool.protocol_class = _endpoint(url, token)
         return client
 
     def _cert_client(self, cfg: ApnsAppConfig, common: dict[str, Any]) -> APNs:
@@ -235,8 +264,9 @@ class ApnsProvider:
         ttl = max(1, int(remaining))
         try:
             client = self._client(app, cfg, reg.environment)
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            reason = f"cannot load the APNs credential of {app}: {exc.__class__.__name__}"
+        except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
+            path = _credential_file(cfg)
+            reason = f"cannot load the APNs credential of {app}: {f'{path}: ' if path else ''}{_why(exc)}"
             self.problems[app] = reason
             return ConfigError(reason, app)
         request = NotificationRequest(
@@ -289,6 +319,7 @@ class ApnsProvider:
         if status == "200":
             self.problems.pop(app, None)
             self._renewed.discard(app)
+            self._throttled.discard(app)
             return Delivered()
         what = f"APNs {status} {reason}".strip()
         if status == "410":
@@ -297,13 +328,20 @@ class ApnsProvider:
         if status == "400" and reason in _SUSPECT:
             return TokenSuspect(f"{what} ({environment})")
         if status == "403":
-            if reason == "ExpiredProviderToken" and app not in self._renewed:
-                # Regenerate once: new connections sign new tokens. A second one in a row pauses the app.
-                self._renewed.add(app)
-                self._drop(app)
-                return Retry(what, after=0.0)
+            token = self._app_tokens.get(app)
+            if reason == "ExpiredProviderToken" and token is not None:
+                if app not in self._renewed:
+                    # Renewed (unless the token is under 20 minutes old), then retried once; a second one in a
+                    # row pauses the app: the token cannot be the cause, this machine's clock may be.
+                    self._renewed.add(app)
+                    token.expired()
+                    return Retry(what, after=0.0)
+                what += f" with a token {token.age / 60:.0f} minutes old: is this machine's clock right?"
             self.problems[app] = what
             return ConfigError(f"{app}: {what}", app)
+        if reason == "TooManyProviderTokenUpdates" and app not in self._throttled:
+            self._throttled.add(app)  # keep the token: it is accepted once the last change is old enough
+            log.warning("APNs answered %s for %s: retrying with the same provider token", reason, app)
         if status in _RETRY_STATUS:
             return Retry(what)
         return Rejected(what)
@@ -312,3 +350,56 @@ class ApnsProvider:
         for client in self._clients.values():
             client.pool.close()
         self._clients.clear()
+
+
+def check_credentials(config: ApnsConfig) -> list[str]:
+    """Each app's key or certificate file, read and parsed now: a missing or malformed file named by path."""
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    problems: list[str] = []
+    for app, cfg in config.apps.items():
+        where = f"apps.{app}"
+        try:
+            if cfg.certificate_path is not None:
+                raw = cfg.certificate_path.read_bytes()
+                if b"-----BEGIN" in raw:
+                    ssl.create_default_context().load_cert_chain(str(cfg.certificate_path))
+                else:
+                    password = cfg.password.get_secret_value().encode() if cfg.password else None
+                    key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+                    if key is None or cert is None:
+                        raise ValueError("the PKCS#12 file holds no key and certificate")
+            else:
+                text = (
+                    cfg.private_key.get_secret_value()
+                    if cfg.private_key is not None
+                    else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
+                )
+                es256(text)  # parsed as the signer will: an EC (P-256) private key
+        except (OSError, ValueError, TypeError, ssl.SSLError) as exc:
+            path = cfg.certificate_path or cfg.private_key_path
+            what = f"{path}: " if path is not None else "private_key: "
+            problems.append(f"{where}: {what}{_why(exc)}")
+    return problems
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, PermissionError):
+        return "not readable (permission denied)"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc.__class__.__name__}"
+    return f"not a valid key or certificate ({exc.__class__.__name__})"
+
+
+PLUGIN = ProviderPlugin(
+    name="apns",
+    config=ApnsConfig,
+    build=ApnsProvider,
+    check_token=check_token,
+    enabled=lambda c: bool(c.apps),
+    check=check_credentials,
+    c8y_platform="IOS",
+    summary="Apple Push Notification service (token or certificate authentication)",
+)

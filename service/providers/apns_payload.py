@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from service.notify.model import Notification
+from service.notify.options import PushOptions
 
 MAX_PAYLOAD = 4096
 MAX_VOIP_PAYLOAD = 5120
@@ -29,9 +30,7 @@ def payload(n: Notification, locale: str | None = None) -> dict[str, Any]:
     o = n.options
     title, text = n.text_for(locale)
     aps: dict[str, Any] = {}
-    if o.push_type == "background":
-        aps["content-available"] = 1  # the integer 1: Apple checks it, "1" does not wake the app
-    else:
+    if o.push_type != "background":
         alert: dict[str, Any] = {}
         if title:
             alert["title"] = title
@@ -47,26 +46,35 @@ def payload(n: Notification, locale: str | None = None) -> dict[str, Any]:
             alert["loc-args"] = list(o.loc_args)
         if alert:
             aps["alert"] = alert
-        if o.badge is not None:
-            aps["badge"] = o.badge
-        if o.sound:
-            aps["sound"] = {"critical": 1, "name": o.sound, "volume": 1.0} if o.critical_sound else o.sound
-        if o.thread_id:
-            aps["thread-id"] = o.thread_id
-        if o.category:
-            aps["category"] = o.category
-        if o.content_available:
-            aps["content-available"] = 1
-        if o.mutable_content:
-            aps["mutable-content"] = 1
-        if o.interruption_level:
-            aps["interruption-level"] = o.interruption_level
-        if o.relevance_score is not None:
-            aps["relevance-score"] = o.relevance_score
+    aps.update(aps_keys(o))
     body: dict[str, Any] = {"aps": aps}
     body.update(n.data)
     body.update(o.custom)
     return body
+
+
+def aps_keys(o: PushOptions) -> dict[str, Any]:
+    """The ``aps`` keys besides the alert (spec §1.3), for APNs and for iOS apps reached through FCM alike."""
+    if o.push_type == "background":
+        return {"content-available": 1}  # the integer 1: Apple checks it, "1" does not wake the app
+    aps: dict[str, Any] = {}
+    if o.badge is not None:
+        aps["badge"] = o.badge
+    if o.sound:
+        aps["sound"] = {"critical": 1, "name": o.sound, "volume": 1.0} if o.critical_sound else o.sound
+    if o.thread_id:
+        aps["thread-id"] = o.thread_id
+    if o.category:
+        aps["category"] = o.category
+    if o.content_available:
+        aps["content-available"] = 1
+    if o.mutable_content:
+        aps["mutable-content"] = 1
+    if o.interruption_level:
+        aps["interruption-level"] = o.interruption_level
+    if o.relevance_score is not None:
+        aps["relevance-score"] = o.relevance_score
+    return aps
 
 
 def encoded_size(body: dict[str, Any]) -> int:

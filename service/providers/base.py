@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from registrations.model import Registration
 from service.notify.model import Delivery
 
 
@@ -60,11 +61,19 @@ Outcome = Delivered | Retry | TokenInvalid | TokenSuspect | ConfigError | Reject
 
 
 class Provider(Protocol):
+    """What the dispatcher drives; a plug-in (``plugin.ProviderPlugin``) builds it from its config section."""
+
     name: str
 
     @property
     def degraded(self) -> str | None:
         """Why the provider cannot send right now, or None when it can."""
+        ...
+
+    def credential_for(self, registration: Registration) -> str:
+        """Which of the provider's credentials serves ``registration`` (an APNs app), "" for its only one.
+
+        A ``ConfigError`` pauses that credential only: other apps' deliveries keep going."""
         ...
 
     async def send(self, delivery: Delivery) -> Outcome: ...

@@ -2,7 +2,9 @@
 
 The OAuth token comes from google-auth's ``Credentials.refresh`` run in a thread (one refresh at a time,
 shared by all senders), only against the configured token endpoint: ``before_request`` is never called, so
-no other Google host is contacted (spec §3.5). Sends go to the configured endpoint only.
+no other Google host is contacted (spec §3.5). The refresh goes through google-auth's requests transport
+on a session that trusts ``ca_file`` (when set) and gives up after ``timeout_s``; a failure is logged once
+and named by ``degraded`` (so ``/health``) until a token is obtained. Sends go to the configured endpoint.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import ssl
 import time
 from pathlib import Path
@@ -18,7 +21,9 @@ from typing import Any
 
 import aiohttp
 import google.auth.exceptions
+import google.auth.transport
 import google.auth.transport.requests
+import requests
 from google.oauth2 import service_account
 
 from registrations.model import Registration
@@ -33,15 +38,55 @@ from service.providers.base import (
     TokenInvalid,
     TokenSuspect,
 )
+from service.providers.plugin import ProviderPlugin
 from service.push_config import FcmConfig
 
 log = logging.getLogger("tocsin.fcm")
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-MAX_MESSAGE = 4096
+MAX_PAYLOAD = 4096  # FCM: a message's keys and values, without its target (spec §3.1, ErrorCode)
 _CONFIG_CODES = {"THIRD_PARTY_AUTH_ERROR", "APNS_AUTH_ERROR", "SENDER_ID_MISMATCH"}
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _BAD_TOKEN = "not a valid FCM registration token"
 _REFRESH_MARGIN = dt.timedelta(minutes=5)
+_TOKEN_PROBLEM = "no access token from"
+# Registration tokens: "<instance id>:<opaque>" of URL-safe base64 characters, ~150-250 long in practice.
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]+(:[A-Za-z0-9_\-]+)?")
+TOKEN_LENGTH = (32, 4096)
+
+
+def check_token(token: str) -> str:
+    low, high = TOKEN_LENGTH
+    if not (low <= len(token) <= high) or not _TOKEN.fullmatch(token):
+        raise ValueError(
+            f"an FCM registration token is {low}-{high} characters of letters, digits, '-', '_' "
+            "with at most one ':'"
+        )
+    return token
+
+
+class _TimedRequest(google.auth.transport.Request):
+    """google-auth's requests transport with our CA and our timeout on every call (google-auth itself calls
+    the token endpoint with a 120-second default). The CA goes with each request: requests lets
+    REQUESTS_CA_BUNDLE from the environment override a session's own ``verify``."""
+
+    def __init__(self, session: requests.Session, timeout_s: float, ca_file: Path | None) -> None:
+        self._inner = google.auth.transport.requests.Request(session)
+        self._timeout = timeout_s
+        self._tls: dict[str, Any] = {"verify": str(ca_file)} if ca_file is not None else {}
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Any = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> google.auth.transport.Response:
+        response: google.auth.transport.Response = self._inner(
+            url, method=method, body=body, headers=headers, timeout=self._timeout, **self._tls, **kwargs
+        )
+        return response
 
 
 class _Credential:
@@ -63,6 +108,9 @@ class _Credential:
                 "no project_id: set providers.fcm.project_id or use a service account that has one"
             )
         self._lock = asyncio.Lock()
+        self.session = requests.Session()
+        self._request = _TimedRequest(self.session, config.timeout_s, config.ca_file)
+        self.token_uri = str(creds._token_uri)
 
     def fresh(self) -> bool:
         expiry = self.creds.expiry
@@ -74,8 +122,8 @@ class _Credential:
             return str(self.creds.token)
         async with self._lock:  # one refresh for everyone waiting
             if not self.fresh() or self.creds.token == stale:
-                request = google.auth.transport.requests.Request()
-                await asyncio.to_thread(self.creds.refresh, request)
+                # Off the loop; each request to the token endpoint is bounded by timeout_s.
+                await asyncio.to_thread(self.creds.refresh, self._request)
             return str(self.creds.token)
 
 
@@ -108,6 +156,7 @@ class FcmProvider:
                 mtime = None
             if self._cred is not None and mtime != self._mtime:
                 log.info("FCM service account file changed on disk: using it")
+                self._cred.session.close()
                 self._cred = None
             self._mtime = mtime
         if self._cred is None:
@@ -136,11 +185,13 @@ class FcmProvider:
         if remaining <= 0:
             return Rejected("expired before it could be sent")
         ttl = max(1, int(remaining))
-        body = json.dumps({"message": message(n, reg.token, ttl, reg.locale)}, separators=(",", ":"))
-        if len(body) > MAX_MESSAGE + 1024:
+        msg = message(n, reg.token, ttl, reg.locale)
+        size = payload_size(msg)
+        if size > MAX_PAYLOAD:
             return Rejected(
-                f"FCM message of notification {n.nid} is {len(body)} bytes, over the 4096-byte limit"
+                f"FCM payload of notification {n.nid} is {size} bytes, over the {MAX_PAYLOAD}-byte limit"
             )
+        body = json.dumps({"message": msg}, separators=(",", ":"))
         try:
             cred = self._credential()
         except (OSError, ValueError, KeyError) as exc:
@@ -153,11 +204,15 @@ class FcmProvider:
                 token = await cred.token(stale)
             except google.auth.exceptions.RefreshError as exc:
                 if getattr(exc, "retryable", False):
-                    return Retry(f"FCM token endpoint: {_first_line(exc)}")
+                    return Retry(self._token_failed(cred, f"answers {_first_line(exc)}"))
                 self.problem = f"the token endpoint refused the service account: {_first_line(exc)}"
+                log.warning("FCM: %s", self.problem)
                 return ConfigError(self.problem)
             except (google.auth.exceptions.TransportError, OSError) as exc:
-                return Retry(f"cannot reach the FCM token endpoint: {exc.__class__.__name__}")
+                return Retry(self._token_failed(cred, _transport_cause(exc, self.config.timeout_s)))
+            if self.problem is not None and self.problem.startswith(_TOKEN_PROBLEM):
+                log.info("FCM token endpoint answers again")
+                self.problem = None
             try:
                 async with self._http().post(
                     url,
@@ -174,6 +229,14 @@ class FcmProvider:
                 continue
             return self._outcome(status, raw, retry_after)
         return self._outcome(status, raw, retry_after)
+
+    def _token_failed(self, cred: _Credential, cause: str) -> str:
+        """No access token: every send waits for one, so the provider is degraded (/health) and says why."""
+        problem = f"{_TOKEN_PROBLEM} {cred.token_uri}: {cause}"
+        if problem != self.problem:
+            log.warning("FCM: %s", problem)
+        self.problem = problem
+        return problem
 
     def _outcome(self, status: int, raw: bytes, retry_after: str | None) -> Outcome:
         if status == 200:
@@ -194,9 +257,17 @@ class FcmProvider:
         return Rejected(what)
 
     async def close(self) -> None:
+        if self._cred is not None:
+            self._cred.session.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def payload_size(msg: dict[str, Any]) -> int:
+    """The size FCM holds to 4096 bytes: every key and value of the message but its target, UTF-8."""
+    rest = {k: v for k, v in msg.items() if k != "token"}
+    return len(json.dumps(rest, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def message(n: Notification, token: str, ttl: int, locale: str | None = None) -> dict[str, Any]:
@@ -243,9 +314,24 @@ def message(n: Notification, token: str, ttl: int, locale: str | None = None) ->
         apns = {**apns, **o.fcm_apns}
     if apns:
         msg["apns"] = apns
-    if o.fcm_webpush:
-        msg["webpush"] = dict(o.fcm_webpush)
+    webpush = _webpush_block(n, collapse)
+    if o.fcm_webpush:  # the caller's own block wins, key by key
+        webpush = {**webpush, **o.fcm_webpush}
+    if webpush:
+        msg["webpush"] = webpush
     return msg
+
+
+def _webpush_block(n: Notification, collapse: str) -> dict[str, Any]:
+    """What the rule says for browsers reached through FCM: the Web Push ``Urgency`` header from the
+    priority, and the collapse key as the Web Notification ``tag`` (a newer one replaces the older)."""
+    o = n.options
+    block: dict[str, Any] = {}
+    if o.priority is not None:
+        block["headers"] = {"Urgency": o.priority}  # RFC 8030: very-low, low, normal, high
+    if o.collapse_key is not None and o.push_type != "background":
+        block["notification"] = {"tag": collapse}
+    return block
 
 
 def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
@@ -254,15 +340,11 @@ def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:
     headers: dict[str, str] = {}
     if o.priority is not None or o.push_type != "alert":
         headers["apns-priority"] = str(apns_payload.priority(n))
+    if o.push_type != "alert":
+        headers["apns-push-type"] = o.push_type
     if o.collapse_key is not None:
         headers["apns-collapse-id"] = collapse
-    aps: dict[str, Any] = {}
-    if o.sound and o.push_type != "background":
-        aps["sound"] = o.sound
-    if o.category:
-        aps["category"] = o.category
-    if o.badge is not None:
-        aps["badge"] = o.badge
+    aps = apns_payload.aps_keys(o)  # FCM adds the alert from message.notification
     block: dict[str, Any] = {}
     if headers:
         block["headers"] = headers
@@ -300,5 +382,55 @@ def _seconds(value: str | None) -> float | None:
         return None
 
 
+def _transport_cause(exc: BaseException, timeout_s: float) -> str:
+    """What went wrong under google-auth's TransportError, in a few words (the TLS verdict, a timeout)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted ({cause.verify_message}); see providers.fcm.ca_file"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS failed: {cause.reason or cause.__class__.__name__}"
+        if isinstance(cause, requests.exceptions.Timeout | TimeoutError):
+            return f"no answer within {timeout_s:g} s"
+        reason = getattr(cause, "reason", None)  # urllib3's MaxRetryError keeps the cause here
+        inner = [a for a in (reason, *cause.args) if isinstance(a, BaseException)]
+        cause = inner[0] if inner else (cause.__cause__ or cause.__context__)
+    if isinstance(exc.__cause__ or exc.__context__, requests.exceptions.ConnectionError) or isinstance(
+        exc, ConnectionError
+    ):
+        return "cannot connect"
+    return exc.__class__.__name__
+
+
 def _first_line(exc: Exception) -> str:
     return str(exc.args[0] if exc.args else exc).splitlines()[0][:200]
+
+
+def check_credentials(config: FcmConfig) -> list[str]:
+    """The service account read and parsed now: a missing or malformed file is named by its path."""
+    where = f"{config.credentials_path}: " if config.credentials_path is not None else "credentials: "
+    try:
+        _Credential(config).session.close()
+    except FileNotFoundError:
+        return [f"{where}no such file"]
+    except PermissionError:
+        return [f"{where}not readable (permission denied)"]
+    except OSError as exc:
+        return [f"{where}cannot read: {exc.strerror or exc.__class__.__name__}"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"{where}not a usable service account: {_first_line(exc)}"]
+    return []
+
+
+PLUGIN = ProviderPlugin(
+    name="fcm",
+    config=FcmConfig,
+    build=FcmProvider,
+    check_token=check_token,
+    enabled=lambda c: c.configured,
+    check=check_credentials,
+    c8y_platform="Android",
+    summary="Firebase Cloud Messaging HTTP v1 (service account)",
+)

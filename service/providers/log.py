@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import sys
 import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Literal, TextIO
 
-from service.config import LogProviderConfig
+from pydantic import BaseModel, ConfigDict
+
+from registrations.model import Registration
+from service.jsontext import dumps
 from service.notify.model import Delivery, describe
 from service.providers.base import Delivered, Outcome
+from service.providers.plugin import ProviderPlugin
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 _CONTROL |= {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # line breaks to some readers
@@ -20,6 +24,23 @@ _CONTROL |= {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # line breaks to
 def escaped(text: str) -> str:
     """Text with control characters written as escapes: one notification is always one line."""
     return text.translate(_CONTROL)
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+class LogProviderConfig(BaseModel):
+    """``providers.log``: how the log provider writes each notification."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["text", "json"] = "text"
+    stream: Literal["stdout", "stderr"] = "stdout"
+
+
+def check_token(token: str) -> str:
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("a log token is 1-200 printable characters without spaces")
+    return token
 
 
 class LogProvider:
@@ -34,18 +55,13 @@ class LogProvider:
     def degraded(self) -> str | None:
         return None
 
+    def credential_for(self, registration: Registration) -> str:
+        return ""
+
     async def send(self, delivery: Delivery) -> Outcome:
         n, reg = delivery.notification, delivery.registration
         if self._json:
-            line = json.dumps(
-                {
-                    **describe(n),
-                    "to": reg.token,
-                    "term": delivery.term,
-                    "sent_at": time.time(),
-                },
-                separators=(",", ":"),
-            )
+            line = dumps({**describe(n), "to": reg.token, "term": delivery.term, "sent_at": time.time()})
         else:
             stamp = datetime.fromtimestamp(n.created, UTC).strftime("%Y-%m-%d %H:%M:%S")
             state = n.state.upper()
@@ -65,3 +81,12 @@ class LogProvider:
 
     async def close(self) -> None:
         self._stream.flush()
+
+
+PLUGIN = ProviderPlugin(
+    name="log",
+    config=LogProviderConfig,
+    build=LogProvider,
+    check_token=check_token,
+    summary="prints each notification (demos, the console, benchmarks)",
+)

@@ -1,18 +1,26 @@
-"""Which providers run: the log provider always, APNs when apps are configured, FCM with a service account."""
+"""Which providers run: each plug-in's, built from its configuration section when that section enables it."""
 
 from __future__ import annotations
 
 from service.config import Config
-from service.providers.apns import ApnsProvider
+from service.providers import plugins
 from service.providers.base import Provider
-from service.providers.fcm import FcmProvider
-from service.providers.log import LogProvider
 
 
 def build_providers(config: Config) -> dict[str, Provider]:
-    providers: dict[str, Provider] = {"log": LogProvider(config.providers.log)}
-    if config.providers.apns.apps:
-        providers["apns"] = ApnsProvider(config.providers.apns)
-    if config.providers.fcm.configured:
-        providers["fcm"] = FcmProvider(config.providers.fcm)
-    return providers
+    built: dict[str, Provider] = {}
+    for name, plugin in plugins.plugins().items():
+        section = config.providers.section(name)
+        if plugin.enabled(section):
+            built[name] = plugin.build(section)
+    return built
+
+
+def credential_problems(config: Config) -> list[str]:
+    """Each enabled provider's credential problems (unreadable or malformed files, with their paths)."""
+    problems: list[str] = []
+    for name, plugin in plugins.plugins().items():
+        section = config.providers.section(name)
+        if plugin.enabled(section):
+            problems += [f"providers.{name}: {p}" for p in plugin.check(section)]
+    return problems

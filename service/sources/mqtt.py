@@ -38,6 +38,7 @@ from service.metrics import Metrics
 from service.ratelimit import RateLimitedLog
 from service.sources.base import EventSink
 from service.sources.broker import NO_DELAY, configure_paho
+from service.sources.paho_client import IntakeClient
 from service.sources.payload import MalformedPayload, parse_payload
 
 log = logging.getLogger("tocsin.mqtt")
@@ -45,6 +46,7 @@ ACK_TABLE = (
     "CREATE TABLE IF NOT EXISTS intake_acks (client_id TEXT NOT NULL, mid INTEGER NOT NULL,"
     " digest BLOB NOT NULL, PRIMARY KEY (client_id, mid)) WITHOUT ROWID"
 )
+READS_PER_WAKEUP = 256  # packets parsed per readiness callback before yielding to the loop
 MAX_SETTLING = 4  # batches committed but not yet acknowledged, at most
 
 
@@ -141,10 +143,10 @@ class MqttIntake:
         self.subscribed = list(topics)
 
     # -- the connection -----------------------------------------------------------------------------------
-    def _new_client(self, loop: asyncio.AbstractEventLoop) -> paho.Client:
+    def _new_client(self, loop: asyncio.AbstractEventLoop) -> IntakeClient:
         c = self.config
         v5 = self.protocol == "5"
-        client = paho.Client(
+        client = IntakeClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
@@ -158,18 +160,24 @@ class MqttIntake:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
 
-        def reader(cl: paho.Client = client) -> None:
+        def reader(cl: IntakeClient = client) -> None:
             sock = cl.socket()
-            while True:
+            if sock is None:
+                return
+            # Each loop_read parses one packet; go on while whole packets wait in the client's read buffer
+            # or, under TLS, decrypted in the SSL object (the socket itself is then not readable).
+            for _ in range(READS_PER_WAKEUP):
                 rc = cl.loop_read()
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self._lose(f"read failed: {paho.error_string(rc)}")
                     return
-                pending = getattr(
-                    sock, "pending", None
-                )  # TLS: data already decrypted waits in the SSL object
+                if cl.buffered:
+                    continue
+                pending = getattr(sock, "pending", None)
                 if pending is None or pending() == 0:
                     return
+            # Fair to the rest of the loop: what is left is read on the next iteration.
+            loop.call_soon(reader)
 
         def writer(cl: paho.Client = client) -> None:
             try:
@@ -276,9 +284,16 @@ class MqttIntake:
             self._wakeup.set_result(None)
 
     async def _misc(self, client: paho.Client) -> None:
-        """Keepalive pings and their time-outs."""
-        while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (paho's own clock)
-            await asyncio.sleep(1.0)
+        """Keepalive pings and their time-outs. Part of the session: if it fails, the session ends (and
+        reconnects) rather than going on without keepalive."""
+        try:
+            while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (paho's own clock)
+                await asyncio.sleep(1.0)
+        except Exception as exc:
+            self.metrics.internal_errors.inc("mqtt_keepalive")
+            log.exception("the MQTT keepalive failed")
+            self._lose(f"keepalive failed: {exc}")
+            return
         self._lose("keepalive: the broker stopped answering")
 
     # -- running ------------------------------------------------------------------------------------------

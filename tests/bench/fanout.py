@@ -7,7 +7,7 @@ production APNs (aioapns) and FCM (aiohttp + google-auth) clients. Measured: not
 submit to the last outbox row final, this process's CPU µs per notification, its peak RSS. Then, in the same
 run, a plain aioapns loop sends N/2 notifications to the same fake APNs for comparison.
 
-Usage: scripts/bench fanout [--registrations 100000] [--workers 256]
+Usage: scripts/bench fanout [--registrations 100000] [--workers 256] [--providers webpush,webhook]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from service.notify.model import Delivery, Notification
 from service.notify.stages import TargetStage
 from service.outbox import Outbox
 from service.providers.apns import ApnsProvider, _endpoint
+from service.providers.apns_token import ProviderTokens
 from service.providers.base import Provider
 from service.providers.fcm import FcmProvider
 from service.push_config import ApnsAppConfig, ApnsConfig, FcmConfig
@@ -167,7 +168,10 @@ async def aioapns_run(n: int, concurrency: int, key: ApnsKey, apns_port: int, ce
         max_connections=4,
         ssl_context=ssl.create_default_context(cafile=cert),
     )
-    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}")
+    # One provider token for all its connections: the fake, as Apple, refuses a key's second token change
+    # within 20 minutes (aioapns alone signs one per connection).
+    shared = ProviderTokens().for_key(key.team_id, key.key_id, key.p8)
+    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}", shared)
     tokens = iter(range(n))
     ok = 0
 
@@ -202,8 +206,18 @@ def main() -> None:
         "--only", choices=["apns", "fcm"], help="all registrations on one platform (profiling)"
     )
     parser.add_argument("--smoke", action="store_true", help="a few hundred registrations (the test suite)")
+    parser.add_argument(
+        "--providers", help="the receivers instead: webpush,webhook (see tests/bench/fanout_receivers.py)"
+    )
     args = parser.parse_args()
     n = 400 if args.smoke else args.registrations
+    if args.providers:
+        from tests.bench import fanout_receivers
+
+        fanout_receivers.main(
+            args.providers.split(","), 200 if args.smoke else args.registrations, args.workers
+        )
+        return
     global ONLY
     ONLY = args.only
     with tempfile.TemporaryDirectory(prefix="tocsin-fanout-") as d:

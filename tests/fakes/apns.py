@@ -2,7 +2,9 @@
 
 It validates, in pushy's MockApnsServer order, the apns-id, method, topic, collapse id, priority, push type,
 path and token format, the token's registration, the provider token (ES256 JWT: key id, team id, signature,
-age, one token per connection changed at most every 20 minutes) or the client certificate, then the payload
+age, one token per connection changed at most every 20 minutes, and a key's token changed at most once in 20
+minutes across all connections: a second change is 429 TooManyProviderTokenUpdates) or the client
+certificate, then the payload
 (empty, 4096 bytes, 5120 for voip). Answers are Apple's: 200 with ``apns-id`` echoed and no body; errors
 with one DATA frame ``{"reason": ...}`` (plus ``timestamp`` for 410).
 
@@ -25,6 +27,7 @@ import ssl
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,7 @@ class FakeAPNs:
     max_token_age_s: float = 3600.0
     min_token_change_s: float = 20 * 60
     record: bool = True
+    clock: Callable[[], float] = time.time  # what provider-token ages are measured with (tests may drive it)
 
     def __post_init__(self) -> None:
         self.received: list[Received] = []
@@ -110,6 +114,10 @@ class FakeAPNs:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._open: set[_Connection] = set()
+        self.key_tokens: dict[
+            str, set[str]
+        ] = {}  # key id -> every provider token it signed that was accepted
+        self._key_changes: dict[str, deque[float]] = {}  # key id -> when a new token of it was first seen
         self.cert_path, self.key_path = (
             self.cert_dir / "localhost-cert.pem",
             self.cert_dir / "localhost-key.pem",
@@ -220,7 +228,7 @@ class FakeAPNs:
         if not auth.startswith("bearer ") or not auth[7:].strip():
             raise _Reject(403, "MissingProviderToken")
         token = auth[7:].strip()
-        now = time.time()
+        now = self.clock()
         cached = conn.verified.get(token)
         if cached is not None and self.keys.get(cached[0]) is not cached[1]:
             cached = None  # the key was revoked or replaced since
@@ -249,6 +257,7 @@ class FakeAPNs:
                 and now - conn.token_since < self.min_token_change_s
             ):
                 raise _Reject(429, "TooManyProviderTokenUpdates")
+            self._key_token_change(kid, token, now)
             cached = conn.verified[token] = (kid, key, claims)
         _, key, claims = cached
         if key.topics is not None and topic.split(".voip")[0] not in key.topics:
@@ -258,6 +267,20 @@ class FakeAPNs:
         if conn.token != token:
             conn.token, conn.token_since = token, now
             conn.team = claims["iss"]
+
+    def _key_token_change(self, kid: str, token: str, now: float) -> None:
+        """A key's first token is free; a new one after that is a change, at most one in 20 minutes."""
+        seen = self.key_tokens.setdefault(kid, set())
+        if token in seen:
+            return
+        if seen:
+            changes = self._key_changes.setdefault(kid, deque())
+            while changes and now - changes[0] >= self.min_token_change_s:
+                changes.popleft()
+            if changes:
+                raise _Reject(429, "TooManyProviderTokenUpdates")
+            changes.append(now)
+        seen.add(token)
 
 
 class _Connection(asyncio.Protocol):

@@ -1,4 +1,8 @@
-"""A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp, plain HTTP on localhost).
+"""A fake Google OAuth2 token endpoint and FCM HTTP v1 send endpoint (aiohttp on localhost).
+
+With ``cert_dir`` both are served over TLS with a certificate of a private CA made at start (``ca_file``),
+as Google serves them over HTTPS only: a client that does not trust the CA cannot get a token. Without it,
+plain HTTP (the benchmarks' choice).
 
 Token endpoint (``POST /token``): the JWT-bearer grant, the assertion RS256-signed by a known service
 account's key (``kid`` = private_key_id), ``iss`` = its client_email, the firebase.messaging scope, ``exp``
@@ -6,9 +10,11 @@ in the future; answers ``{"access_token", "expires_in", "token_type"}`` or 400 `
 
 Send endpoint (``POST /v1/projects/<project>/messages:send``): bearer must be a live token of a service
 account of that project (else 401 UNAUTHENTICATED or 403); the body is checked as Google does it
-(exactly one target, string-only data, reserved data keys, 4096 bytes, ttl range, android priority) → 400
+(exactly one target, string-only data, reserved data keys, the 4096-byte payload: the message without its
+target, as compact UTF-8 JSON; ttl range, android priority as the v1 enum HIGH/NORMAL) → 400
 INVALID_ARGUMENT with a BadRequest field violation; a per-minute project quota (429 QUOTA_EXCEEDED).
-Scriptable: ``unregistered`` tokens (404 UNREGISTERED),
+Scriptable: ``token_outage`` (503), ``token_stall`` (never answered), ``unregistered`` tokens (404
+UNREGISTERED),
 ``other_sender`` tokens (403 SENDER_ID_MISMATCH), ``fail_next`` and ``outage`` (429 QUOTA_EXCEEDED,
 503 UNAVAILABLE with Retry-After, 500 INTERNAL, 401 THIRD_PARTY_AUTH_ERROR), ``stall``.
 
@@ -22,6 +28,7 @@ import argparse
 import asyncio
 import json
 import secrets
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,6 +37,8 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+
+from tests.fakes.certs import CertificateAuthority
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -53,6 +62,14 @@ ERRORS = {
     "INTERNAL": 500,
 }
 RESERVED_DATA = ("from", "message_type")
+MAX_PAYLOAD = 4096
+TARGETS = ("token", "topic", "condition")
+
+
+def payload_size(message: dict[str, Any]) -> int:
+    """What FCM holds to 4096 bytes: the message's keys and values without the target, as UTF-8."""
+    rest = {k: v for k, v in message.items() if k not in TARGETS}
+    return len(json.dumps(rest, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 @dataclass
@@ -110,13 +127,23 @@ class FakeFCM:
     fail_next: deque[tuple[str, float | None]] = field(default_factory=deque)  # (FCM code, Retry-After)
     outage: tuple[str, float | None] | None = None
     token_outage: bool = False
+    token_stall: bool = False  # token requests are read and never answered while set
     stall: bool = False
     stall_after: int | None = None  # stall every send once this many were accepted
     token_lifetime_s: int = 3600
     quota_per_minute: int | None = None  # project-wide message quota (Google's default is 600,000)
     record: bool = True
+    cert_dir: Path | None = None  # serve TLS with a private CA's certificate, written here
 
     def __post_init__(self) -> None:
+        self.ca_file: Path | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if self.cert_dir is not None:
+            ca = CertificateAuthority(self.cert_dir, "fake google CA")
+            leaf = ca.server("localhost", ip=self.host)
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(leaf.cert, leaf.key)
+            self.ca_file = ca.cert
         self.sent: list[Sent] = []
         self.answers: list[tuple[float, str, int]] = []  # (time, token, status) of every answered send
         self.accepted = 0
@@ -136,7 +163,7 @@ class FakeFCM:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://{self.host}:{self.port}"
 
     async def start(self) -> FakeFCM:
         app = web.Application()
@@ -144,7 +171,7 @@ class FakeFCM:
         app.router.add_post("/v1/projects/{project}/messages:send", self._send)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
@@ -159,6 +186,9 @@ class FakeFCM:
 
     # -- OAuth2 ---------------------------------------------------------------------------------------------
     async def _token(self, request: web.Request) -> web.Response:
+        if self.token_stall:
+            await self._release.wait()  # never answered while the fake runs
+            raise web.HTTPServiceUnavailable()
         if self.token_outage:
             return web.json_response({"error": "temporarily_unavailable"}, status=503)
         form = await request.post()
@@ -232,7 +262,7 @@ class FakeFCM:
         msg = doc.get("message") if isinstance(doc, dict) else None
         if not isinstance(msg, dict):
             raise _Error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT", "message")
-        targets = [k for k in ("token", "topic", "condition") if k in msg]
+        targets = [k for k in TARGETS if k in msg]
         if len(targets) != 1:
             raise _Error(
                 400, "Exactly one of token, topic or condition must be set.", "INVALID_ARGUMENT", "message"
@@ -256,7 +286,7 @@ class FakeFCM:
                 if k in RESERVED_DATA or k.startswith(("google.", "gcm.notification.")):
                     raise _Error(400, f"Invalid data payload key: {k}", "INVALID_ARGUMENT", where)
         android = msg.get("android") or {}
-        if android.get("priority") not in (None, "normal", "high", "NORMAL", "HIGH"):
+        if android.get("priority") not in (None, "NORMAL", "HIGH"):  # the AndroidMessagePriority enum
             raise _Error(
                 400,
                 "Invalid value at 'message.android.priority'",
@@ -273,7 +303,7 @@ class FakeFCM:
                 raise _Error(
                     400, "Invalid value at 'message.android.ttl'", "INVALID_ARGUMENT", "message.android.ttl"
                 )
-        if len(json.dumps(msg, separators=(",", ":")).encode()) > 4096 + 512:
+        if payload_size(msg) > MAX_PAYLOAD:
             raise _Error(400, "Message is too big", "INVALID_ARGUMENT", "message")
         token = msg.get("token")
         if isinstance(token, str) and (len(token) < 20 or not token.isprintable()):

@@ -19,6 +19,8 @@ EXPECTED = {
     "outage": {"delivered", "drain_after_outage_s"},
     "cumulocity": {"alarms_per_s", "p99_ms", "created_per_s"},
     "failover": {"kill9"},
+    "stages": {"events_per_s", "cpu_us_per_event", "samples"},
+    "clients": {"messages", "tocsin", "paho", "gmqtt", "aiomqtt"},
 }
 
 
@@ -59,3 +61,20 @@ def test_kill9_and_sigterm_mid_stream_lose_nothing() -> None:
     assert figures["sigterm_duplicates"] == 0, done.stdout
     assert figures["kill9_duplicates"] <= figures["kill9_in_flight"], done.stdout
     assert "did not log 'stopped'" not in done.stdout
+
+
+def test_receivers_fanout_smoke_reports_each_provider() -> None:
+    """``scripts/bench fanout --providers webpush,webhook --smoke``: figures per provider, every one sent."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.fanout", "--providers", "webpush,webhook", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    for provider in ("webpush", "webhook"):
+        got = figures[provider]
+        assert {"notifications_per_s", "cpu_us_per_notification"} <= set(got), figures
+        assert got["n"] == 200 and got["notifications_per_s"] > 0 and got["cpu_us_per_notification"] > 0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import paho.mqtt.publish
 
+from tests.fakes.keys import ApnsKey, service_account, write_service_account
 from tests.support import ServiceRun, free_port, port_open, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_check_reports_every_config_error_and_exits_non_zero(tmp_path: Path) -> 
 
 
 def test_check_of_the_example_configuration_passes_as_its_header_says() -> None:
-    r = tocsin("check", "deploy/config.example.yaml")
+    r = tocsin("check", "--skip-credentials", "deploy/config.example.yaml")
     assert r.returncode == 0, r.stderr
     assert "ok: configuration deploy/config.example.yaml" in r.stdout
 
@@ -101,6 +102,50 @@ def test_run_refuses_to_start_on_a_bad_configuration(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "not starting" in r.stderr and "environment TOCSIN_MQTT__PORT: mqtt.port" in r.stderr
     assert not (tmp_path / "tocsin.db").exists()
+
+
+def test_credential_files_are_read_by_check_and_run_and_named_by_path(tmp_path: Path) -> None:
+    key, bad_key, sa = tmp_path / "AuthKey.p8", tmp_path / "Bad.p8", tmp_path / "sa.json"
+    key.write_text(ApnsKey.generate().p8)
+    bad_key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    f = tmp_path / "tocsin.yaml"
+    app = {"team_id": "ABCDE12345", "key_id": "XYZ987WVU6"}
+    doc = {
+        "data_dir": str(tmp_path / "data"),
+        "providers": {
+            "apns": {
+                "apps": {
+                    "com.example.ok": {**app, "private_key_path": str(key)},
+                    "com.example.gone": {**app, "private_key_path": str(tmp_path / "Missing.p8")},
+                    "com.example.bad": {**app, "private_key_path": str(bad_key)},
+                }
+            },
+            "fcm": {"credentials_path": str(sa)},
+        },
+    }
+    f.write_text(json.dumps(doc))
+    r = tocsin("check", str(f))
+    assert r.returncode == 2, r.stdout
+    problems = r.stderr.splitlines()[1:]
+    assert problems == [
+        f"providers.apns: apps.com.example.gone: {tmp_path / 'Missing.p8'}: no such file",
+        f"providers.apns: apps.com.example.bad: {bad_key}: not a valid key or certificate (ValueError)",
+        f"providers.fcm: {sa}: no such file",
+    ]
+    assert tocsin("check", "--skip-credentials", str(f)).returncode == 0
+    sa.write_text('{"type": "service_account"}')
+    r = tocsin("run", "-c", str(f))
+    assert r.returncode == 2 and "not starting" in r.stderr
+    assert f"providers.fcm: {sa}: not a usable service account:" in r.stderr
+    assert not (tmp_path / "data" / "tocsin.db").exists()
+    info, _ = service_account("p", "https://oauth2.googleapis.com/token")
+    write_service_account(sa, info)
+    del doc["providers"]["apns"]["apps"]["com.example.gone"]  # type: ignore[index]
+    del doc["providers"]["apns"]["apps"]["com.example.bad"]  # type: ignore[index]
+    f.write_text(json.dumps(doc))
+    r = tocsin("check", str(f))
+    assert r.returncode == 0, r.stderr
+    assert info["private_key"] not in r.stdout + r.stderr
 
 
 def test_newcomer_run_with_no_broker_starts_an_embedded_one_and_prints_the_doorbell(tmp_path: Path) -> None:

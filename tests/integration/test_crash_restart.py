@@ -53,7 +53,12 @@ def _config(
                 "ca_file": str(apns.cert_path),
                 "timeout_s": 120,
             },
-            "fcm": {"credentials_path": str(sa), "send_url": fcm.url, "timeout_s": 120},
+            "fcm": {
+                "credentials_path": str(sa),
+                "send_url": fcm.url,
+                "ca_file": str(fcm.ca_file),
+                "timeout_s": 120,
+            },
         },
         "delivery": {"workers": 4},  # four requests in flight: all four stall, then the kill
         "registrations": {"seed": [{"provider": p, "token": t, "tags": ["home"]} for p, t in tokens]},
@@ -83,7 +88,7 @@ async def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 async def test_sigkill_mid_delivery_then_restart(tmp_path: Path, broker: Mosquitto) -> None:
     apns = await FakeAPNs(tmp_path / "apns", stall_after=15).start()
-    fcm = await FakeFCM(stall_after=15).start()
+    fcm = await FakeFCM(stall_after=15, cert_dir=tmp_path / "fcm").start()
     tokens = [("apns", apns_token()) for _ in range(PER_PLATFORM)]
     tokens += [("fcm", f"fcm-{i:03d}-" + "k" * 30) for i in range(PER_PLATFORM)]
     http = free_port()

@@ -72,7 +72,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     key = trusted_key(apns)
     key_path = tmp_path / "AuthKey.p8"
     store = SqliteRegistrationStore(tmp_path / "tocsin.db")
@@ -161,6 +161,19 @@ async def test_retry_honours_retry_after_and_stops_at_expiry(rig: Rig) -> None:
     await wait_until(lambda: rig.report("nid-expiring")["pending"] == 0, 10, "the delivery to be given up")
     assert rig.report("nid-expiring")["failed"] in ({"gave_up": 1}, {"expired": 1})
     assert sum(1 for _, token, _ in rig.fcm.answers if token == reg.token) - 2 >= 2
+
+
+async def test_retries_after_a_throttled_burst_are_jittered_past_retry_after(rig: Rig) -> None:
+    regs = rig.register(0, 20)
+    rig.fcm.fail_next.extend([("UNAVAILABLE", 1.0)] * 20)
+    await rig.send(notification("nid-burst"), regs)
+    await wait_until(lambda: rig.report("nid-burst")["delivered"] == 20, 15, "the retried deliveries")
+    refused = {token: t for t, token, status in rig.fcm.answers if status == 503}
+    retried = {token: t for t, token, status in rig.fcm.answers if status == 200}
+    assert len(refused) == len(retried) == 20
+    assert all(retried[token] - refused[token] >= 1.0 for token in retried)  # not before Retry-After
+    times = sorted(retried.values())
+    assert times[-1] - times[0] > 0.3  # spread over the second after it, not all in one millisecond
 
 
 async def test_config_error_pauses_the_credential_without_burning_the_queue(rig: Rig) -> None:

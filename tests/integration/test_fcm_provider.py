@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from service.notify.model import Notification
 from service.providers.base import ConfigError, Delivered, Rejected, Retry, TokenInvalid, TokenSuspect
-from service.providers.fcm import FcmProvider
+from service.providers.fcm import FcmProvider, message, payload_size
 from tests.fakes.fcm import FakeFCM
 from tests.fakes.keys import service_account, write_service_account
 from tests.push_support import delivery, fcm_account, fcm_config, notification
@@ -24,8 +26,8 @@ TOKEN = "fcm-token-" + "a" * 40
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeFCM]:
-    f = await FakeFCM().start()
+async def fake(tmp_path: Path) -> AsyncIterator[FakeFCM]:
+    f = await FakeFCM(cert_dir=tmp_path / "fcm").start()  # HTTPS with a private CA, as Google is
     yield f
     await f.stop()
 
@@ -165,7 +167,8 @@ async def test_rotated_service_account_file_is_picked_up(fake: FakeFCM, tmp_path
 async def test_fake_checks_bodies_like_google(fake: FakeFCM) -> None:
     info = fcm_account(fake)
     url = f"{fake.url}/v1/projects/tocsin-test/messages:send"
-    async with aiohttp.ClientSession() as http:
+    trust = ssl.create_default_context(cafile=str(fake.ca_file))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
         async with http.post(url, json={"message": {"token": TOKEN}}) as resp:
             assert resp.status == 401 and (await resp.json())["error"]["status"] == "UNAUTHENTICATED"
         p = FcmProvider(fcm_config(fake, info))
@@ -180,6 +183,8 @@ async def test_fake_checks_bodies_like_google(fake: FakeFCM) -> None:
             ({"message": {"token": TOKEN, "data": {"n": 1}}}, "message.data[0].value"),
             ({"message": {"token": TOKEN, "android": {"ttl": "3000000s"}}}, "message.android.ttl"),
             ({"message": {"token": TOKEN, "android": {"priority": "urgent"}}}, "message.android.priority"),
+            ({"message": {"token": TOKEN, "android": {"priority": "high"}}}, "message.android.priority"),
+            ({"message": {"token": TOKEN, "data": {"k": "ü" * 2040}}}, "message"),  # 4,093 bytes + the keys
         ]
         for body, field in cases:
             async with http.post(url, data=json.dumps(body), headers=auth) as resp:
@@ -203,3 +208,56 @@ async def test_project_quota_answers_429_with_retry_after(fake: FakeFCM, provide
     over = await provider.send(delivery(notification(), "fcm", TOKEN))
     assert isinstance(over, Retry) and "QUOTA_EXCEEDED" in over.reason
     assert over.after is not None and 50 <= over.after <= 60
+
+
+async def test_token_endpoint_is_reached_with_the_configured_ca_only(fake: FakeFCM) -> None:
+    info = fcm_account(fake)
+    p = FcmProvider(fcm_config(fake, info, ca_file=None))  # the system's CAs do not know the fake's
+    try:
+        outcome = await p.send(delivery(notification(), "fcm", TOKEN))
+        assert isinstance(outcome, Retry) and fake.tokens_issued == 0
+        assert p.degraded is not None and p.degraded == outcome.reason
+        assert p.degraded.startswith(
+            f"no access token from {fake.url}/token: its TLS certificate is not trusted"
+        )
+        assert "see providers.fcm.ca_file" in p.degraded
+    finally:
+        await p.close()
+    p = FcmProvider(fcm_config(fake, info))  # ca_file: the fake's CA
+    try:
+        assert await p.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+        assert fake.tokens_issued == 1 and p.degraded is None
+    finally:
+        await p.close()
+
+
+async def test_token_request_times_out_degrades_and_recovers(fake: FakeFCM) -> None:
+    p = FcmProvider(fcm_config(fake, fcm_account(fake), timeout_s=0.5))
+    try:
+        fake.token_stall = True
+        outcome = await p.send(delivery(notification(), "fcm", TOKEN))
+        assert isinstance(outcome, Retry)
+        assert p.degraded == f"no access token from {fake.url}/token: no answer within 0.5 s"
+        fake.token_stall = False
+        assert await p.send(delivery(notification(), "fcm", TOKEN)) == Delivered()
+        assert p.degraded is None and fake.tokens_issued == 1
+    finally:
+        await p.close()
+
+
+async def test_payload_limit_is_4096_bytes_as_fcm_counts_them(fake: FakeFCM, provider: FcmProvider) -> None:
+    """FCM counts the message's keys and values without the target, in UTF-8: a body of exactly 4,096
+    payload bytes gets through, one byte more is refused here, before sending, as the fake would refuse it."""
+
+    def sized(extra: int) -> Notification:
+        n = notification("nid-size", body="")
+        base = payload_size(message(n, TOKEN, 600))
+        return notification("nid-size", body="ü" * ((4096 - base) // 2) + "x" * ((4096 - base) % 2 + extra))
+
+    exact, over = sized(0), sized(1)
+    assert payload_size(message(exact, TOKEN, 600)) == 4096
+    assert await provider.send(delivery(exact, "fcm", TOKEN)) == Delivered()
+    assert fake.accepted == 1 and fake.sent[0].message["notification"]["body"] == exact.body
+    refused = await provider.send(delivery(over, "fcm", TOKEN))
+    assert refused == Rejected("FCM payload of notification nid-size is 4097 bytes, over the 4096-byte limit")
+    assert len(fake.answers) == 1  # never sent

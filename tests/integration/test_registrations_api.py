@@ -113,7 +113,7 @@ BAD_BODIES = [
     (reg(token="zz" * 32), "(body)", "64 hexadecimal"),
     (reg(provider="fcm", token="short:x"), "(body)", "FCM registration token"),
     (reg(provider="fcm", token="has spaces " * 5), "(body)", "FCM registration token"),
-    (reg(provider="webpush"), "provider", "'apns', 'fcm' or 'log'"),
+    (reg(provider="pigeon"), "provider", "unknown provider 'pigeon': one of log, apns, fcm"),
     (reg(tags=["bad tag"]), "tags", "must be 1-120 characters"),
     (reg(timezone="Mars/Olympus"), "timezone", "IANA"),
     (reg(quiet_hours="22-7"), "quiet_hours", "HH:MM-HH:MM"),

@@ -3,6 +3,9 @@ and fake FCM receive, through the real service and a real Mosquitto."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ import yaml
 
 from registrations.model import Registration
 from service.app import Service
+from service.cli import main
 from service.config import load_config
 from tests.conftest import publish
 from tests.fakes.apns import FakeAPNs, Received
@@ -63,7 +67,7 @@ async def _service(tmp_path: Path, broker: Mosquitto, apns: FakeAPNs, fcm: FakeF
                 "production_url": f"https://localhost:{apns.port}",
                 "ca_file": str(apns.cert_path),
             },
-            "fcm": {"credentials": json.dumps(info), "send_url": fcm.url},
+            "fcm": {"credentials": json.dumps(info), "send_url": fcm.url, "ca_file": str(fcm.ca_file)},
         },
         "registrations": {"seed": []},
     }
@@ -85,7 +89,7 @@ async def _service(tmp_path: Path, broker: Mosquitto, apns: FakeAPNs, fcm: FakeF
 
 async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     service = await _service(tmp_path, broker, apns, fcm)
     try:
         await wait_until(lambda: service.source.is_connected, 10, "the MQTT connection")
@@ -118,6 +122,7 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
                 "headers": {"apns-priority": "5", "apns-collapse-id": "bell-hall"},
                 "payload": {"aps": {"sound": "bell.caf", "category": "DOORBELL"}},
             }
+            assert m["webpush"] == {"headers": {"Urgency": "normal"}, "notification": {"tag": "bell-hall"}}
         assert sent[FCM_DE]["notification"] == {"title": "Es klingelt: hall", "body": "Jemand ist an der Tür"}
         assert sent[FCM_PLAIN]["notification"] == {"title": "Ring at hall", "body": "Someone is at the door"}
     finally:
@@ -128,7 +133,7 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
 
 async def test_push_api_options_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
     apns = await FakeAPNs(tmp_path / "apns").start()
-    fcm = await FakeFCM().start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
     service = await _service(tmp_path, broker, apns, fcm)
     body = {
         "audience": {"tags": "home"},
@@ -177,7 +182,101 @@ async def test_push_api_options_reach_apns_and_fcm(tmp_path: Path, broker: Mosqu
         for m in sent.values():
             assert (m["android"]["priority"], m["android"]["collapse_key"]) == ("NORMAL", "leak-basement")
             assert m["apns"]["headers"] == {"apns-priority": "5", "apns-collapse-id": "leak-basement"}
-            assert m["apns"]["payload"]["aps"] == {"sound": "leak.caf", "category": "LEAK", "badge": 4}
+            assert m["apns"]["payload"]["aps"] == {  # for iOS apps reached through FCM: the same aps keys
+                "sound": "leak.caf",
+                "badge": 4,
+                "category": "LEAK",
+                "thread-id": "leaks",
+                "content-available": 1,
+                "mutable-content": 1,
+                "interruption-level": "time-sensitive",
+            }
+    finally:
+        await service.__aexit__(None, None, None)
+        await apns.stop()
+        await fcm.stop()
+
+
+async def _cli(*args: str) -> tuple[int, str, str]:
+    """``tocsin`` in this process (a thread, so the service on this loop answers it)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = await asyncio.to_thread(main, list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+async def test_tocsin_push_flags_reach_apns_and_fcm(tmp_path: Path, broker: Mosquitto) -> None:
+    apns = await FakeAPNs(tmp_path / "apns").start()
+    fcm = await FakeFCM(cert_dir=tmp_path / "fcm").start()
+    service = await _service(tmp_path, broker, apns, fcm)
+    url = ("--url", f"http://127.0.0.1:{service.http_port}")
+    try:
+        code, out, err = await _cli(
+            "push", *url, "--tags", "home", "--title", "Water leak", "--body", "Basement sensor is wet",
+            "--locale-title", "de=Wasserschaden", "--locale-body", "de=Der Keller ist nass",
+            "--locale-title", "fr-FR=Fuite d'eau",
+            "--sound", "leak.caf", "--badge", "4", "--priority", "normal", "--collapse-key", "leak-basement",
+            "--content-available", "--mutable-content", "--interruption-level", "time-sensitive",
+            "--thread-id", "leaks", "--category", "LEAK", "--data", "sensor=basement", "--data", "level=3",
+            "--severity", "major",
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.startswith("accepted: notification ")
+        await wait_until(lambda: len(apns.received) == 3 and len(fcm.sent) == 2, 10, "five pushes")
+        got = {r.token: r for r in apns.received}
+        for r in got.values():
+            assert (r.headers["apns-priority"], r.headers["apns-collapse-id"]) == ("5", "leak-basement")
+            assert r.headers["apns-push-type"] == "alert"
+            assert {k: v for k, v in r.payload.items() if k != "aps"} == {"sensor": "basement", "level": "3"}
+            assert {k: v for k, v in r.payload["aps"].items() if k != "alert"} == {
+                "sound": "leak.caf",
+                "badge": 4,
+                "category": "LEAK",
+                "thread-id": "leaks",
+                "content-available": 1,
+                "mutable-content": 1,
+                "interruption-level": "time-sensitive",
+            }
+        assert got[DE_AT].payload["aps"]["alert"] == {"title": "Wasserschaden", "body": "Der Keller ist nass"}
+        assert got[FR_FR].payload["aps"]["alert"] == {
+            "title": "Fuite d'eau",
+            "body": "Basement sensor is wet",
+        }
+        assert got[PLAIN].payload["aps"]["alert"] == {"title": "Water leak", "body": "Basement sensor is wet"}
+        sent = {s.token: s.message for s in fcm.sent}
+        assert sent[FCM_DE]["notification"] == {"title": "Wasserschaden", "body": "Der Keller ist nass"}
+        for m in sent.values():
+            assert (m["android"]["priority"], m["android"]["collapse_key"]) == ("NORMAL", "leak-basement")
+            assert m["android"]["notification"]["sound"] == "leak.caf"
+            assert {"sensor": "basement", "level": "3"}.items() <= m["data"].items()
+            assert m["apns"]["headers"] == {"apns-priority": "5", "apns-collapse-id": "leak-basement"}
+            assert m["apns"]["payload"]["aps"]["thread-id"] == "leaks"
+            assert m["webpush"] == {
+                "headers": {"Urgency": "normal"},
+                "notification": {"tag": "leak-basement"},
+            }
+
+        apns.received.clear()
+        fcm.sent.clear()
+        code, _, err = await _cli(
+            "push", *url, "--tags", "home", "--title", "sync", "--push-type", "background", "--data", "sync=1"
+        )
+        assert code == 0, err
+        await wait_until(lambda: len(apns.received) == 3 and len(fcm.sent) == 2, 10, "five background pushes")
+        for r in apns.received:
+            assert (r.headers["apns-push-type"], r.headers["apns-priority"]) == ("background", "5")
+            assert r.payload == {"aps": {"content-available": 1}, "sync": "1"}
+        for m in (s.message for s in fcm.sent):
+            assert "notification" not in m and m["android"]["priority"] == "NORMAL"
+            assert m["apns"] == {
+                "headers": {"apns-priority": "5", "apns-push-type": "background"},
+                "payload": {"aps": {"content-available": 1}},
+            }
+
+        code, _, err = await _cli("push", *url, "--tags", "home", "--data", "novalue")
+        assert code == 1 and "--data: expected KEY=VALUE, got 'novalue'" in err
+        code, _, err = await _cli("push", *url, "--tags", "home", "--collapse-key", "ü" * 33)
+        assert code == 1 and "collapse_key" in err and "64 bytes" in err
     finally:
         await service.__aexit__(None, None, None)
         await apns.stop()

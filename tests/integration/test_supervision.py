@@ -147,3 +147,31 @@ async def test_a_crashed_task_restarts_and_readiness_names_it_meanwhile(
     assert crashes[0].exc_info[0] is RuntimeError
     service.stop()
     await asyncio.wait_for(waiting, 5)
+
+
+async def test_a_failing_keepalive_ends_the_session_and_the_intake_reconnects(
+    running: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keepalive task belongs to the MQTT session: if it raises, the session ends and reconnects (counted,
+    logged), rather than living on without pings until the broker drops it."""
+    import paho.mqtt.client as paho
+
+    service = running.service
+    connects = service.metrics.mqtt_connects.get()
+    real = paho.Client.loop_misc
+    failed: list[int] = []
+
+    def loop_misc(self: paho.Client) -> object:
+        if not failed:
+            failed.append(1)
+            raise RuntimeError("injected")
+        return real(self)
+
+    monkeypatch.setattr(paho.Client, "loop_misc", loop_misc)
+    await wait_until(
+        lambda: service.metrics.internal_errors.get("mqtt_keepalive") == 1, 10, "the failure counted"
+    )
+    await wait_until(lambda: service.metrics.mqtt_connects.get() > connects, 15, "a new session")
+    await wait_until(lambda: service.source.is_connected, 10, "connected again")
+    await publish(running.broker_port, ("home/front/doorbell", json.dumps({"event": "ring"})))
+    await wait_until(lambda: running.printed.count() == 1, 10, "the next event notified")

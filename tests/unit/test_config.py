@@ -3,12 +3,13 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, load_config
+from service.providers.log import LogProviderConfig
 
 
 def test_no_configuration_runs_on_embedded_defaults(tmp_path: Path) -> None:
     c = load_config(None, {"XDG_DATA_HOME": str(tmp_path)})
     assert c.mqtt.host == "127.0.0.1" and c.mqtt.port == 1883 and c.mqtt.embedded_broker == "auto"
-    assert c.providers.log.format == "text"
+    assert c.providers.get(LogProviderConfig).format == "text"
     assert [s.token for s in c.registrations.seed] == ["console"]
     assert c.rules.paths == []
     assert c.store_path.name == "tocsin.db"

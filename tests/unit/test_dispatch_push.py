@@ -22,6 +22,9 @@ async def test_a_provider_that_raises_is_retried_not_stranded(tmp_path: Path) ->
         degraded = None
         calls = 0
 
+        def credential_for(self, registration: Registration) -> str:
+            return ""
+
         async def send(self, delivery: Delivery) -> Outcome:
             Flaky.calls += 1
             if Flaky.calls == 1:

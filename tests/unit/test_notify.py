@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 
 from registrations.model import Audience, Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from service.clock import ManualClock
 from service.metrics import Metrics
-from service.notify.dispatch import Dispatcher, backoff_delay
+from service.notify.dispatch import Dispatcher, backoff_delay, retry_delay
 from service.notify.model import Delivery, Notification
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.providers.base import ConfigError, Delivered, Outcome, Retry, TokenInvalid, TokenSuspect
@@ -51,6 +52,9 @@ class ScriptedProvider:
     @property
     def degraded(self) -> str | None:
         return None
+
+    def credential_for(self, registration: Registration) -> str:
+        return ""
 
     async def send(self, delivery: Delivery) -> Outcome:
         self.calls += 1
@@ -120,8 +124,15 @@ async def test_unknown_provider_is_counted_not_fatal(tmp_path: Path) -> None:
 
 
 def test_backoff_grows_and_is_capped() -> None:
-    import random
-
     rng = random.Random(1)
     assert all(0 <= backoff_delay(1, rng=rng) <= 0.5 for _ in range(50))
     assert all(0 <= backoff_delay(30, cap=10, rng=rng) <= 10 for _ in range(50))
+
+
+def test_retry_after_is_the_earliest_moment_and_jittered_over_as_long_again() -> None:
+    rng = random.Random(7)
+    delays = [retry_delay(1, 2.0, base=0.5, cap=60, rng=rng) for _ in range(200)]
+    assert all(2.0 <= d <= 4.0 for d in delays) and max(delays) - min(delays) > 1.5
+    assert len({round(d, 3) for d in delays}) > 150  # not the same millisecond
+    assert all(0 <= retry_delay(1, 0.0, base=0.5, rng=rng) <= 0.5 for _ in range(50))  # "now": backoff window
+    assert all(300 <= retry_delay(3, 300.0, cap=60, rng=rng) <= 360 for _ in range(50))  # capped spread

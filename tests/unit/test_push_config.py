@@ -10,6 +10,7 @@ from service.config import ConfigError, load_config
 from service.providers.apns import ApnsProvider
 from service.providers.fcm import FcmProvider
 from service.providers.registry import build_providers
+from service.push_config import ApnsConfig
 
 
 def test_apns_app_needs_exactly_one_credential(tmp_path: Path) -> None:
@@ -48,7 +49,7 @@ def test_secrets_come_from_files_and_providers_are_built_from_settings(tmp_path:
         "TOCSIN_DELIVERY__WORKERS": "8",
     }
     config = load_config(None, env)
-    app = config.providers.apns.apps["com.example.app"]
+    app = config.providers.get(ApnsConfig).apps["com.example.app"]
     assert app.private_key is not None and app.private_key.get_secret_value() == "p8 text"
     assert "p8 text" not in repr(config)
     assert config.delivery.workers == 8

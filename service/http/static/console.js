@@ -71,6 +71,7 @@ async function signIn(auth) {
     sessionStorage.setItem("tocsin.auth", auth);
     $("me").textContent = me.user || me.name;
     $("instance").textContent = `${me.instance} · ${me.version}`;
+    state.providers = me.providers;
     $("login").hidden = true; $("main").hidden = false; $("logout").hidden = false;
     startStream(); route();
   } catch (e) {
@@ -347,7 +348,7 @@ async function registrationsPage() {
   const sel = (k, label, options) => h("label", {}, label, h("select", { id: `reg-${k}`, onchange: (e) => { regQuery[k] = e.target.value; } }, h("option", { value: "" }, "any"), options.map((o) => h("option", { value: o, selected: regQuery[k] === o }, o))));
   const form = h("form", { class: "card", onsubmit: (ev) => { ev.preventDefault(); render(false); } },
     h("div", { class: "filters" }, field("user_id", "User", "ann"), field("tags", "Tag expression", "home && !test"), field("app", "App", "com.example.alarms"),
-      sel("provider", "Platform", ["apns", "fcm", "log"]), sel("state", "State", ["active", "suspect", "invalid"]),
+      sel("provider", "Platform", state.providers || []), sel("state", "State", ["active", "suspect", "invalid"]),
       h("button", { class: "primary", type: "submit" }, "Search")), error ? h("p", { class: "error" }, error) : null);
   const rows = data.items.map((r) => h("tr", { "data-token": r.token },
     h("td", {}, r.provider), h("td", {}, badge(`s-${r.state}`, r.state), h("div", { class: "muted" }, r.state_since ? `since ${ago(r.state_since)}` : "")),
