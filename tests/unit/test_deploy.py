@@ -393,10 +393,11 @@ def test_image_copies_files_that_exist_and_installs_the_locked_runtime_dependenc
         if line.startswith("COPY ") and "--from=" not in line:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
-    export = next(line for line in text.splitlines() if "uv export" in line)
-    for flag in ("--frozen", "--no-dev", "--no-emit-project"):
-        assert flag in export
-    assert "uv==0.13.9" in text  # the version scripts/_env.sh uses, whose export flags these are
+    syncs = [line for line in text.splitlines() if "uv sync" in line]
+    # the dependencies first (a layer of their own), then the project, not editable: both from uv.lock
+    assert len(syncs) == 2 and all("--frozen" in s and "--no-dev" in s for s in syncs)
+    assert "--no-install-project" in syncs[0] and "--no-editable" in syncs[1]
+    assert "ARG UV_VERSION=0.13.9" in text  # the version scripts/_env.sh uses, whose sync flags these are
     assert "UV_VERSION=0.13.9" in (ROOT / "scripts" / "_env.sh").read_text()
 
 
