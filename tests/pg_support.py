@@ -1,0 +1,95 @@
+"""A private PostgreSQL server for tests and benchmarks: ``initdb`` + ``pg_ctl`` in a temporary directory on a
+free port (Debian's ``postgresql`` package), never the machine's own server.
+
+PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user the package creates,
+in a directory it owns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.support import free_port
+
+USER = "tocsin"
+
+
+def bin_dir() -> Path:
+    """The newest installed server's binaries (/usr/lib/postgresql/<major>/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not found:
+        raise RuntimeError("no PostgreSQL server installed: apt-get install postgresql (scripts/test does)")
+    return Path(found[-1]).parent
+
+
+class PostgresServer:
+    """``start()``, ``url(database)``, ``create_database()``, ``stop()``. ``durable=False`` (tests) turns off
+    fsync: the server's data dies with it anyway."""
+
+    def __init__(self, durable: bool = False, port: int | None = None) -> None:
+        self.durable = durable
+        self.port = port or free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="tocsin-pg-"))
+        self.data = self.workdir / "data"
+        self._as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.workdir, owner.pw_uid, owner.pw_gid)
+            self._as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(bin_dir() / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            cwd=self.workdir,
+            check=False,
+            **self._as,
+        )
+        if result.returncode != 0:
+            log = self.workdir / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}\n{tail}")
+
+    def start(self) -> None:
+        if not self.data.exists():
+            self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N")
+        options = [
+            f"-p {self.port}",
+            f"-k {self.workdir}",
+            "-c listen_addresses=127.0.0.1",
+            "-c max_connections=200",
+            "-c shared_buffers=128MB",
+        ]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.workdir / "server.log"), "-w", "-t", "60",
+                  "-o", " ".join(options), "start")  # fmt: skip
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.data.exists():
+            try:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            except RuntimeError:
+                pass  # not running
+        shutil.rmtree(self.workdir, ignore_errors=True)
