@@ -7,6 +7,7 @@ in a directory it owns.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -63,7 +64,9 @@ class PostgresServer:
 
     def start(self) -> None:
         if not self.data.exists():
-            self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N")
+            self._run(
+                "initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N"
+            )
         options = [
             f"-p {self.port}",
             f"-k {self.workdir}",
@@ -88,8 +91,6 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.data.exists():
-            try:
+            with contextlib.suppress(RuntimeError):  # not running
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-            except RuntimeError:
-                pass  # not running
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -16,7 +16,7 @@ from registrations.store import RegistrationStore
 from tests.conftest import open_registry
 from tests.pg_support import PostgresServer
 
-# Every test taking ``registry_store`` (or ``store_url``) runs on SQLite and on PostgreSQL (tests/conftest.py).
+# Every test taking ``registry_store`` or ``store_url`` runs on SQLite and on PostgreSQL (tests/conftest.py).
 
 
 async def collect(it: AsyncIterator[list[Registration]]) -> list[list[Registration]]:
@@ -102,7 +102,8 @@ async def test_tag_expressions_in_sql_agree_with_the_reference_evaluation(
         for i in range(120)
     ]
     await s.upsert_many(regs, 1.0)
-    for _ in range(150):
+    # A query is a network round trip on PostgreSQL: fewer expressions there, the same first ones.
+    for _ in range(150 if isinstance(s, SqliteRegistrationStore) else 50):
         text = random_expression(rng, names)
         node = tagexpr.parse(text)
         expected = {r.token for r in regs if tagexpr.evaluate(node, set(r.tags))}
