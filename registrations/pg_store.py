@@ -97,16 +97,19 @@ class PgRegistrationStore:
         kwargs: dict[str, Any] = {"autocommit": True}
         if password is not None:
             kwargs["password"] = password
+        self._url, self._kwargs = url, kwargs
         self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             url, kwargs=kwargs, min_size=1, max_size=pool_size, open=False, name="tocsin-registrations"
         )
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect and bring the schema up to date."""
-        try:
+        try:  # one attempt first: a wrong password or host fails now, not after the pool's retries
+            probe = await AsyncConnection.connect(self._url, **self._kwargs)
+            await probe.close()
             await self.pool.open(wait=True, timeout=timeout)
-        except Exception as exc:  # the pool's error names the server, never the password
-            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from None
+        except Exception as exc:  # libpq's message names the server and user, never the password
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip()}") from None
         await self.migrate()
 
     async def migrate(self) -> int:

@@ -79,8 +79,8 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.workdir / "server.log"), "-w", "-t", "60",
                   "-o", " ".join(options), "start")  # fmt: skip
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", user: str = USER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def create_database(self) -> str:
         """A new empty database; returns its URL."""
@@ -88,6 +88,20 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def add_password_user(self, name: str, password: str) -> None:
+        """A role that must log in with its password (SCRAM), while the rest stays on trust."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE \"{name}\" LOGIN SUPERUSER PASSWORD '{password}'")
+        hba = self.data / "pg_hba.conf"
+        rules = f"host all {name} 127.0.0.1/32 scram-sha-256\n" + hba.read_text()
+        self._write_as_owner(hba, rules)
+        self._run("pg_ctl", "-D", str(self.data), "reload")
+
+    def _write_as_owner(self, path: Path, text: str) -> None:
+        stat = path.stat()
+        path.write_text(text)
+        os.chown(path, stat.st_uid, stat.st_gid)
 
     def stop(self) -> None:
         if self.data.exists():
