@@ -2,9 +2,10 @@
 
 The layout is the SQLite store's: an integer key ``rid``, tags and channels as space-separated text, and a
 ``registration_tags (tag, rid)`` index table, so ``audience_sql`` plans the same index-driven keyset queries
-for both (never OFFSET). A write is one transaction: every row of a batch is upserted by one ``INSERT ...
-SELECT FROM unnest(...) ON CONFLICT`` statement, its tag rows follow from the stored tags, and the
-``registry_version`` row is bumped, so that an instance's cached audiences notice another instance's write.
+for both (never OFFSET). A write is one statement (so one round trip and one commit): every row of a
+batch is upserted by ``INSERT ... SELECT FROM unnest(...) ON CONFLICT``, its tag rows follow from the stored
+tags, and the ``registry_version`` row is bumped, so that an instance's cached audiences notice another
+instance's write.
 
 Migrations are versioned SQL, applied in order under an advisory lock (instances starting together apply
 each once), at start and by ``tocsin db upgrade``.
@@ -66,24 +67,28 @@ _KEPT = {"id", "created", "provider", "token"}  # an update keeps the id and cre
 _SET = ", ".join(
     f"{c} = excluded.{c}" for c in _COLUMNS if c not in _KEPT and c not in ("last_success", "state_since")
 )
+# One statement a batch: the upsert; the tag rows following the stored tags (whoever wrote last, whatever
+# this instance thought they were: the rows to drop and the rows to add are disjoint); the version bump.
 _UPSERT = f"""
-    INSERT INTO registrations AS r ({", ".join(_COLUMNS)})
-    SELECT * FROM unnest({_UNNEST}) AS u({", ".join(_COLUMNS)})  -- in order: rids follow it
-    ON CONFLICT (provider, token) DO UPDATE SET {_SET},
-        last_success = coalesce(excluded.last_success, r.last_success),
-        state_since = CASE WHEN r.state = excluded.state AND r.state_since IS NOT NULL
-                           THEN r.state_since ELSE excluded.state_since END
-    RETURNING r.rid, r.provider, r.token, r.id, r.created, r.last_success, r.state_since
-"""
-# The tag rows follow the stored tags (whoever wrote last), whatever this instance thought they were.
-_TAGS_DELETE = """
-    DELETE FROM registration_tags t USING registrations r
-    WHERE r.rid = ANY(%s) AND t.rid = r.rid AND NOT (t.tag = ANY(string_to_array(r.tags, ' ')))
-"""
-_TAGS_INSERT = """
-    INSERT INTO registration_tags (tag, rid)
-    SELECT unnest(string_to_array(r.tags, ' ')), r.rid FROM registrations r WHERE r.rid = ANY(%s)
-    ON CONFLICT DO NOTHING
+    WITH up AS (
+        INSERT INTO registrations AS r ({", ".join(_COLUMNS)})
+        SELECT * FROM unnest({_UNNEST}) AS u({", ".join(_COLUMNS)})  -- in order: rids follow it
+        ON CONFLICT (provider, token) DO UPDATE SET {_SET},
+            last_success = coalesce(excluded.last_success, r.last_success),
+            state_since = CASE WHEN r.state = excluded.state AND r.state_since IS NOT NULL
+                               THEN r.state_since ELSE excluded.state_since END
+        RETURNING r.rid, r.provider, r.token, r.id, r.created, r.last_success, r.state_since, r.tags
+    ), dropped AS (
+        DELETE FROM registration_tags t USING up
+        WHERE t.rid = up.rid AND NOT (t.tag = ANY(string_to_array(up.tags, ' ')))
+    ), added AS (
+        INSERT INTO registration_tags (tag, rid)
+        SELECT unnest(string_to_array(up.tags, ' ')), up.rid FROM up
+        ON CONFLICT DO NOTHING
+    ), bumped AS (
+        UPDATE registry_version SET version = version + 1
+    )
+    SELECT rid, provider, token, id, created, last_success, state_since FROM up
 """
 _BUMP = "UPDATE registry_version SET version = version + 1"
 
@@ -159,10 +164,13 @@ class PgRegistrationStore:
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append(reg)
-        async with self.pool.connection() as conn, conn.transaction():
-            for batch in rounds:
-                await self._upsert_round(conn, batch, now)
-            await conn.execute(_BUMP)
+        async with self.pool.connection() as conn:
+            if len(rounds) == 1:  # one statement: atomic as it is
+                await self._upsert_round(conn, rounds[0], now)
+            else:
+                async with conn.transaction():
+                    for batch in rounds:
+                        await self._upsert_round(conn, batch, now)
         return list(registrations)
 
     async def _upsert_round(
@@ -177,14 +185,10 @@ class PgRegistrationStore:
                 columns[i].append(" ".join(dict.fromkeys(value)) if c in ("tags", "channels") else value)
         cur = await conn.execute(_UPSERT, columns)
         by_key = {(reg.provider, reg.token): reg for reg in regs}
-        rids = []
-        for rid, provider, token, id_, created, last_success, state_since in await cur.fetchall():
+        for _rid, provider, token, id_, created, last_success, state_since in await cur.fetchall():
             reg = by_key[(provider, token)]
             reg.id, reg.created, reg.last_success, reg.state_since = id_, created, last_success, state_since
             reg.tags = tuple(dict.fromkeys(reg.tags))
-            rids.append(rid)
-        await conn.execute(_TAGS_DELETE, (rids,))
-        await conn.execute(_TAGS_INSERT, (rids,))
 
     async def remove(self, provider: str | None, token: str) -> bool:
         """Delete the registration of ``token`` (for any provider when ``provider`` is None)."""
