@@ -78,9 +78,10 @@ _UPSERT = f"""
             state_since = CASE WHEN r.state = excluded.state AND r.state_since IS NOT NULL
                                THEN r.state_since ELSE excluded.state_since END
         RETURNING r.rid, r.provider, r.token, r.id, r.created, r.last_success, r.state_since, r.tags
-    ), dropped AS (
-        DELETE FROM registration_tags t USING up
-        WHERE t.rid = up.rid AND NOT (t.tag = ANY(string_to_array(up.tags, ' ')))
+    ), dropped AS (  -- driven by the rid index whatever the statistics say (a join could scan the table)
+        DELETE FROM registration_tags t
+        WHERE t.rid = ANY(ARRAY(SELECT rid FROM up))
+          AND NOT EXISTS (SELECT 1 FROM up WHERE up.rid = t.rid AND t.tag = ANY(string_to_array(up.tags, ' ')))
     ), added AS (
         INSERT INTO registration_tags (tag, rid)
         SELECT unnest(string_to_array(up.tags, ' ')), up.rid FROM up

@@ -234,50 +234,52 @@ def main() -> None:
         args.registrations, args.upserts, args.concurrency = 2000, 500, 8
     server = PostgresServer(durable=True) if args.store == "postgresql" else None
     url: str | None = None
-    with tempfile.TemporaryDirectory(prefix="tocsin-bench-registry-") as tmp:
-        work = Path(tmp)
-        db = args.db or work / "registry.db"
-        if server is not None:
-            server.start()
-            url = server.create_database()
-            print(f"loading {args.registrations:,} registrations into PostgreSQL ...", file=sys.stderr)
-            took = asyncio.run(load_postgresql(url, args.registrations))
-            print(f"loaded {args.registrations:,} registrations in {took:.0f} s (PostgreSQL)")
-        elif not db.exists():
-            print(f"loading {args.registrations:,} registrations ...", file=sys.stderr)
-            took = load(db, args.registrations)
-            size = db.stat().st_size / 2**20
-            print(f"loaded {args.registrations:,} registrations in {took:.0f} s ({size:.0f} MB)")
-        broker = Mosquitto(work / "broker")
-        broker.start()
-        service = ServiceProcess(work, db, broker.port, url)
-        try:
-            service.wait_ready()
-            asyncio.run(upserts(service.base, 1000, args.concurrency, 10_000_000))  # warm-up
-            ps = psutil.Process(service.proc.pid)
-            cpu = ps.cpu_times()
-            rate = asyncio.run(upserts(service.base, args.upserts, args.concurrency, 20_000_000))
-            after = ps.cpu_times()
-            per = (after.user + after.system - cpu.user - cpu.system) / args.upserts * 1000
-            load_avg = os.getloadavg()[0]
-            print(
-                f"upserts over HTTP ({args.store}, keep-alive, {args.concurrency} connections): "
-                f"{rate:,.0f}/s; "
-                f"service CPU {per:.2f} ms per upsert; load average {load_avg:.1f} on {os.cpu_count()} cores"
-            )
-            first, total_s, matched, cpu_s = asyncio.run(resolve_times(db, url))
-            print(
-                f"resolve {EXPRESSION!r}: {matched:,} registrations; first batch {first * 1000:.1f} ms, "
-                f"all {total_s * 1000:.0f} ms, CPU {cpu_s * 1000:.0f} ms (median of 3, the store's resolve "
-                f"on the service's database; load average {os.getloadavg()[0]:.1f})"
-            )
-            rss = service.peak_rss_mb()
-            print(f"service peak RSS (VmHWM): {rss:.0f} MB")
-        finally:
-            service.stop()
-            broker.stop()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tocsin-bench-registry-") as tmp:
+            work = Path(tmp)
+            db = args.db or work / "registry.db"
             if server is not None:
-                server.stop()
+                server.start()
+                url = server.create_database()
+                print(f"loading {args.registrations:,} registrations into PostgreSQL ...", file=sys.stderr)
+                took = asyncio.run(load_postgresql(url, args.registrations))
+                print(f"loaded {args.registrations:,} registrations in {took:.0f} s (PostgreSQL)")
+            elif not db.exists():
+                print(f"loading {args.registrations:,} registrations ...", file=sys.stderr)
+                took = load(db, args.registrations)
+                size = db.stat().st_size / 2**20
+                print(f"loaded {args.registrations:,} registrations in {took:.0f} s ({size:.0f} MB)")
+            broker = Mosquitto(work / "broker")
+            broker.start()
+            service = ServiceProcess(work, db, broker.port, url)
+            try:
+                service.wait_ready()
+                asyncio.run(upserts(service.base, 1000, args.concurrency, 10_000_000))  # warm-up
+                ps = psutil.Process(service.proc.pid)
+                cpu = ps.cpu_times()
+                rate = asyncio.run(upserts(service.base, args.upserts, args.concurrency, 20_000_000))
+                after = ps.cpu_times()
+                per = (after.user + after.system - cpu.user - cpu.system) / args.upserts * 1000
+                load_avg = os.getloadavg()[0]
+                print(
+                    f"upserts over HTTP ({args.store}, keep-alive, {args.concurrency} connections): "
+                    f"{rate:,.0f}/s; "
+                    f"service CPU {per:.2f} ms per upsert; load average {load_avg:.1f} on {os.cpu_count()} cores"
+                )
+                first, total_s, matched, cpu_s = asyncio.run(resolve_times(db, url))
+                print(
+                    f"resolve {EXPRESSION!r}: {matched:,} registrations; first batch {first * 1000:.1f} ms, "
+                    f"all {total_s * 1000:.0f} ms, CPU {cpu_s * 1000:.0f} ms (median of 3, the store's resolve "
+                    f"on the service's database; load average {os.getloadavg()[0]:.1f})"
+                )
+                rss = service.peak_rss_mb()
+                print(f"service peak RSS (VmHWM): {rss:.0f} MB")
+            finally:
+                service.stop()
+                broker.stop()
+    finally:
+        if server is not None:
+            server.stop()
     print(
         json.dumps(
             {
