@@ -81,7 +81,9 @@ _UPSERT = f"""
     ), dropped AS (  -- driven by the rid index whatever the statistics say (a join could scan the table)
         DELETE FROM registration_tags t
         WHERE t.rid = ANY(ARRAY(SELECT rid FROM up))
-          AND NOT EXISTS (SELECT 1 FROM up WHERE up.rid = t.rid AND t.tag = ANY(string_to_array(up.tags, ' ')))
+          AND NOT EXISTS (
+              SELECT 1 FROM up WHERE up.rid = t.rid AND t.tag = ANY(string_to_array(up.tags, ' '))
+          )
     ), added AS (
         INSERT INTO registration_tags (tag, rid)
         SELECT unnest(string_to_array(up.tags, ' ')), up.rid FROM up

@@ -263,14 +263,14 @@ def main() -> None:
                 load_avg = os.getloadavg()[0]
                 print(
                     f"upserts over HTTP ({args.store}, keep-alive, {args.concurrency} connections): "
-                    f"{rate:,.0f}/s; "
-                    f"service CPU {per:.2f} ms per upsert; load average {load_avg:.1f} on {os.cpu_count()} cores"
+                    f"{rate:,.0f}/s; service CPU {per:.2f} ms per upsert; "
+                    f"load average {load_avg:.1f} on {os.cpu_count()} cores"
                 )
                 first, total_s, matched, cpu_s = asyncio.run(resolve_times(db, url))
                 print(
                     f"resolve {EXPRESSION!r}: {matched:,} registrations; first batch {first * 1000:.1f} ms, "
-                    f"all {total_s * 1000:.0f} ms, CPU {cpu_s * 1000:.0f} ms (median of 3, the store's resolve "
-                    f"on the service's database; load average {os.getloadavg()[0]:.1f})"
+                    f"all {total_s * 1000:.0f} ms, CPU {cpu_s * 1000:.0f} ms (median of 3, the store's "
+                    f"resolve on the service's database; load average {os.getloadavg()[0]:.1f})"
                 )
                 rss = service.peak_rss_mb()
                 print(f"service peak RSS (VmHWM): {rss:.0f} MB")
