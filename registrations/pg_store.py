@@ -13,9 +13,11 @@ each once), at start and by ``tocsin db upgrade``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -101,7 +103,12 @@ class SchemaTooNew(Exception):
 
 
 class PgRegistrationStore:
-    def __init__(self, url: str, password: str | None = None, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, password: str | None = None, pool_size: int = 10, wait_s: float = 5.0
+    ) -> None:
+        """``wait_s``: how long a call waits for a connection before it fails (StoreUnavailable)."""
+        self.wait_s = wait_s
+        self.error: str | None = None  # why the last call failed to reach the database; None: it did not
         kwargs: dict[str, Any] = {"autocommit": True}
         if password is not None:
             kwargs["password"] = password
@@ -109,6 +116,18 @@ class PgRegistrationStore:
         self.pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
             url, kwargs=kwargs, min_size=1, max_size=pool_size, open=False, name="tocsin-registrations"
         )
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[AsyncConnection[TupleRow]]:
+        """A pooled connection; the database being unreachable is ``StoreUnavailable`` (the API's 503) and
+        what health reports until a call succeeds again."""
+        try:
+            async with self.pool.connection(timeout=self.wait_s) as conn:
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # the pool's timeout, a lost link
+            self.error = str(exc).strip() or exc.__class__.__name__
+            raise StoreUnavailable(f"PostgreSQL is unavailable: {self.error}") from None
+        self.error = None
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect and bring the schema up to date."""
@@ -167,7 +186,7 @@ class PgRegistrationStore:
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append(reg)
-        async with self.pool.connection() as conn:
+        async with self._conn() as conn:
             if len(rounds) == 1:  # one statement: atomic as it is
                 await self._upsert_round(conn, rounds[0], now)
             else:
@@ -196,7 +215,7 @@ class PgRegistrationStore:
     async def remove(self, provider: str | None, token: str) -> bool:
         """Delete the registration of ``token`` (for any provider when ``provider`` is None)."""
         providers = [provider] if provider else list(PROVIDERS)
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._conn() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM registrations WHERE provider = ANY(%s) AND token = %s RETURNING rid",
                 (providers, token),
@@ -209,7 +228,7 @@ class PgRegistrationStore:
 
     # -- reads ----------------------------------------------------------------------------------------------
     async def _one(self, sql: str, params: Sequence[object]) -> tuple[Any, ...]:
-        async with self.pool.connection() as conn:
+        async with self._conn() as conn:
             cur = await conn.execute(sql, params)
             row = await cur.fetchone()
         if row is None:
@@ -217,9 +236,21 @@ class PgRegistrationStore:
         return row
 
     async def _all(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        async with self.pool.connection() as conn:
+        async with self._conn() as conn:
             cur = await conn.execute(sql, params)
             return await cur.fetchall()
+
+    async def _page(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        """One keyset page of an audience: driven by the tag index, each match's row looked up by ``rid``
+        (a nested loop). The planner's estimates ignore how early LIMIT stops, and a merge join would read
+        ``registrations`` from its first row on every page; so the other joins are off for this statement.
+        One round trip (a pipeline)."""
+        async with self._conn() as conn, conn.pipeline(), conn.transaction():
+            await conn.execute("SET LOCAL enable_mergejoin = off")
+            await conn.execute("SET LOCAL enable_hashjoin = off")
+            cur = await conn.execute(sql, params)
+            rows = await cur.fetchall()
+        return rows
 
     async def get(self, provider: str, token: str) -> Registration | None:
         rows = await self._all(
@@ -276,7 +307,7 @@ class PgRegistrationStore:
             params: list[object] = []
             sql = audience_sql.predicate(where, params, states=tuple(states))
             plan = audience_sql.Plan(f"FROM registrations r WHERE {sql}", tuple(params), "r.rid")
-        rows = await self._all(
+        rows = await self._page(
             audience_sql.postgresql(
                 f"SELECT {_SELECT} {plan.sql} AND {plan.key} > ? ORDER BY {plan.key} LIMIT ?"
             ),
@@ -293,7 +324,7 @@ class PgRegistrationStore:
                 f"SELECT {_SELECT} {plan.sql} AND {plan.key} > ? ORDER BY {plan.key} LIMIT ?"
             )
             while True:
-                rows = await self._all(query, (*plan.params, last, batch_size))
+                rows = await self._page(query, (*plan.params, last, batch_size))
                 if not rows:
                     break
                 yield [_from_row(r) for r in rows]

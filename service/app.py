@@ -430,7 +430,8 @@ class Service:
             if p.degraded:
                 degraded[name] = p.degraded
         broker = self.source.health()
-        status = "ok" if self.ready and not degraded else "degraded"
+        store_error = self.store.error if isinstance(self.store, PgRegistrationStore) else None
+        status = "ok" if self.ready and not degraded and store_error is None else "degraded"
         found: dict[str, object] = {
             "status": status,
             "version": __version__,
@@ -438,6 +439,10 @@ class Service:
             "broker": broker if self.mqtt_enabled else {"enabled": False},
             "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
             "rules": len(self.ruleset.rules),
+            "store": {
+                "kind": "postgresql" if self.config.store.postgresql else "sqlite",
+                "error": store_error,
+            },
             "down": self.supervisor.down,  # task -> why: crashed and waiting to restart, or gave up
             "tasks": self.supervisor.states(),
         }

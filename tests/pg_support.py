@@ -37,8 +37,8 @@ class PostgresServer:
     """``start()``, ``url(database)``, ``create_database()``, ``stop()``. ``durable=False`` (tests) turns off
     fsync: the server's data dies with it anyway."""
 
-    def __init__(self, durable: bool = False, port: int | None = None) -> None:
-        self.durable = durable
+    def __init__(self, durable: bool = False, port: int | None = None, shared_buffers: str = "128MB") -> None:
+        self.durable, self.shared_buffers = durable, shared_buffers
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="tocsin-pg-"))
         self.data = self.workdir / "data"
@@ -72,7 +72,7 @@ class PostgresServer:
             f"-k {self.workdir}",
             "-c listen_addresses=127.0.0.1",
             "-c max_connections=200",
-            "-c shared_buffers=128MB",
+            f"-c shared_buffers={self.shared_buffers}",
         ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
@@ -103,8 +103,12 @@ class PostgresServer:
         path.write_text(text)
         os.chown(path, stat.st_uid, stat.st_gid)
 
-    def stop(self) -> None:
+    def stop_server(self) -> None:
+        """Stop the server as a crash would (``-m immediate``), keeping its data: ``start`` brings it back."""
         if self.data.exists():
             with contextlib.suppress(RuntimeError):  # not running
                 self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def stop(self) -> None:
+        self.stop_server()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Literal, Protocol
 
 from registrations.directory import StoreDirectory
-from registrations.store import RegistrationStore
+from registrations.store import RegistrationStore, StoreUnavailable
 from service.clock import Clock
 from service.metrics import Metrics
 from service.notify.model import Delivery
@@ -224,7 +224,10 @@ class Dispatcher:
             reg.state = "invalid" if isinstance(outcome, TokenInvalid) else "suspect"
             store = self.stores.store(delivery.notification.tenant)
             if store is not None:  # None: the tenant left meanwhile, and its registrations with it
-                await store.upsert(reg, self.clock.time())
+                try:
+                    await store.upsert(reg, self.clock.time())
+                except StoreUnavailable as exc:  # the next send to it finds out again
+                    log.warning("registration %s could not be marked %s: %s", reg.id, reg.state, exc)
             self.metrics.registrations_changed.inc(reg.provider, reg.state)
             log.info("registration %s is now %s: %s", reg.id, reg.state, outcome.reason)
         self._finish(delivery, "failed", outcome.name)

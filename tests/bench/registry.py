@@ -232,7 +232,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.registrations, args.upserts, args.concurrency = 2000, 500, 8
-    server = PostgresServer(durable=True) if args.store == "postgresql" else None
+    # Durable (fsync, synchronous commit) and with its working set in shared buffers, as a server sized
+    # for a million registrations would be.
+    server = PostgresServer(durable=True, shared_buffers="1GB") if args.store == "postgresql" else None
     url: str | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="tocsin-bench-registry-") as tmp:
