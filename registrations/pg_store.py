@@ -142,13 +142,13 @@ class PgRegistrationStore:
     async def migrate(self) -> int:
         """Apply the migrations not applied yet; returns the schema version."""
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
-                "applied timestamptz NOT NULL DEFAULT now())"
-            )
             for number, sql in enumerate(MIGRATIONS, start=1):
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
+                    await conn.execute(  # under the lock: two CREATE IF NOT EXISTS at once can collide
+                        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                        "applied timestamptz NOT NULL DEFAULT now())"
+                    )
                     cur = await conn.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (number,))
                     if await cur.fetchone() is None:
                         await conn.execute(sql)

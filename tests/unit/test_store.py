@@ -1,3 +1,4 @@
+import asyncio
 import random
 import sqlite3
 from collections.abc import AsyncIterator
@@ -254,8 +255,7 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
 async def test_postgresql_migrations_run_once_and_a_newer_schema_is_refused(postgres: PostgresServer) -> None:
     url = postgres.create_database()
     first, second = PgRegistrationStore(url, pool_size=2), PgRegistrationStore(url, pool_size=2)
-    await first.open()
-    await second.open()  # a second instance starting on the same database applies nothing again
+    await asyncio.gather(first.open(), second.open())  # two instances starting together: each applied once
     assert await first.schema_version() == len(PG_MIGRATIONS)
     await first.upsert(Registration("log", "a"), 1.0)
     assert await second.count() == 1 and await second.version() == await first.version()
