@@ -243,12 +243,13 @@ class PgRegistrationStore:
     async def _page(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         """One keyset page of an audience: driven by the tag index, each match's row looked up by ``rid``
         (a nested loop). The planner's estimates ignore how early LIMIT stops, and a merge join would read
-        ``registrations`` from its first row on every page; so the other joins are off for this statement.
-        One round trip (a pipeline)."""
+        ``registrations`` from its first row on every page; so the other joins are off for this statement,
+        and it is planned for its own values each time. One round trip (a pipeline)."""
         async with self._conn() as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SET LOCAL enable_mergejoin = off")
             await conn.execute("SET LOCAL enable_hashjoin = off")
-            cur = await conn.execute(sql, params)
+            # Never prepared: a generic plan cannot know the tag's or the cursor's selectivity.
+            cur = await conn.execute(sql, params, prepare=False)
             rows = await cur.fetchall()
         return rows
 
