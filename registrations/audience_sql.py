@@ -1,5 +1,8 @@
 """Audiences compiled to SQL over the ``registrations r`` and ``registration_tags`` tables.
 
+Written for SQLite (``?`` parameters); ``postgresql`` turns a statement into PostgreSQL's dialect, so both
+stores resolve an audience with the same plans over the same layout.
+
 Resolving is a list of plans, each a bounded, index-driven query paged by key: explicit tokens, then users,
 then the tag part driven by the tag index on the rarest tags that every match must carry. Each plan excludes
 what an earlier one returned, so a registration is yielded once without remembering what was sent.
@@ -52,7 +55,7 @@ def compile_node(
     known = known or {}
     if isinstance(node, tagexpr.Tag):
         if node.name in known:
-            return "1" if known[node.name] else "0"
+            return "TRUE" if known[node.name] else "FALSE"  # both SQLite (3.23+) and PostgreSQL read these
         return _has_tag(node.name, params, key)
     if isinstance(node, tagexpr.Not):
         return f"NOT {compile_node(node.item, params, known, key)}"
@@ -102,7 +105,7 @@ def predicate(audience: Audience, params: list[object], states: tuple[str, ...] 
     if selectors:
         parts.append("(" + " OR ".join(selectors) + ")")
     parts.extend(_filters(audience, params, states))
-    return " AND ".join(parts) or "1"
+    return " AND ".join(parts) or "TRUE"
 
 
 def plans(audience: Audience, tag_rows: Callable[[str, int], int]) -> list[Plan]:
@@ -187,3 +190,14 @@ def page_plan(
     ]
     sql = f"FROM registration_tags d CROSS JOIN registrations r ON r.rid = d.rid WHERE {' AND '.join(conds)}"
     return Plan(sql, tuple(params), "d.rid")
+
+
+def postgresql(sql: str) -> str:
+    """``sql`` (as built here) in PostgreSQL's dialect, with psycopg's ``%s`` parameters. The statements
+    hold no ``?`` or ``%`` of their own (values are parameters), so the rewrite is exact."""
+    return (
+        sql.replace("%", "%%")
+        .replace("?", "%s")
+        .replace("instr(", "strpos(")  # same arguments: (text, what to find)
+        .replace("CROSS JOIN", "JOIN")  # SQLite's way of fixing the join order; PostgreSQL's planner picks
+    )

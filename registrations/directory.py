@@ -64,13 +64,13 @@ class StoreDirectory:
 
 
 class DirectWriter:
-    """Writes straight to a synchronous store."""
+    """Writes straight to the store, one transaction a call."""
 
     def __init__(self, store: RegistrationStore, clock: Callable[[], float] = time.time) -> None:
         self.store, self.clock = store, clock
 
     async def upsert(self, registration: Registration) -> Registration:
-        return self.store.upsert(registration, self.clock())
+        return await self.store.upsert(registration, self.clock())
 
     async def remove(self, provider: str | None, token: str) -> bool:
-        return self.store.remove(provider, token)
+        return await self.store.remove(provider, token)

@@ -274,7 +274,7 @@ class RegistrationApi:
             raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
         app = body.app if body.app is not None or principal.admin or principal.app is None else principal.app
         user_id = self._own_user(principal, body.user_id)
-        current = registry.store.get(body.provider, body.token)
+        current = await registry.store.get(body.provider, body.token)
         self._may_write(principal, app, user_id, current)
         reg = Registration(
             body.provider,
@@ -302,21 +302,21 @@ class RegistrationApi:
             raise ApiError(400, "invalid_token", str(exc), [{"field": "token", "reason": str(exc)}]) from None
 
     @staticmethod
-    def _existing(store: RegistrationStore, provider: str, token: str) -> Registration:
-        found = store.get(provider, token)
+    async def _existing(store: RegistrationStore, provider: str, token: str) -> Registration:
+        found = await store.get(provider, token)
         if found is None:
             raise ApiError(404, "not_found", f"no {provider} registration with this token")
         return found
 
     async def get(self, request: web.Request) -> web.Response:
         store = await self.admin(request)
-        return web.json_response(to_json(self._existing(store, *self._path_token(request))))
+        return web.json_response(to_json(await self._existing(store, *self._path_token(request))))
 
     async def update(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         provider, token = self._path_token(request)
         patch = await parse(request, RegistrationPatch)
-        current = self._existing(registry.store, provider, token)
+        current = await self._existing(registry.store, provider, token)
         self._may_write(principal, current.app, current.user_id, current)
         for name in patch.model_fields_set:
             value = getattr(patch, name)
@@ -327,7 +327,7 @@ class RegistrationApi:
     async def unregister(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         provider, token = self._path_token(request)
-        current = self._existing(registry.store, provider, token)
+        current = await self._existing(registry.store, provider, token)
         self._may_write(principal, current.app, current.user_id, current)
         await registry.writer.remove(provider, token)
         return web.Response(status=204)
@@ -382,7 +382,7 @@ class RegistrationApi:
                 "after: the 'next' cursor of the previous page (a whole number)",
                 [{"field": "after", "reason": "the 'next' cursor of the previous page (a whole number)"}],
             )
-        page, following = store.query(where, states=states, after=after, limit=limit)
+        page, following = await store.query(where, states=states, after=after, limit=limit)
         return web.json_response({"items": [to_json(r) for r in page], "next": following})
 
     # -- Cumulocity push gateway ----------------------------------------------------------------------------
@@ -408,7 +408,7 @@ class RegistrationApi:
             raise ApiError(
                 400, "unknown_user", f"User {body.userId} does not exist in tenant {principal.tenant}."
             )
-        current = registry.store.get(provider, token)
+        current = await registry.store.get(provider, token)
         self._may_write(principal, body.bundleId, body.userId, current)
         reg = Registration(
             provider,
@@ -426,19 +426,19 @@ class RegistrationApi:
         tag = request.query.get("tag")
         if tag is not None:
             check_expression(tag, "tag")
-        page, _ = store.query(Audience(expression=tag), limit=C8Y_MAX_LIST)
+        page, _ = await store.query(Audience(expression=tag), limit=C8Y_MAX_LIST)
         return web.json_response([to_c8y(r) for r in page])
 
     async def c8y_user(self, request: web.Request) -> web.Response:
         store = await self.admin(request)
-        page, _ = store.query(Audience(users=(request.match_info["userId"],)), limit=C8Y_MAX_LIST)
+        page, _ = await store.query(Audience(users=(request.match_info["userId"],)), limit=C8Y_MAX_LIST)
         return web.json_response([to_c8y(r) for r in page])
 
     async def c8y_unregister(self, request: web.Request) -> web.Response:
         principal, registry = await self.caller(request)
         token = request.match_info["deviceToken"]
         store = registry.store
-        found = store.by_token(token) or store.by_token(token.lower())
+        found = await store.by_token(token) or await store.by_token(token.lower())
         if not found:
             raise ApiError(400, "not_found", "The device token is not yet registered.")
         for reg in found:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from registrations.model import Audience, Registration
-from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.sqlite_store import SqliteRegistrationDb
 from registrations.store import StoreUnavailable
 
 log = logging.getLogger("tocsin.registrations.inventory")
@@ -88,7 +88,7 @@ def from_fragment(f: Mapping[str, Any]) -> Registration:
 class InventoryRegistrationStore:
     def __init__(self, api: InventoryApi, tenant: str, retry_s: float = 5.0) -> None:
         self.api, self.tenant, self.retry_s = api, tenant, retry_s
-        self.cache = SqliteRegistrationStore(":memory:")
+        self.cache = SqliteRegistrationDb(":memory:")
         self._versions = 0  # versions of the copies replaced by a refresh
         self._ids: dict[tuple[str, str], str] = {}  # (provider, token) -> managed object id
         # One lock per key while anyone holds or waits for it: (lock, how many hold or wait)
@@ -99,7 +99,7 @@ class InventoryRegistrationStore:
     # -- loading ---------------------------------------------------------------------------------------------
     async def load(self) -> int:
         """Read every registration of the tenant (again) and swap the copy; returns how many."""
-        fresh = SqliteRegistrationStore(":memory:")
+        fresh = SqliteRegistrationDb(":memory:")
         ids: dict[tuple[str, str], str] = {}
         regs: list[Registration] = []
         page = 1
@@ -216,21 +216,20 @@ class InventoryRegistrationStore:
                 status if isinstance(status, int) else None,
             ) from exc
 
-    # -- the RegistrationStore interface -------------------------------------------------------------------
-    @property
-    def version(self) -> int:
+    # -- the RegistrationStore interface (reads from the in-memory copy) -------------------------------------
+    async def version(self) -> int:
         return self._versions + self.cache.version
 
-    def upsert(self, registration: Registration, now: float) -> Registration:
+    async def upsert(self, registration: Registration, now: float) -> Registration:
         """From the delivery path (token hygiene): the copy at once, the inventory in the background."""
         merged = self.cache.upsert(registration, now)
         self._in_background(self._write_locked, merged)
         return merged
 
-    def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
-        return [self.upsert(r, now) for r in registrations]
+    async def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
+        return [await self.upsert(r, now) for r in registrations]
 
-    def remove(self, provider: str | None, token: str) -> bool:
+    async def remove(self, provider: str | None, token: str) -> bool:
         found = bool([r for r in self.cache.by_token(token) if provider is None or r.provider == provider])
         if found:
             self._in_background(lambda _: self.remove_async(provider, token), None)
@@ -253,32 +252,34 @@ class InventoryRegistrationStore:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def get(self, provider: str, token: str) -> Registration | None:
+    async def get(self, provider: str, token: str) -> Registration | None:
         return self.cache.get(provider, token)
 
-    def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
+    async def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
         return self.cache.app_of(provider, token)
 
-    def by_token(self, token: str) -> list[Registration]:
+    async def by_token(self, token: str) -> list[Registration]:
         return self.cache.by_token(token)
 
-    def count(self) -> int:
+    async def count(self) -> int:
         return self.cache.count()
 
-    def query(
+    async def query(
         self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
     ) -> tuple[list[Registration], str | None]:
         return self.cache.query(where, states, after, limit)
 
-    def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:
-        return self.cache.resolve(audience, batch_size)
+    async def resolve(self, audience: Audience, batch_size: int = 1000) -> AsyncIterator[list[Registration]]:
+        for batch in self.cache.resolve(audience, batch_size):
+            yield batch
+            await asyncio.sleep(0)
 
     async def drain(self) -> None:
         """Wait for the background writes (at shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for task in self._background:
             task.cancel()
         self.cache.close()

@@ -2,12 +2,19 @@
 
 Writes commit with ``synchronous=FULL``: once ``upsert_many`` returns, the registrations survive a power cut.
 Throughput comes from committing many registrations in one transaction (see ``writer.BatchWriter``).
+
+``SqliteRegistrationDb`` is the synchronous engine (also the in-memory copy of a Cumulocity tenant's
+inventory); ``SqliteRegistrationStore`` is the asynchronous ``RegistrationStore`` over it: its writes run in
+one writer thread on a connection of their own, its reads on the loop's connection (in WAL mode a reader never
+waits for the writer, and the pages a read needs are cached).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +146,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
 ]
 
 
-class SqliteRegistrationStore:
+class SqliteRegistrationDb:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._writer: sqlite3.Connection | None = None
@@ -183,12 +190,19 @@ class SqliteRegistrationStore:
         return self._upsert_many(self.db.conn, registrations, now)
 
     def upsert_many_in_thread(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
-        """``upsert_many`` on a connection of its own, for the one writer thread (``writer.BatchWriter``)."""
+        """``upsert_many`` on a connection of its own, for the one writer thread."""
+        return self._upsert_many(self._writer_conn(), registrations, now)
+
+    def remove_in_thread(self, provider: str | None, token: str) -> bool:
+        """``remove`` on the writer thread's connection."""
+        return self._remove(self._writer_conn(), provider, token)
+
+    def _writer_conn(self) -> sqlite3.Connection:
         if self.path == ":memory:":
-            return self.upsert_many(registrations, now)
+            return self.db.conn
         if self._writer is None:
             self._writer = _connect(self.path)
-        return self._upsert_many(self._writer, registrations, now)
+        return self._writer
 
     def _upsert_many(
         self, conn: sqlite3.Connection, registrations: Sequence[Registration], now: float
@@ -230,7 +244,9 @@ class SqliteRegistrationStore:
 
     def remove(self, provider: str | None, token: str) -> bool:
         """Delete the registration of ``token`` (for any provider when ``provider`` is None)."""
-        conn = self.db.conn
+        return self._remove(self.db.conn, provider, token)
+
+    def _remove(self, conn: sqlite3.Connection, provider: str | None, token: str) -> bool:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             providers = (provider,) if provider else PROVIDERS
@@ -313,6 +329,58 @@ class SqliteRegistrationStore:
         if self._writer is not None:
             self._writer.close()
         self.db.conn.close()
+
+
+class SqliteRegistrationStore:
+    """The asynchronous store over a SQLite file: writes in the one writer thread, reads on the loop."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.db = SqliteRegistrationDb(path)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="registry-writer")
+
+    @property
+    def path(self) -> str:
+        return self.db.path
+
+    async def version(self) -> int:
+        return self.db.version
+
+    async def upsert(self, registration: Registration, now: float) -> Registration:
+        return (await self.upsert_many([registration], now))[0]
+
+    async def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.db.upsert_many_in_thread, registrations, now)
+
+    async def remove(self, provider: str | None, token: str) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.db.remove_in_thread, provider, token)
+
+    async def get(self, provider: str, token: str) -> Registration | None:
+        return self.db.get(provider, token)
+
+    async def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
+        return self.db.app_of(provider, token)
+
+    async def by_token(self, token: str) -> list[Registration]:
+        return self.db.by_token(token)
+
+    async def count(self) -> int:
+        return self.db.count()
+
+    async def query(
+        self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
+    ) -> tuple[list[Registration], str | None]:
+        return self.db.query(where, states, after, limit)
+
+    async def resolve(self, audience: Audience, batch_size: int = 1000) -> AsyncIterator[list[Registration]]:
+        for batch in self.db.resolve(audience, batch_size):
+            yield batch
+            await asyncio.sleep(0)  # a large audience's batches take turns with the rest of the loop
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        self.db.close()
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -1,8 +1,11 @@
-"""The store interface: a second store (PostgreSQL, Cumulocity inventory) is a new module implementing it."""
+"""The store interface, asynchronous so that no store call blocks the event loop.
+
+Implementations: SQLite (``sqlite_store``, the embedded default), PostgreSQL (``pg_store``, shared by every
+instance) and a Cumulocity tenant's inventory (``inventory_store``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Protocol
 
 from registrations.model import Audience, Registration
@@ -18,40 +21,40 @@ class StoreUnavailable(Exception):
 
 
 class RegistrationStore(Protocol):
-    @property
-    def version(self) -> int:
-        """Grows with every write, so readers can cache resolved audiences until it changes."""
+    async def version(self) -> int:
+        """Changes with every write (by any instance, for a shared store), so readers can cache resolved
+        audiences until it changes."""
         ...
 
-    def upsert(self, registration: Registration, now: float) -> Registration: ...
+    async def upsert(self, registration: Registration, now: float) -> Registration: ...
 
-    def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
+    async def upsert_many(self, registrations: Sequence[Registration], now: float) -> list[Registration]:
         """All in one durable transaction: every registration is stored, or none is."""
         ...
 
-    def remove(self, provider: str | None, token: str) -> bool:
+    async def remove(self, provider: str | None, token: str) -> bool:
         """Delete ``token``'s registration (of any provider when ``provider`` is None)."""
         ...
 
-    def get(self, provider: str, token: str) -> Registration | None: ...
+    async def get(self, provider: str, token: str) -> Registration | None: ...
 
-    def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
+    async def app_of(self, provider: str, token: str) -> tuple[bool, str | None]:
         """Whether the token is registered, and to which app."""
         ...
 
-    def by_token(self, token: str) -> list[Registration]: ...
+    async def by_token(self, token: str) -> list[Registration]: ...
 
-    def count(self) -> int: ...
+    async def count(self) -> int: ...
 
-    def query(
+    async def query(
         self, where: Audience, states: Iterable[str] = (), after: str = "", limit: int = 100
     ) -> tuple[list[Registration], str | None]:
         """One page of registrations matching ``where`` (everyone when it is empty), and the cursor to pass
         as ``after`` for the next page (None after the last)."""
         ...
 
-    def resolve(self, audience: Audience, batch_size: int = 1000) -> Iterator[list[Registration]]:
-        """Active registrations in the audience, in batches, never all rows at once."""
+    def resolve(self, audience: Audience, batch_size: int = 1000) -> AsyncIterator[list[Registration]]:
+        """Active registrations in the audience, in batches of bounded keyset queries, never all at once."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...

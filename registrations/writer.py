@@ -1,34 +1,23 @@
 """Group commit: registrations are written many to a transaction, each caller answered after its commit.
 
-One commit runs at a time, in a dedicated thread (SQLite releases the GIL while it writes and fsyncs), so
-the event loop keeps reading requests meanwhile; those wait in ``pending`` and form the next transaction.
-An acknowledged registration is therefore durable, while one fsync serves dozens of requests.
+One commit runs at a time (SQLite: in the store's writer thread, which releases the GIL while it writes and
+fsyncs; PostgreSQL: one transaction on the server), so the event loop keeps reading requests meanwhile;
+those wait in ``pending`` and form the next transaction. An acknowledged registration is therefore durable,
+while one commit serves dozens of requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 from registrations.model import Registration
-
-Commit = Callable[[Sequence[Registration], float], object]
-Remove = Callable[[str | None, str], bool]
+from registrations.store import RegistrationStore
 
 
 class BatchWriter:
-    def __init__(
-        self,
-        commit: Commit,
-        clock: Callable[[], float],
-        max_batch: int = 1000,
-        threaded: bool = True,
-        remove: Remove | None = None,
-    ) -> None:
-        self.commit, self.clock, self.max_batch = commit, clock, max_batch
-        self._remove = remove
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="registry-writer") if threaded else None
+    def __init__(self, store: RegistrationStore, clock: Callable[[], float], max_batch: int = 1000) -> None:
+        self.store, self.clock, self.max_batch = store, clock, max_batch
         self._pending: list[tuple[Registration, asyncio.Future[Registration]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.batches = 0
@@ -43,15 +32,10 @@ class BatchWriter:
 
     async def remove(self, provider: str | None, token: str) -> bool:
         """Delete a registration (one statement, committed at once)."""
-        if self._remove is None:
-            raise RuntimeError("this writer was built without a remove function")
-        return self._remove(provider, token)
+        return await self.store.remove(provider, token)
 
-    async def _run(self, regs: Sequence[Registration]) -> None:
-        if self._executor is None:
-            self.commit(regs, self.clock())
-        else:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.commit, regs, self.clock())
+    async def _run(self, regs: list[Registration]) -> None:
+        await self.store.upsert_many(regs, self.clock())
 
     async def _drain(self) -> None:
         try:
@@ -81,6 +65,7 @@ class BatchWriter:
                 if not future.done():
                     future.set_result(reg)
 
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+    async def close(self) -> None:
+        """Wait for the transaction under way (the store is closed by its owner)."""
+        if self._drainer is not None:
+            await asyncio.gather(self._drainer, return_exceptions=True)

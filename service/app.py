@@ -18,7 +18,9 @@ from registrations.auth import Authenticator, KeyRing, Principal, digest
 from registrations.directory import Registry, StoreDirectory
 from registrations.http import RegistrationApi
 from registrations.model import Registration
+from registrations.pg_store import PgRegistrationStore
 from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.store import RegistrationStore
 from registrations.writer import BatchWriter
 from rules import templates
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
@@ -94,6 +96,14 @@ def keyring(config: Config) -> KeyRing:
     return KeyRing(keys, open_loopback=config.http.host in LOCAL_HOSTS)
 
 
+def open_store(config: Config) -> RegistrationStore:
+    """The deployment's registrations: PostgreSQL when ``store.url`` names one, else the SQLite file."""
+    if config.store.url is not None:
+        password = config.store.password.get_secret_value() if config.store.password else None
+        return PgRegistrationStore(config.store.url, password, config.store.pool_size)
+    return SqliteRegistrationStore(config.store_path)
+
+
 async def _not_attached(raw: bytes) -> None:
     raise RuntimeError("the replicator publishes through ClusterNode.attach")
 
@@ -126,8 +136,8 @@ class Service:
         self.alert_store = AlertStore(self.journal, legacy=config.data_dir / "alerts.db")
         self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
         self.alert_store.track(lambda: self.state)
-        self.store = SqliteRegistrationStore(config.store_path)
-        self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time, remove=self.store.remove)
+        self.store: RegistrationStore = open_store(config)
+        self.writer = BatchWriter(self.store, self.clock.time)
         # The deployment's own registrations; a Cumulocity tenant's are added while it is subscribed.
         self.stores = StoreDirectory(Registry(self.store, self.writer))
         self.providers: dict[str, Provider] = providers or build_providers(config)
@@ -252,7 +262,10 @@ class Service:
                 _not_attached,
             )
             self.cluster.attach(self.replicator)
-            self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
+            if (
+                not config.store.postgresql
+            ):  # PostgreSQL is shared already: every instance reads the same rows
+                self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
             self.silence_writer = ReplicatedSilences(self.noise.silences, self.replicator)
             # Acknowledgements, cooldowns, repeats and escalations: the same on every instance.
             self.noise_writer = ReplicatedNoise(self.noise, self.replicator)
@@ -468,7 +481,8 @@ class Service:
             if p.degraded:
                 degraded[name] = p.degraded
         broker = self.source.health()
-        status = "ok" if self.ready and not degraded else "degraded"
+        store_error = self.store.error if isinstance(self.store, PgRegistrationStore) else None
+        status = "ok" if self.ready and not degraded and store_error is None else "degraded"
         found: dict[str, object] = {
             "status": status,
             "version": __version__,
@@ -476,6 +490,10 @@ class Service:
             "broker": broker if self.mqtt_enabled else {"enabled": False},
             "providers": {n: {"degraded": degraded.get(n)} for n in self.providers},
             "rules": len(self.ruleset.rules),
+            "store": {
+                "kind": "postgresql" if self.config.store.postgresql else "sqlite",
+                "error": store_error,
+            },
             "down": self.supervisor.down,  # task -> why: crashed and waiting to restart, or gave up
             "tasks": self.supervisor.states(),
         }
@@ -494,18 +512,21 @@ class Service:
 
     async def _start(self) -> None:
         cfg = self.config
-        self._stack.callback(self.store.close)
-        self._stack.callback(self.writer.close)
+        self._stack.push_async_callback(self.store.close)
+        self._stack.push_async_callback(self.writer.close)
         # Runs after everything else stopped: commits what is left (final states, alert state), then closes.
         self._stack.callback(self.journal.close)
         self._stack.callback(self.outbox.close)
         self._stack.push_async_callback(self.supervisor.close)  # whatever is still running, after the rest
+        if isinstance(self.store, PgRegistrationStore):
+            await self.store.open()  # connects and applies the migrations not applied yet
         self.journal.start()
         now = self.clock.time()
-        for seed in cfg.registrations.seed:
-            self.store.upsert(
-                Registration(seed.provider, seed.token, user_id=seed.user_id, tags=seed.tags), now
-            )
+        seeds = [
+            Registration(s.provider, s.token, user_id=s.user_id, tags=s.tags) for s in cfg.registrations.seed
+        ]
+        if seeds:
+            await self.store.upsert_many(seeds, now)
         local = self.mqtt_enabled and cfg.mqtt.embedded_broker == "auto" and cfg.mqtt.host in LOCAL_HOSTS
         # A TLS broker is never the embedded one (that has no TLS listener), whatever answers on the port.
         local = local and not cfg.mqtt.tls.enabled
@@ -620,7 +641,7 @@ class Service:
         resent = 0
         for n, provider, token, attempts in pending:
             store = self.stores.store(n.tenant)
-            reg = store.get(provider, token) if store is not None else None
+            reg = await store.get(provider, token) if store is not None else None
             delivery = Delivery(n, reg or Registration(provider, token), attempts)
             if reg is None or reg.state != "active":
                 self.outbox.finish(delivery, "failed", "registration_gone", now)

@@ -314,11 +314,47 @@ class LoggingConfig(_Section):
 
 
 class StoreConfig(_Section):
+    """Where the state lives: SQLite files under ``data_dir`` (the default), or a PostgreSQL database shared
+    by every instance (``store: postgresql://user@host/db``, or a mapping with ``url`` and ``password_file``).
+    """
+
     synchronous: Literal["normal", "full"] = Field(
         "normal",
         description="normal: a commit survives the process crashing (WAL); full: also a power cut, at an"
         " fsync per commit",
     )
+    url: str | None = Field(
+        None,
+        description="a libpq URL (postgresql://user@host:5432/db?sslmode=verify-full): registrations in that "
+        "PostgreSQL database; unset: SQLite",
+    )
+    password: SecretStr | None = Field(
+        None, description="the database user's password (give it as password_file, never in the URL)"
+    )
+    pool_size: int = Field(10, ge=1, le=100, description="connections to PostgreSQL per instance")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, value: Any) -> Any:
+        return {"url": value} if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _libpq_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("a libpq URL starting with postgresql:// (SQLite needs no url)")
+        if parts.password is not None:
+            raise ValueError("the URL must not hold the password: give it as store.password_file")
+        return v
+
+    @property
+    def postgresql(self) -> bool:
+        return self.url is not None
 
 
 class Config(_Section):

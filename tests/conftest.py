@@ -9,9 +9,13 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from registrations.pg_store import PgRegistrationStore
+from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.store import RegistrationStore
 from service.app import Service
 from service.config import Config, load_config
 from service.providers.log import LogProvider, LogProviderConfig
+from tests.pg_support import PostgresServer
 from tests.support import Mosquitto, free_port, wait_until
 
 
@@ -29,6 +33,39 @@ def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     m.start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the whole run; each test that needs it gets a database of its own."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """Each registry test runs twice: on SQLite (None) and on a fresh PostgreSQL database (its URL)."""
+    if request.param == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()
+
+
+async def open_registry(url: str | None, path: Path) -> RegistrationStore:
+    if url is None:
+        return SqliteRegistrationStore(path)
+    store = PgRegistrationStore(url, pool_size=4)
+    await store.open()
+    return store
+
+
+@pytest.fixture
+async def registry_store(store_url: str | None, tmp_path: Path) -> AsyncIterator[RegistrationStore]:
+    store = await open_registry(store_url, tmp_path / "registrations.db")
+    yield store
+    await store.close()
 
 
 def service_config(tmp_path: Path, broker_port: int, **overrides: Any) -> Config:

@@ -15,6 +15,7 @@ from rules.loader import RuleLoadError, load_rules
 from service import __version__
 from service.app import Service, rule_paths
 from service.cli import api as cli_api
+from service.cli import db as cli_db
 from service.cli import operator, webpush
 from service.cli.rules import add_rules_commands
 from service.config import Config, ConfigError, load_config
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     cli_api.add_commands(sub, _load)
     operator.add_commands(sub, _load)
     webpush.add_commands(sub)
+    cli_db.add_commands(sub, _load)
     args = parser.parse_args(argv)
     if args.command in ("registrations", "push", "alerts", "ack", "silence", "report", "cluster"):
         return cli_api.run(args)

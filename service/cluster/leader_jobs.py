@@ -155,7 +155,7 @@ class LeaderJobs:
             log.warning("dropping a bad handed-over delivery %s: %r", key, exc)
         else:
             store = self.stores.store(n.tenant)
-            reg = store.get(provider, token) if store is not None else None
+            reg = await store.get(provider, token) if store is not None else None
             if reg is not None and reg.state == "active" and now < n.expires:
                 await self.dispatcher.submit(Delivery(n, reg, attempts))
                 await self.written()

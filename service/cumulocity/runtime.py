@@ -224,7 +224,9 @@ class CumulocityRuntime:
         if isinstance(registry.store, InventoryRegistrationStore):
             t.refresher = self.spawn(f"cumulocity-inventory-{tenant}", lambda: self._refresh(t))
         log.info(
-            "tenant %s subscribed: %d registrations, alarm stream started", tenant, registry.store.count()
+            "tenant %s subscribed: %d registrations, alarm stream started",
+            tenant,
+            await registry.store.count(),
         )
 
     async def _threshold(self, tenant: str, client: C8yClient) -> str:
@@ -251,7 +253,7 @@ class CumulocityRuntime:
             await store.load()
             return Registry(store, InventoryWriter(store, self.clock.time))
         sqlite = SqliteRegistrationStore(self.data_dir / "tenants" / f"{tenant}.db")
-        writer = BatchWriter(sqlite.upsert_many_in_thread, self.clock.time, remove=sqlite.remove)
+        writer = BatchWriter(sqlite, self.clock.time)
         return Registry(sqlite, writer)
 
     async def _stop_tenant(self, tenant: str) -> None:
@@ -268,8 +270,8 @@ class CumulocityRuntime:
         if isinstance(store, InventoryRegistrationStore):
             await store.drain()
         if isinstance(writer, BatchWriter):
-            writer.close()
-        store.close()
+            await writer.close()
+        await store.close()
 
     async def _refresh(self, t: Tenant) -> None:
         """Other instances (or the platform's UI) may change registrations: read them again now and then."""

@@ -314,7 +314,7 @@ class Console:
     async def disable(self, request: web.Request, principal: Principal) -> web.Response:
         provider, token = request.match_info["provider"], request.match_info["token"]
         registry = self.service.stores.registry(None)
-        found = registry.store.get(provider, token) if registry is not None else None
+        found = await registry.store.get(provider, token) if registry is not None else None
         if registry is None or found is None:
             return problem(404, "not_found", f"no registration {provider}/{token}")
         now = self.service.clock.time()

@@ -34,6 +34,13 @@ _HEALTH = {
             "description": "supervised tasks that crashed and wait to restart, or gave up: name -> error",
         },
         "tasks": {"type": "object", "additionalProperties": _TASK, "description": "every supervised task"},
+        "store": {
+            "type": "object",
+            "properties": {
+                "kind": {"enum": ["sqlite", "postgresql"]},
+                "error": {"type": ["string", "null"], "description": "why the database cannot be reached"},
+            },
+        },
     },
 }
 SERVICE_PATHS: dict[str, Any] = {

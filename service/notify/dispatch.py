@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Literal, Protocol
 
 from registrations.directory import StoreDirectory
-from registrations.store import RegistrationStore
+from registrations.store import RegistrationStore, StoreUnavailable
 from service.clock import Clock
 from service.metrics import Metrics
 from service.notify.model import Delivery
@@ -219,7 +219,7 @@ class Dispatcher:
         elif isinstance(outcome, Retry):
             self._retry(delivery, outcome)
         elif isinstance(outcome, TokenInvalid | TokenSuspect):
-            self._token(delivery, outcome)
+            await self._token(delivery, outcome)
         elif isinstance(outcome, Rejected):
             log.warning(
                 "%s refused notification %s: %s", provider.name, delivery.notification.nid, outcome.reason
@@ -234,7 +234,7 @@ class Dispatcher:
         options = dataclasses.replace(n.options, badge=count, badge_increment=False)
         delivery.notification = dataclasses.replace(n, options=options)
 
-    def _token(self, delivery: Delivery, outcome: TokenInvalid | TokenSuspect) -> None:
+    async def _token(self, delivery: Delivery, outcome: TokenInvalid | TokenSuspect) -> None:
         reg = delivery.registration
         if isinstance(outcome, TokenInvalid) and outcome.since is not None and reg.updated > outcome.since:
             log.info("registration %s was renewed after its token died (%s): kept", reg.id, outcome.reason)
@@ -242,7 +242,10 @@ class Dispatcher:
             reg.state = "invalid" if isinstance(outcome, TokenInvalid) else "suspect"
             store = self.stores.store(delivery.notification.tenant)
             if store is not None:  # None: the tenant left meanwhile, and its registrations with it
-                store.upsert(reg, self.clock.time())
+                try:
+                    await store.upsert(reg, self.clock.time())
+                except StoreUnavailable as exc:  # the next send to it finds out again
+                    log.warning("registration %s could not be marked %s: %s", reg.id, reg.state, exc)
             self.metrics.registrations_changed.inc(reg.provider, reg.state)
             log.info("registration %s is now %s: %s", reg.id, reg.state, outcome.reason)
         self._finish(delivery, "failed", outcome.name)

@@ -144,7 +144,7 @@ class Pipeline:
         count, held = 0, 0
         noise = self.noise
         try:
-            for batch in self.target.batches(n.audience, n.tenant):
+            async for batch in self.target.batches(n.audience, n.tenant):
                 for registration in batch:
                     if noise is not None and not noise.for_recipient(n, registration, now):
                         held += 1

@@ -6,7 +6,7 @@ Later stages (mute, throttle, group, render per locale) slot in between dedup an
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from registrations.directory import StoreDirectory
 from registrations.model import Audience, Registration
@@ -70,21 +70,24 @@ class TargetStage:
         self._caches: dict[str | None, tuple[object, int, dict[Audience, list[Registration]]]] = {}
         self._cache_size = cache_size
 
-    def batches(self, audience: Audience, tenant: str | None = None) -> Iterator[list[Registration]]:
+    async def batches(
+        self, audience: Audience, tenant: str | None = None
+    ) -> AsyncIterator[list[Registration]]:
         store = self.stores.store(tenant)
         if store is None:
             return  # a tenant that is not (or no longer) subscribed has nobody
         cached_store, version, cache = self._caches.get(tenant) or (None, -1, {})
-        if cached_store is not store or store.version != version:
+        current = await store.version()
+        if cached_store is not store or current != version:
             cache = {}
-            self._caches[tenant] = (store, store.version, cache)
+            self._caches[tenant] = (store, current, cache)
         cached = cache.get(audience)
         if cached is not None:
             yield cached
             return
         collected: list[Registration] = []
         small = True
-        for batch in store.resolve(audience):
+        async for batch in store.resolve(audience):
             if small:
                 collected.extend(batch)
                 small = len(collected) <= 1000

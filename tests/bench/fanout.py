@@ -71,7 +71,7 @@ def seed(store: SqliteRegistrationStore, n: int, only: str | None = None) -> Non
         else:
             regs.append(Registration("fcm", f"fcm-bench-token-{i:012d}", tags=("bench",)))
     for start in range(0, n, 5000):
-        store.upsert_many(regs[start : start + 5000], time.time())
+        store.db.upsert_many(regs[start : start + 5000], time.time())
 
 
 async def service_run(
@@ -79,7 +79,7 @@ async def service_run(
 ) -> dict[str, float]:
     store = SqliteRegistrationStore(tmp / "bench.db")
     seed(store, n, ONLY)
-    store._version += 1
+    store.db._version += 1
     outbox = Outbox(tmp / "bench.db")
     apns = ApnsProvider(
         ApnsConfig(
@@ -123,7 +123,7 @@ async def service_run(
     )
     cpu0, t0 = time.process_time(), time.perf_counter()
     count = 0
-    for batch in target.batches(n_.audience):
+    async for batch in target.batches(n_.audience):
         for reg in batch:
             await dispatcher.submit(Delivery(n_, reg))
             count += 1
@@ -141,7 +141,7 @@ async def service_run(
     await apns.close()
     await fcm.close()
     outbox.close()
-    store.close()
+    await store.close()
     outcomes = {"/".join(k): int(v) for k, v in sorted(metrics.notifications.values.items())}
     print(f"service: outcomes {outcomes}", flush=True)
     print(

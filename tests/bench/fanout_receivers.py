@@ -46,7 +46,7 @@ RECEIVERS = ("webpush", "webhook")
 
 def seed(store: SqliteRegistrationStore, regs: list[Registration]) -> None:
     for start in range(0, len(regs), 5000):
-        store.upsert_many(regs[start : start + 5000], time.time())
+        store.db.upsert_many(regs[start : start + 5000], time.time())
 
 
 async def run_one(
@@ -79,7 +79,7 @@ async def run_one(
     )
     cpu0, t0 = time.process_time(), time.perf_counter()
     count = 0
-    for batch in target.batches(n.audience):
+    async for batch in target.batches(n.audience):
         for reg in batch:
             await dispatcher.submit(Delivery(n, reg))
             count += 1
@@ -96,7 +96,7 @@ async def run_one(
     await dispatcher.stop()
     await provider.close()
     outbox.close()
-    store.close()
+    await store.close()
     outcomes = {"/".join(k): int(v) for k, v in sorted(metrics.notifications.values.items())}
     print(
         f"{name}: outcomes {outcomes}; delivered {report['delivered']}, failed {report['failed']}", flush=True

@@ -65,7 +65,7 @@ async def run(tmp: Path, outage_s: float, n: int) -> dict[str, float]:
     dispatcher.start()
     regs = [Registration("apns", apns_token(), app=BUNDLE) for _ in range(n // 2)]
     regs += [Registration("fcm", f"fcm-outage-{i:06d}-" + "x" * 20) for i in range(n - n // 2)]
-    regs = [store.upsert(r, time.time()) for r in regs]
+    regs = [await store.upsert(r, time.time()) for r in regs]
     apns.outage = (503, "ServiceUnavailable")
     fcm.outage = ("UNAVAILABLE", None)
     print(f"{n} registrations; both providers answer 503 for {outage_s:.0f} s", flush=True)
@@ -100,7 +100,7 @@ async def run(tmp: Path, outage_s: float, n: int) -> dict[str, float]:
     for p in providers.values():
         await p.close()
     outbox.close()
-    store.close()
+    await store.close()
     await apns.stop()
     await fcm.stop()
     return {

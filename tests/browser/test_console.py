@@ -125,7 +125,7 @@ async def test_fire_silence_acknowledge_report(
     await page.press("#reg-user_id", "Enter")
     await page.locator('tr[data-token="console"] button', has_text="Disable").click()
     await expect(page.locator('tr[data-token="console"]')).to_contain_text("invalid")
-    stored = service.store.get("log", "console")
+    stored = await service.store.get("log", "console")
     assert stored is not None and stored.state == "invalid"
     await page.screenshot(path=str(shots / "console-registrations.png"), full_page=True)
 

@@ -102,7 +102,7 @@ async def test_page_subscribes_registers_and_receives(
     )
     assert active
     [sub] = push.remote_subscriptions
-    stored = service.store.get("webpush", sub.endpoint)
+    stored = await service.store.get("webpush", sub.endpoint)
     assert stored is not None and stored.user_id == "ann" and set(stored.tags) == {"home", "browser"}
     assert stored.p256dh == sub.p256dh and stored.auth == sub.auth_b64 and stored.app == "com.example.alarms"
 

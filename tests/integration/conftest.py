@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -55,7 +56,15 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Api]:
-    service, printed = await start_service(service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS))
+    async with running_api(tmp_path, broker) as found:
+        yield found
+
+
+@contextlib.asynccontextmanager
+async def running_api(tmp_path: Path, broker: Mosquitto, **overrides: str) -> AsyncIterator[Api]:
+    """A service with the test keys; ``overrides``: more TOCSIN_* settings (a store's URL, say)."""
+    config = service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, **overrides)
+    service, printed = await start_service(config)
     try:
         # Stopping a service whose MQTT connect is in flight can hang in aiomqtt: let it connect first.
         await wait_until(lambda: service.source.is_connected, 10, "the service to connect")

@@ -26,10 +26,13 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_benchmark_smoke_size_ends_with_its_json_line(name: str) -> None:
+RUNS = [(name, ()) for name in sorted(EXPECTED)] + [("registry", ("--store", "postgresql"))]
+
+
+@pytest.mark.parametrize(("name", "options"), RUNS, ids=[" ".join((n, *o)) for n, o in RUNS])
+def test_benchmark_smoke_size_ends_with_its_json_line(name: str, options: tuple[str, ...]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", f"tests.bench.{name}", "--smoke"],
+        [sys.executable, "-m", f"tests.bench.{name}", "--smoke", *options],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -76,7 +76,7 @@ async def test_add_list_push_remove(api: Api) -> None:
     assert line["to"] == "cli-phone" and line["title"] == "Hi" and line["nid"] == out.split()[-1]
     code, out, _ = await tocsin("registrations", "remove", "log", "cli-phone", *url, key=ADMIN)
     assert code == 0 and out.strip() == "removed log cli-phone"
-    assert api.service.store.get("log", "cli-phone") is None
+    assert await api.service.store.get("log", "cli-phone") is None
 
 
 async def test_errors_exit_non_zero_with_the_reason(api: Api) -> None:

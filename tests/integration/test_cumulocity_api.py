@@ -30,7 +30,7 @@ async def test_register_list_by_tag_and_user_and_unregister(api: Api) -> None:
         assert r.status == 204, await r.text()
     assert (await api.call("POST", "/registrations", c8y(FCM, "Android", user="bob"), key=APP))[0] == 204
     assert (await api.call("POST", "/registrations", c8y(APNS2, user="bob"), key=APP))[0] == 204
-    stored = api.service.store.get("apns", APNS)
+    stored = await api.service.store.get("apns", APNS)
     assert stored is not None and stored.user_id == "ann@example.com" and stored.app == BUNDLE
     assert set(stored.tags) == {
         "severity:critical",
@@ -50,11 +50,11 @@ async def test_register_list_by_tag_and_user_and_unregister(api: Api) -> None:
     assert (await api.call("DELETE", f"/registrations/{APNS.upper()}", key=APP))[0] == 204
     status, body = await api.call("DELETE", f"/registrations/{APNS}", key=APP)
     assert status == 400 and body == {"message": "The device token is not yet registered."}
-    assert api.service.store.get("apns", APNS) is None
+    assert await api.service.store.get("apns", APNS) is None
 
 
 async def test_errors_are_400_401_403_with_a_message(api: Api) -> None:
-    before = api.service.store.count()
+    before = await api.service.store.count()
     cases: list[tuple[Any, str]] = [
         (c8y(platform="Windows"), "device.platform"),
         (c8y(token="nothex"), "64 hexadecimal"),
@@ -65,7 +65,7 @@ async def test_errors_are_400_401_403_with_a_message(api: Api) -> None:
     for body, expected in cases:
         status, answer = await api.call("POST", "/registrations", body, key=APP)
         assert status == 400 and set(answer) == {"message"} and expected in answer["message"], answer
-    assert api.service.store.count() == before
+    assert await api.service.store.count() == before
     status, answer = await api.call("POST", "/registrations", c8y(), key=None)
     assert status == 401 and set(answer) == {"message"}
     status, answer = await api.call("POST", "/registrations", c8y(), key=OTHER)  # another app's key

@@ -54,10 +54,10 @@ class Rig:
     dispatcher: Dispatcher
     metrics: Metrics
 
-    def register(self, n_apns: int, n_fcm: int) -> list[Registration]:
+    async def register(self, n_apns: int, n_fcm: int) -> list[Registration]:
         regs = [Registration("apns", apns_token(), app=BUNDLE, tags=("home",)) for _ in range(n_apns)]
         regs += [Registration("fcm", f"fcm-{i:04d}-" + "f" * 30, tags=("home",)) for i in range(n_fcm)]
-        return [self.store.upsert(r, time.time()) for r in regs]
+        return [await self.store.upsert(r, time.time()) for r in regs]
 
     async def send(self, n: Notification, regs: list[Registration]) -> None:
         for r in regs:
@@ -99,13 +99,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     for p in providers.values():
         await p.close()
     outbox.close()
-    store.close()
+    await store.close()
     await apns.stop()
     await fcm.stop()
 
 
 async def test_report_counts_delivered_and_failed_per_platform(rig: Rig) -> None:
-    regs = rig.register(3, 3)
+    regs = await rig.register(3, 3)
     gone_apns, suspect_apns, gone_fcm = regs[0], regs[1], regs[3]
     rig.apns.unregistered[gone_apns.token] = int(time.time() * 1000) + 60_000
     rig.apns.bad_tokens.add(suspect_apns.token)
@@ -125,7 +125,7 @@ async def test_report_counts_delivered_and_failed_per_platform(rig: Rig) -> None
         },
         "fcm": {"targeted": 3, "delivered": 2, "pending": 0, "failed": {"token_invalid": 1}},
     }
-    states = {r.token: rig.store.get(r.provider, r.token).state for r in regs}  # type: ignore[union-attr]
+    states = {r.token: (await rig.store.get(r.provider, r.token)).state for r in regs}  # type: ignore[union-attr]
     assert states[gone_apns.token] == "invalid" and states[gone_fcm.token] == "invalid"
     assert states[suspect_apns.token] == "suspect"  # marked, not deleted
     assert rig.metrics.registrations_changed.get("apns", "invalid") == 1
@@ -134,15 +134,15 @@ async def test_report_counts_delivered_and_failed_per_platform(rig: Rig) -> None
 
 
 async def test_unregistered_before_a_re_registration_keeps_the_token(rig: Rig) -> None:
-    [reg] = rig.register(1, 0)
+    [reg] = await rig.register(1, 0)
     rig.apns.unregistered[reg.token] = int((reg.updated - 60) * 1000)  # died a minute before it registered
     await rig.send(notification("nid-old-410"), [reg])
     await wait_until(lambda: rig.report("nid-old-410")["pending"] == 0, 10, "the delivery to finish")
-    assert rig.store.get("apns", reg.token).state == "active"  # type: ignore[union-attr]
+    assert (await rig.store.get("apns", reg.token)).state == "active"  # type: ignore[union-attr]
 
 
 async def test_rejected_message_is_recorded_not_retried(rig: Rig) -> None:
-    regs = rig.register(1, 1)
+    regs = await rig.register(1, 1)
     await rig.send(notification("nid-big", body="x" * 6000), regs)
     await wait_until(lambda: rig.report("nid-big")["pending"] == 0, 10, "the deliveries to finish")
     assert rig.report("nid-big")["failed"] == {"rejected": 2}
@@ -150,7 +150,7 @@ async def test_rejected_message_is_recorded_not_retried(rig: Rig) -> None:
 
 
 async def test_retry_honours_retry_after_and_stops_at_expiry(rig: Rig) -> None:
-    [reg] = rig.register(0, 1)
+    [reg] = await rig.register(0, 1)
     rig.fcm.fail_next.append(("QUOTA_EXCEEDED", 1.0))
     await rig.send(notification("nid-429"), [reg])
     await wait_until(lambda: rig.report("nid-429")["delivered"] == 1, 10, "the retried delivery")
@@ -164,7 +164,7 @@ async def test_retry_honours_retry_after_and_stops_at_expiry(rig: Rig) -> None:
 
 
 async def test_retries_after_a_throttled_burst_are_jittered_past_retry_after(rig: Rig) -> None:
-    regs = rig.register(0, 20)
+    regs = await rig.register(0, 20)
     rig.fcm.fail_next.extend([("UNAVAILABLE", 1.0)] * 20)
     await rig.send(notification("nid-burst"), regs)
     await wait_until(lambda: rig.report("nid-burst")["delivered"] == 20, 15, "the retried deliveries")
@@ -177,7 +177,7 @@ async def test_retries_after_a_throttled_burst_are_jittered_past_retry_after(rig
 
 
 async def test_config_error_pauses_the_credential_without_burning_the_queue(rig: Rig) -> None:
-    regs = rig.register(20, 5)
+    regs = await rig.register(20, 5)
     del rig.apns.keys[rig.key.key_id]  # the key was revoked
     await rig.send(notification("nid-paused"), regs)
     await wait_until(lambda: rig.report("nid-paused")["delivered"] == 5, 10, "the FCM deliveries")
@@ -200,7 +200,7 @@ async def test_config_error_pauses_the_credential_without_burning_the_queue(rig:
 
 
 async def test_outage_loses_nothing(rig: Rig) -> None:
-    regs = rig.register(30, 30)
+    regs = await rig.register(30, 30)
     rig.apns.outage = (503, "ServiceUnavailable")
     rig.fcm.outage = ("UNAVAILABLE", None)
     started = time.monotonic()
@@ -223,7 +223,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 async def test_badge_increments_from_the_registrations_stored_count(rig: Rig) -> None:
-    [reg] = rig.register(1, 0)
+    [reg] = await rig.register(1, 0)
     rig.outbox.next_badge(reg.id)  # one unread already
     for nid in ("nid-badge-0", "nid-badge-1"):
         await rig.send(notification(nid, badge_increment=True), [reg])
@@ -236,7 +236,7 @@ async def test_badge_increments_from_the_registrations_stored_count(rig: Rig) ->
 
 
 async def test_badge_from_the_count_the_app_registered_with(rig: Rig) -> None:
-    reg = rig.store.upsert(
+    reg = await rig.store.upsert(
         Registration("apns", apns_token(), app=BUNDLE, tags=("home",), badge=5), time.time()
     )
     await rig.send(notification("nid-reg-badge"), [reg])

@@ -177,7 +177,7 @@ async def test_the_cumulocity_api_ignores_fields_a_newer_alarm_app_sends(api: Ap
     }
     status, answer = await api.call("POST", "/registrations", body)
     assert status == 204, answer
-    assert api.service.store.get("apns", APNS) is not None
+    assert await api.service.store.get("apns", APNS) is not None
     message = {**MESSAGE, "subtitle": "new", "body": {"alarmId": "1", "sourceId": "7"}}
     status, answer = await api.call("POST", "/notification", {"tags": ["a"], "message": message, "ttl": 3})
     assert status == 204, answer

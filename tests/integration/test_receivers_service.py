@@ -21,7 +21,7 @@ from tests.fakes.webpush import FakeWebPush, Subscription, unb64url
 from tests.integration.conftest import ADMIN, Api
 from tests.integration.test_cli_api import tocsin
 from tests.receivers_support import SECRET, receiver_env, start_with_receivers
-from tests.support import Mosquitto, wait_until
+from tests.support import Mosquitto, wait_until, wait_until_async
 
 
 @dataclass
@@ -151,7 +151,7 @@ async def test_cli_registers_a_subscription_file_and_a_webhook(receivers: Receiv
     assert code != 0 and "allow-list" in err
     _, page = await r.api.call("GET", "/v1/registrations?tags=cli")
     assert sorted(i["provider"] for i in page["items"]) == ["webhook", "webpush"]
-    stored = r.api.service.store.get("webpush", sub.endpoint)
+    stored = await r.api.service.store.get("webpush", sub.endpoint)
     assert stored is not None and stored.p256dh == sub.p256dh and stored.auth == sub.auth_b64
 
 
@@ -208,14 +208,14 @@ async def test_gone_subscription_and_webhook_are_disabled(receivers: Receivers) 
     status, _ = await r.api.call("POST", "/v1/push", {"audience": {"tags": "gone"}, "title": "x"})
     assert status == 202
 
-    def states() -> list[str]:
+    async def disabled() -> bool:
         regs = [
-            r.api.service.store.get("webpush", sub.endpoint),
-            r.api.service.store.get("webhook", f"{r.hook.url}/gone"),
+            await r.api.service.store.get("webpush", sub.endpoint),
+            await r.api.service.store.get("webhook", f"{r.hook.url}/gone"),
         ]
-        return [x.state if x else "missing" for x in regs]
+        return [x.state if x else "missing" for x in regs] == ["invalid", "invalid"]
 
-    await wait_until(lambda: states() == ["invalid", "invalid"], 10, "both registrations disabled")
+    await wait_until_async(disabled, 10, "both registrations disabled")
     quoted = urllib.parse.quote(sub.endpoint, safe="")
     status, doc = await r.api.call("GET", f"/v1/registrations/webpush/{quoted}")
     assert status == 200 and doc["state"] == "invalid"

@@ -13,9 +13,17 @@ from typing import Any
 import pytest
 
 from registrations.model import Audience
-from registrations.sqlite_store import SqliteRegistrationStore
-from tests.integration.conftest import ADMIN, APNS, APNS2, APP, FCM, OTHER, Api, reg
-from tests.support import wait_until
+from tests.conftest import open_registry
+from tests.integration.conftest import ADMIN, APNS, APNS2, APP, FCM, OTHER, Api, reg, running_api
+from tests.support import Mosquitto, wait_until
+
+
+@pytest.fixture
+async def api(tmp_path: Path, broker: Mosquitto, store_url: str | None) -> AsyncIterator[Api]:
+    """Every test here runs on both stores: SQLite, and PostgreSQL (``store.url``)."""
+    overrides = {} if store_url is None else {"TOCSIN_STORE__URL": store_url}
+    async with running_api(tmp_path, broker, **overrides) as found:
+        yield found
 
 
 async def test_register_update_move_list_and_unregister(api: Api) -> None:
@@ -39,7 +47,7 @@ async def test_register_update_move_list_and_unregister(api: Api) -> None:
     status, again = await api.call("POST", "/v1/registrations", reg(user_id="bob", tags=["x"]))
     assert status == 200 and again["id"] == first["id"] and again["created"] == first["created"]
     assert again["user_id"] == "bob" and again["tags"] == ["x"]  # the token moved to bob
-    assert api.service.store.count() == 2  # with the console seed
+    assert await api.service.store.count() == 2  # with the console seed
     status, got = await api.call("GET", f"/v1/registrations/apns/{APNS.upper()}")
     assert status == 200 and got["user_id"] == "bob"
     status, patched = await api.call("PATCH", f"/v1/registrations/apns/{APNS}", {"badge": 7, "tags": ["y"]})
@@ -70,11 +78,12 @@ async def test_acknowledged_registrations_are_committed_and_group_committed(api:
     )
     assert all(status == 201 for status, _ in results)
     assert api.service.writer.batches < 60  # several requests shared one transaction
-    other = SqliteRegistrationStore(api.service.config.store_path)  # a second connection sees them all
+    # a second connection (another instance's, for PostgreSQL) sees them all
+    other = await open_registry(api.service.config.store.url, api.service.config.store_path)
     try:
-        assert sum(len(b) for b in other.resolve(Audience(tags=("g",)))) == 60
+        assert sum([len(b) async for b in other.resolve(Audience(tags=("g",)))]) == 60
     finally:
-        other.close()
+        await other.close()
 
 
 async def test_keys_app_keys_only_touch_their_own_app(api: Api) -> None:
@@ -126,12 +135,12 @@ BAD_BODIES = [
 async def test_bad_bodies_are_400_with_the_field_and_write_nothing(
     api: Api, body: Any, field: str, reason: str
 ) -> None:
-    before = api.service.store.count()
+    before = await api.service.store.count()
     status, answer = await api.call("POST", "/v1/registrations", body)
     assert status == 400, answer
     assert answer["error"] == "invalid_body"
     assert any(d["field"] == field and reason in d["reason"] for d in answer["details"]), answer
-    assert api.service.store.count() == before
+    assert await api.service.store.count() == before
     assert api.rejected("register", 400) == 1
 
 
@@ -162,7 +171,7 @@ async def test_malformed_json_oversized_bodies_and_bad_parameters(api: Api) -> N
     await api.call("POST", "/v1/registrations", reg())
     status, body = await api.call("PATCH", f"/v1/registrations/apns/{APNS}", {"token": APNS2})
     assert status == 400 and body["details"][0] == {"field": "token", "reason": "unknown field"}
-    assert api.service.store.count() == 2
+    assert await api.service.store.count() == 2
     async with api.http.get(api.base + "/metrics") as r:
         text = await r.text()
     assert 'tocsin_api_rejected_total{route="register",status="413"} 2.0' in text

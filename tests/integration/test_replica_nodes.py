@@ -123,13 +123,13 @@ async def test_a_registration_through_one_instance_is_in_every_instance_store(
         saved = await writers["b"].upsert(Registration("log", "phone-1", user_id="ann", tags=("ops",)))
         assert saved.created > 0  # the answer shows the local store's row
         await wait_until(
-            lambda: all(s.get("log", "phone-1") is not None for s in stores.values()), 10, "on all"
+            lambda: all(s.db.get("log", "phone-1") is not None for s in stores.values()), 10, "on all"
         )
-        got = stores["a"].get("log", "phone-1")
+        got = await stores["a"].get("log", "phone-1")
         assert got is not None and got.user_id == "ann" and got.tags == ("ops",)
         assert await writers["c"].remove(None, "phone-1")
         await wait_until(
-            lambda: all(s.get("log", "phone-1") is None for s in stores.values()), 10, "gone on all"
+            lambda: all(s.db.get("log", "phone-1") is None for s in stores.values()), 10, "gone on all"
         )
         assert not await writers["a"].remove(None, "phone-1")
         assert a.dump() == b.dump() == c.dump()
@@ -137,7 +137,7 @@ async def test_a_registration_through_one_instance_is_in_every_instance_store(
         for i in (a, b, c):
             await i.stop()
         for s in stores.values():
-            s.close()
+            await s.close()
 
 
 NOISY = """rules:

@@ -83,7 +83,7 @@ async def _service(tmp_path: Path, broker: Mosquitto, apns: FakeAPNs, fcm: FakeF
         ("fcm", FCM_DE, "com.example", "de"),
         ("fcm", FCM_PLAIN, "com.example", "en"),
     ):
-        store.upsert(Registration(provider, token, app=app, tags=("home",), locale=locale), time.time())
+        await store.upsert(Registration(provider, token, app=app, tags=("home",), locale=locale), time.time())
     return service
 
 

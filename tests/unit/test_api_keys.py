@@ -5,7 +5,7 @@ import pytest
 
 from registrations.auth import Principal, digest
 from registrations.model import Registration
-from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.store import RegistrationStore
 from registrations.writer import BatchWriter
 from service.app import keyring
 from service.config import ConfigError, load_config
@@ -60,9 +60,11 @@ def test_bad_key_entries_name_the_problem_and_never_the_key(tmp_path: Path, entr
     assert "0123456789abcdefgh" not in str(err.value)
 
 
-async def test_writer_commits_a_turn_at_once_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
-    store = SqliteRegistrationStore(tmp_path / "r.db")
-    writer = BatchWriter(store.upsert_many_in_thread, lambda: 5.0)
+async def test_writer_commits_a_turn_at_once_and_a_bad_one_fails_alone(
+    registry_store: RegistrationStore,
+) -> None:
+    store = registry_store
+    writer = BatchWriter(store, lambda: 5.0)
     bad = Registration("log", "bad")
     bad.state = None  # type: ignore[assignment]  # violates NOT NULL
     results = await asyncio.gather(
@@ -72,8 +74,7 @@ async def test_writer_commits_a_turn_at_once_and_a_bad_one_fails_alone(tmp_path:
     )
     assert all(isinstance(r, Registration) for r in results[:10])
     assert isinstance(results[10], Exception)
-    assert store.count() == 10
+    assert await store.count() == 10
     await asyncio.gather(*(writer.upsert(Registration("log", f"u{i}")) for i in range(20)))
     assert writer.batches == 1  # the twenty shared one transaction (the failed batch was retried one by one)
-    writer.close()
-    store.close()
+    await writer.close()

@@ -36,7 +36,7 @@ async def test_a_provider_that_raises_is_retried_not_stranded(tmp_path: Path) ->
 
     store = SqliteRegistrationStore(tmp_path / "r.db")
     outbox = Outbox(tmp_path / "r.db")
-    reg = store.upsert(Registration("log", "t"), 0.0)
+    reg = await store.upsert(Registration("log", "t"), 0.0)
     d = Dispatcher(
         {"log": Flaky()}, store, Metrics(), SystemClock(), outbox=outbox, retry_base_s=0.01, workers=1
     )
@@ -48,4 +48,4 @@ async def test_a_provider_that_raises_is_retried_not_stranded(tmp_path: Path) ->
     finally:
         await d.stop()
         outbox.close()
-        store.close()
+        await store.close()

@@ -7,13 +7,16 @@ import random
 from pathlib import Path
 
 from registrations.model import Audience, Registration
+from registrations.pg_store import PgRegistrationStore
 from registrations.sqlite_store import SqliteRegistrationStore
+from registrations.store import RegistrationStore
 from service.clock import ManualClock
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher, backoff_delay, retry_delay
 from service.notify.model import Delivery, Notification
 from service.notify.stages import DedupStage, NotificationLog, TargetStage
 from service.providers.base import ConfigError, Delivered, Outcome, Retry, TokenInvalid, TokenSuspect
+from tests.pg_support import PostgresServer
 from tests.support import wait_until
 
 
@@ -30,17 +33,39 @@ def test_dedup_admits_a_key_once_within_the_window() -> None:
     assert len(d.log) == 1  # the others expired
 
 
-def test_target_cache_follows_store_changes(tmp_path: Path) -> None:
-    store = SqliteRegistrationStore(tmp_path / "r.db")
-    store.upsert(Registration("log", "a", tags=("x",)), 0)
+async def test_target_cache_follows_store_changes(registry_store: RegistrationStore) -> None:
+    store = registry_store
+    await store.upsert(Registration("log", "a", tags=("x",)), 0)
     target = TargetStage(store)
 
-    def tokens() -> list[str]:
-        return [r.token for b in target.batches(Audience(tags=("x",))) for r in b]
+    async def tokens() -> list[str]:
+        return [r.token async for b in target.batches(Audience(tags=("x",))) for r in b]
 
-    assert tokens() == ["a"]
-    store.upsert(Registration("log", "b", tags=("x",)), 0)
-    assert sorted(tokens()) == ["a", "b"]
+    assert await tokens() == ["a"]
+    await store.upsert(Registration("log", "b", tags=("x",)), 0)
+    assert sorted(await tokens()) == ["a", "b"]
+    await store.remove("log", "a")
+    assert await tokens() == ["b"]
+
+
+async def test_target_cache_follows_another_instances_writes_to_a_shared_store(
+    postgres: PostgresServer,
+) -> None:
+    url = postgres.create_database()
+    mine, theirs = PgRegistrationStore(url, pool_size=2), PgRegistrationStore(url, pool_size=2)
+    await mine.open()
+    await theirs.open()
+    await mine.upsert(Registration("log", "a", tags=("x",)), 0)
+    target = TargetStage(mine)
+
+    async def tokens() -> list[str]:
+        return [r.token async for b in target.batches(Audience(tags=("x",))) for r in b]
+
+    assert await tokens() == ["a"]
+    await theirs.upsert(Registration("log", "b", tags=("x",)), 0)  # through the other instance
+    assert sorted(await tokens()) == ["a", "b"]
+    await mine.close()
+    await theirs.close()
 
 
 class ScriptedProvider:
@@ -66,7 +91,7 @@ class ScriptedProvider:
 
 async def dispatch(tmp_path: Path, outcomes: list[Outcome], n: Notification | None = None):
     store = SqliteRegistrationStore(tmp_path / "r.db")
-    reg = store.upsert(Registration("log", "tok", tags=("x",)), 0)
+    reg = await store.upsert(Registration("log", "tok", tags=("x",)), 0)
     provider, metrics = ScriptedProvider(outcomes), Metrics()
     d = Dispatcher({"log": provider}, store, metrics, ManualClock(0), max_attempts=3, workers=1)
     d.start()
@@ -96,12 +121,12 @@ async def test_token_outcomes_update_the_registration(tmp_path: Path) -> None:
     d, _, m, store = await dispatch(tmp_path, [TokenInvalid("Unregistered")])
     await wait_until(lambda: m.notifications.get("log", "token_invalid") == 1, 5, "outcome")
     await d.drain()
-    assert (got := store.get("log", "tok")) is not None and got.state == "invalid"
+    assert (got := await store.get("log", "tok")) is not None and got.state == "invalid"
     await d.stop()
     d, _, m, store = await dispatch(tmp_path, [TokenSuspect("BadDeviceToken")])
     await wait_until(lambda: m.notifications.get("log", "token_suspect") == 1, 5, "outcome")
     await d.drain()
-    assert (got := store.get("log", "tok")) is not None and got.state == "suspect"
+    assert (got := await store.get("log", "tok")) is not None and got.state == "suspect"
     await d.stop()
 
 

@@ -152,7 +152,7 @@ def test_webpush_keys_command_prints_the_public_key(tmp_path: Path) -> None:
 def test_subscription_keys_survive_the_stores(tmp_path: Path) -> None:
     from registrations.inventory_store import from_fragment, to_fragment
     from registrations.model import Registration
-    from registrations.sqlite_store import SqliteRegistrationStore
+    from registrations.sqlite_store import SqliteRegistrationDb
 
     key = ec.generate_private_key(ec.SECP256R1())
     reg = Registration(
@@ -163,10 +163,10 @@ def test_subscription_keys_survive_the_stores(tmp_path: Path) -> None:
     )
     back = from_fragment(json.loads(json.dumps(to_fragment(reg))))
     assert (back.p256dh, back.auth) == (reg.p256dh, reg.auth)
-    store = SqliteRegistrationStore(tmp_path / "r.db")
+    store = SqliteRegistrationDb(tmp_path / "r.db")
     store.upsert(reg, time.time())
     store.close()
-    reopened = SqliteRegistrationStore(tmp_path / "r.db")
+    reopened = SqliteRegistrationDb(tmp_path / "r.db")
     got = reopened.get("webpush", reg.token)
     assert got is not None and (got.p256dh, got.auth) == (reg.p256dh, reg.auth)
     reopened.close()
