@@ -28,9 +28,13 @@ def _config_path(arg: str | None) -> Path | None:
 
 
 def _load(arg: str | None) -> Config:
+    return load_config(_config_path(arg))
+
+
+def _load_checked(arg: str | None) -> Config:
     """The configuration, with every enabled provider's credential files read and parsed: a missing or
     malformed key is an error now, with its path, not a degraded provider at the first send."""
-    config = load_config(_config_path(arg))
+    config = _load(arg)
     problems = credential_problems(config)
     if problems:
         raise ConfigError(problems)
@@ -53,7 +57,7 @@ def platform_of(config: Config, environ: Mapping[str, str]) -> PlatformEnv | Non
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = _load(args.config) if args.skip_credentials else _load_checked(args.config)
         platform = platform_of(config, os.environ)
     except ConfigError as exc:
         print(f"configuration is not valid:\n{exc}", file=sys.stderr)
@@ -73,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        config = _load(args.config)
+        config = _load_checked(args.config)
         logging.basicConfig(
             level=config.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a configuration and its rules without starting")
     check.add_argument("config", nargs="?", help="YAML configuration file (or TOCSIN_CONFIG)")
+    check.add_argument(
+        "--skip-credentials",
+        action="store_true",
+        help="do not read the credential files it names (an example, or a file for another machine)",
+    )
     check.set_defaults(func=cmd_check)
     add_rules_commands(sub)
     cli_api.add_commands(sub, _load)

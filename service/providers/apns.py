@@ -1,9 +1,10 @@
 """The APNs provider, on aioapns 4.0: one client per (app, environment), token or certificate authentication.
 
 aioapns has no host option: each client's pool gets a protocol subclass carrying the configured host and port
-(spec §2.3), so tests and benchmarks reach the fake by configuration only. aioapns renews the JWT every 30
-minutes per connection (Apple: between 20 and 60). It does not retry on 429/5xx and never times out a request
-whose answer does not come: both are handled here.
+(spec §2.3), so tests and benchmarks reach the fake by configuration only. aioapns would sign a JWT per
+connection; the subclass hands every connection the signing key's one provider token instead
+(apns_token.py). aioapns does not retry on 429/5xx and never times out a request whose answer does not come:
+both are handled here.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class ApnsProvider:
         self.problems: dict[str, str] = {}  # app -> why its credential is paused
         self._renewed: set[str] = set()  # apps whose tokens were just regenerated after ExpiredProviderToken
         self._throttled: set[str] = set()  # apps answered TooManyProviderTokenUpdates (logged once)
+        self._app_tokens: dict[str, ProviderToken] = {}  # app -> its signing key's token (token auth)
         self._warm: set[tuple[str, str]] = set()  # clients that had a request answered
         self._gates: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -214,7 +216,9 @@ class ApnsProvider:
                 if cfg.private_key is not None
                 else Path(cast(Path, cfg.private_key_path)).read_text(encoding="utf-8")
             )
-            token = self.tokens.for_key(cast(str, cfg.team_id), cast(str, cfg.key_id), key)
+            token = self._app_tokens[app] = self.tokens.for_key(
+                cast(str, cfg.team_id), cast(str, cfg.key_id), key
+            )
             client = APNs(key=key, key_id=cfg.key_id, team_id=cfg.team_id, **common)
         client.pool.protocol_class = _endpoint(url, token)
         return client
@@ -303,12 +307,6 @@ class ApnsProvider:
             return Retry(f"APNs client error: {exc.__class__.__name__}")
         return self._outcome(app, environment, result)
 
-    def _token(self, app: str) -> ProviderToken | None:
-        for (name, _), client in self._clients.items():
-            if name == app:
-                return cast(ProviderToken | None, getattr(client.pool.protocol_class, "SHARED_TOKEN", None))
-        return None
-
     def _abandon(self, client: APNs, notification_id: str) -> None:
         """A stalled connection holds its streams forever: close it, aioapns opens a fresh one."""
         for conn in list(client.pool.connections):
@@ -330,7 +328,7 @@ class ApnsProvider:
         if status == "400" and reason in _SUSPECT:
             return TokenSuspect(f"{what} ({environment})")
         if status == "403":
-            token = self._token(app)
+            token = self._app_tokens.get(app)
             if reason == "ExpiredProviderToken" and token is not None:
                 if app not in self._renewed:
                     # Renewed (unless the token is under 20 minutes old), then retried once; a second one in a

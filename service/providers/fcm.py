@@ -122,9 +122,8 @@ class _Credential:
             return str(self.creds.token)
         async with self._lock:  # one refresh for everyone waiting
             if not self.fresh() or self.creds.token == stale:
-                await asyncio.to_thread(
-                    self.creds.refresh, self._request
-                )  # off the loop, bounded by timeout_s
+                # Off the loop; each request to the token endpoint is bounded by timeout_s.
+                await asyncio.to_thread(self.creds.refresh, self._request)
             return str(self.creds.token)
 
 
@@ -157,6 +156,7 @@ class FcmProvider:
                 mtime = None
             if self._cred is not None and mtime != self._mtime:
                 log.info("FCM service account file changed on disk: using it")
+                self._cred.session.close()
                 self._cred = None
             self._mtime = mtime
         if self._cred is None:
@@ -314,9 +314,24 @@ def message(n: Notification, token: str, ttl: int, locale: str | None = None) ->
         apns = {**apns, **o.fcm_apns}
     if apns:
         msg["apns"] = apns
-    if o.fcm_webpush:
-        msg["webpush"] = dict(o.fcm_webpush)
+    webpush = _webpush_block(n, collapse)
+    if o.fcm_webpush:  # the caller's own block wins, key by key
+        webpush = {**webpush, **o.fcm_webpush}
+    if webpush:
+        msg["webpush"] = webpush
     return msg
+
+
+def _webpush_block(n: Notification, collapse: str) -> dict[str, Any]:
+    """What the rule says for browsers reached through FCM: the Web Push ``Urgency`` header from the
+    priority, and the collapse key as the Web Notification ``tag`` (a newer one replaces the older)."""
+    o = n.options
+    block: dict[str, Any] = {}
+    if o.priority is not None:
+        block["headers"] = {"Urgency": o.priority}  # RFC 8030: very-low, low, normal, high
+    if o.collapse_key is not None and o.push_type != "background":
+        block["notification"] = {"tag": collapse}
+    return block
 
 
 def _apns_block(n: Notification, collapse: str) -> dict[str, Any]:

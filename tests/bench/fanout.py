@@ -37,6 +37,7 @@ from service.notify.model import Delivery, Notification
 from service.notify.stages import TargetStage
 from service.outbox import Outbox
 from service.providers.apns import ApnsProvider, _endpoint
+from service.providers.apns_token import ProviderTokens
 from service.providers.base import Provider
 from service.providers.fcm import FcmProvider
 from service.push_config import ApnsAppConfig, ApnsConfig, FcmConfig
@@ -167,7 +168,10 @@ async def aioapns_run(n: int, concurrency: int, key: ApnsKey, apns_port: int, ce
         max_connections=4,
         ssl_context=ssl.create_default_context(cafile=cert),
     )
-    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}")
+    # One provider token for all its connections: the fake, as Apple, refuses a key's second token change
+    # within 20 minutes (aioapns alone signs one per connection).
+    shared = ProviderTokens().for_key(key.team_id, key.key_id, key.p8)
+    client.pool.protocol_class = _endpoint(f"https://localhost:{apns_port}", shared)
     tokens = iter(range(n))
     ok = 0
 

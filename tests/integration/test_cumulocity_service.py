@@ -44,7 +44,11 @@ async def test_an_alarm_reaches_its_own_tenants_phones_and_nobody_elses(tmp_path
         kinds = {t.id: [m for m in t.managed_objects.values() if m.get("type") == "tocsin_Registration"]
                  for t in (t1, t2)}  # fmt: skip
         assert len(kinds["t1"]) == 2 and len(kinds["t2"]) == 1
-        assert rig.c8y.tenant("t1").unacked() == 0 and rig.c8y.tenant("t2").unacked() == 0
+        await wait_until(  # the frames' acknowledgements race the pushes they led to
+            lambda: rig.c8y.tenant("t1").unacked() == 0 and rig.c8y.tenant("t2").unacked() == 0,
+            10,
+            "every frame to be acknowledged",
+        )
 
         # the tenant's setting severityThreshold (the manifest's default: MAJOR) holds back lesser alarms
         runtime = service.cumulocity
@@ -222,3 +226,75 @@ async def test_acknowledging_from_the_phone_acknowledges_the_alarm_and_clearing_
         t1.update_alarm(alarm["id"], status="CLEARED")
         await wait_until(lambda: len(rig.apns_for(phone)) == 2, 10, "the resolve notice")
         assert rig.apns_for(phone)[1]["aps"]["alert"]["title"] == "Alarm cleared"
+
+
+async def test_push_gateway_notification_loads_the_alarm_text_and_takes_the_push_options(
+    tmp_path: Path,
+) -> None:
+    """``POST /notification`` as the gateway: the alarm's text is the body, its source the sourceId, the sound
+    ``default``; the options of ``POST /v1/push`` beside the title reach APNs and FCM."""
+    async with c8y_rig(tmp_path) as rig:
+        t1, t2 = rig.c8y.add_tenant("t1"), rig.c8y.add_tenant("t2")
+        alice = t1.add_user("alice", roles=["ROLE_TOCSIN_READ"])
+        ops = t1.add_user("ops", roles=["ROLE_TOCSIN_ADMIN"])
+        pump, press = t1.add_device("Pump 7"), t2.add_device("Press 2")
+        service = await rig.start()
+        await rig.following(service, "t1", "t2")
+        ios, android = apns_token(), "fcm-" + random_id(60)
+        assert await rig.register(service, alice, ios) == 204
+        assert await rig.register(service, alice, android, platform="Android") == 204
+        runtime = service.cumulocity
+        assert runtime is not None
+        alarm = t1.create_alarm(pump, "c8y_Pressure", "Pressure low on pump 7", severity="MINOR")
+        await wait_until(lambda: runtime.frames.get("below_threshold") == 1, 10, "the minor alarm")
+        message = {
+            "title": "New MINOR alarm!",
+            "body": {"alarmId": alarm["id"]},
+            "badge": 2,
+            "priority": "high",
+            "collapse_key": f"alarm-{alarm['id']}",
+            "thread_id": "pump-7",
+            "category": "ALARM",
+            "interruption_level": "time-sensitive",
+            "mutable_content": True,
+        }
+        body = {"receiver": {"userIds": ["alice"]}, "message": message}
+        status, answer = await rig.call(service, "POST", "/notification", ops, json=body)
+        assert status == 204, answer
+        await wait_until(lambda: bool(rig.apns_for(ios) and rig.fcm_for(android)), 10, "the pushes")
+        [received] = [r for r in rig.apns.received if r.token == ios]
+        assert received.headers["apns-priority"] == "10"
+        assert received.headers["apns-collapse-id"] == f"alarm-{alarm['id']}"
+        assert received.payload == {
+            "aps": {
+                "alert": {"title": "New MINOR alarm!", "body": "Pressure low on pump 7"},
+                "sound": "default",
+                "badge": 2,
+                "thread-id": "pump-7",
+                "category": "ALARM",
+                "mutable-content": 1,
+                "interruption-level": "time-sensitive",
+            },
+            "alarmId": alarm["id"],
+            "sourceId": pump,
+        }
+        [m] = rig.fcm_for(android)
+        assert m["notification"] == {"title": "New MINOR alarm!", "body": "Pressure low on pump 7"}
+        assert {"alarmId": alarm["id"], "sourceId": pump}.items() <= m["data"].items()
+        assert m["android"]["priority"] == "HIGH" and m["android"]["collapse_key"] == f"alarm-{alarm['id']}"
+        assert m["android"]["notification"]["sound"] == "default"
+
+        message = {"title": "Still low", "body": {"alarmId": alarm["id"]}, "sound": "siren.caf"}
+        body = {"receiver": {"deviceTokens": [ios]}, "message": message}
+        assert (await rig.call(service, "POST", "/notification", ops, json=body))[0] == 204
+        await wait_until(lambda: len(rig.apns_for(ios)) == 2, 10, "the second push")
+        assert rig.apns_for(ios)[1]["aps"]["sound"] == "siren.caf"
+
+        other = t2.create_alarm(press, "c8y_Pressure", "t2's own", severity="MINOR")
+        for alarm_id in ("999999", other["id"]):  # none, and another tenant's
+            message = {"title": "x", "body": {"alarmId": alarm_id}}
+            status, answer = await rig.call(service, "POST", "/notification", ops, json={"message": message})
+            assert status == 400 and answer == {
+                "message": f"message.body.alarmId: the tenant has no alarm {alarm_id}"
+            }
+        assert len(rig.apns_for(ios)) == 2 and len(rig.fcm_for(android)) == 1

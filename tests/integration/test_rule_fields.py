@@ -122,6 +122,7 @@ async def test_doorbell_rule_fields_reach_apns_and_fcm(tmp_path: Path, broker: M
                 "headers": {"apns-priority": "5", "apns-collapse-id": "bell-hall"},
                 "payload": {"aps": {"sound": "bell.caf", "category": "DOORBELL"}},
             }
+            assert m["webpush"] == {"headers": {"Urgency": "normal"}, "notification": {"tag": "bell-hall"}}
         assert sent[FCM_DE]["notification"] == {"title": "Es klingelt: hall", "body": "Jemand ist an der Tür"}
         assert sent[FCM_PLAIN]["notification"] == {"title": "Ring at hall", "body": "Someone is at the door"}
     finally:
@@ -250,6 +251,10 @@ async def test_tocsin_push_flags_reach_apns_and_fcm(tmp_path: Path, broker: Mosq
             assert {"sensor": "basement", "level": "3"}.items() <= m["data"].items()
             assert m["apns"]["headers"] == {"apns-priority": "5", "apns-collapse-id": "leak-basement"}
             assert m["apns"]["payload"]["aps"]["thread-id"] == "leaks"
+            assert m["webpush"] == {
+                "headers": {"Urgency": "normal"},
+                "notification": {"tag": "leak-basement"},
+            }
 
         apns.received.clear()
         fcm.sent.clear()
