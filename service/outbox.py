@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class Outbox:
         self.path = self.journal.path
         self.db = self.journal.db  # set-up and reads; writes go through the journal
         self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint_lock = threading.Lock()
+        self._closed = False
         self._read_db: sqlite3.Connection | None = None
         if self.path != ":memory:":
             # Checkpoints (which fsync) run in a worker thread via checkpoint(), not on the event loop,
@@ -304,16 +307,25 @@ class Outbox:
         """Copy the WAL into the database file; blocking, so call it from a worker thread."""
         if self.path == ":memory:":
             return
-        if self._checkpointer is None:
-            self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._checkpointer.execute("PRAGMA busy_timeout=5000")
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        # Held while the connection is used: close() from the loop must not close it under a running
+        # checkpoint (a connection closed from another thread mid-statement crashed the process).
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            if self._checkpointer is None:
+                self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                self._checkpointer.execute("PRAGMA busy_timeout=5000")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Closes its connections; the journal (when it is the outbox's own) writes what is left."""
-        for db in (self._checkpointer, self._read_db):
-            if db is not None:
-                db.close()
-        self._checkpointer = self._read_db = None
+        with self._checkpoint_lock:
+            self._closed = True
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+            self._checkpointer = None
+        if self._read_db is not None:
+            self._read_db.close()
+        self._read_db = None
         if self._owns_journal:
             self.journal.close()

@@ -71,7 +71,7 @@ async def test_message_carries_the_options_and_the_nid_as_tag(fake: FakeFCM, pro
     assert android["notification"]["channel_id"] == "alarms" and android["notification"]["sound"] == "siren"
     assert m["apns"] == {"headers": {"apns-priority": "10"}} and m["webpush"]["headers"]["Urgency"] == "high"
     assert fake.tokens_issued == 1
-    assert fake.h2_requests == (1 if fake.cert_dir is not None else 0)  # the transport asked for
+    assert fake.h2_requests == (1 if fake.h2_port else 0)  # the transport asked for
 
 
 async def test_one_token_for_many_sends_and_background_is_data_only(

@@ -80,3 +80,14 @@ def test_the_stored_body_has_a_version_and_rows_from_version_1_keep_decoding() -
         None,
         3,
     )
+
+
+def test_a_checkpoint_after_close_opens_nothing(tmp_path: Path) -> None:
+    """The checkpoint runs in a worker thread: one that comes after close() (shutdown) must not reopen the
+    database, and close() waits for one under way rather than closing its connection beneath it."""
+
+    box = Outbox(tmp_path / "o.db")
+    box.checkpoint()
+    box.close()
+    box.checkpoint()
+    assert box._checkpointer is None
