@@ -460,6 +460,18 @@ class RuleEngine:
             elif alert is not None:
                 alert.last_event = event
 
+    def reopened(self, aid: str, alert: AlertState) -> Transition | None:
+        """The firing transition of an alert restored from storage (not sent again: noise control needs the
+        open alert to acknowledge, repeat and escalate it); None when its rule is gone or it is not firing."""
+        c = self._by_id.get(alert.rule)
+        if c is None or alert.status != "firing":
+            return None
+        event = alert.last_event
+        alarm = alarm_from_payload(event.payload) if c.kind == "alarm" and event is not None else None
+        return self._transition(
+            c, aid, alert.episode, alert.labels, "firing", event, alert.since, alert.last_value, alarm
+        )
+
     # -- time ---------------------------------------------------------------------------------------------
     def next_deadline(self, state: EngineState) -> float | None:
         timers = state.timers

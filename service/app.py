@@ -184,6 +184,8 @@ class Service:
                 self.clock,
                 self.keys,
                 spawn=self.supervisor.spawn,
+                host=self,
+                instance=config.instance.id,
             )
             self.auth = self.cumulocity.authenticator
         self.mqtt_enabled = mqtt_enabled(config, self.platform is not None)
@@ -304,6 +306,10 @@ class Service:
         else:
             await self.gate.route(transition, self.clock.time())
 
+    def timers_changed(self) -> None:
+        """A rule timer was added from outside the event path (alerts restored from a Cumulocity tenant)."""
+        self._timer_changed.set()
+
     def cluster_state(self) -> dict[str, object]:
         if self.cluster is None:
             return {"enabled": False, "role": "leader", "reason": "single instance: no cluster configured"}
@@ -374,6 +380,8 @@ class Service:
             due = self.noise.due(now)
             try:
                 for n in due.notifications:
+                    if self.cumulocity is not None and not await self.cumulocity.may_follow_up(n):
+                        continue  # its tenant's source is handled by another replica, or it is resolved
                     await self.pipeline.send(n, now)
                 for n, registration in due.deliveries:
                     await self.dispatcher.submit(Delivery(n, registration))
@@ -543,6 +551,8 @@ class Service:
         the deliveries already queued go out (for a while), so that nothing is left to resend at the next
         start."""
         await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
+        if self.cumulocity is not None:
+            await self.cumulocity.stop_streams()  # no new frames; the one in hand is finished and acked
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.delivery.drain_s):
                 await self.dispatcher.drain()

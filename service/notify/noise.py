@@ -13,7 +13,7 @@ import math
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 from typing import Any
@@ -154,6 +154,9 @@ class Acks:
         a = self._acks[alert_id] = Ack(alert_id, n.episode, by, comment, now)
         return a
 
+    def of(self, alert_id: str) -> Ack | None:
+        return self._acks.get(alert_id)
+
     def acked(self, n: Notification) -> bool:
         a = self._acks.get(n.alert_id)
         return a is not None and a.episode == n.episode
@@ -269,6 +272,23 @@ class FollowUps:
         self.acks = acks
         self._heap: list[tuple[float, int, str, str, int]] = []  # (at, seq, alert_id, episode, step)
         self._seq = itertools.count()
+        # Called with each escalation step due (its notification, the step's index), where state is kept
+        # elsewhere (the Cumulocity tenant), so that a restart does not send the step again.
+        self.on_step: Callable[[Notification, int], None] | None = None
+
+    def resume(self, n: Notification, sent: Container[int], now: float) -> None:
+        """Schedules what is left of a restored firing alert: the escalation steps not ``sent`` (at their
+        time after ``n.created``, or now when that passed) and the next repeat."""
+        p = n.policy
+        if p is None:
+            return
+        if p.repeat > 0:
+            k = max(1, int((now - n.created) // p.repeat) + 1)
+            heapq.heappush(self._heap, (n.created + k * p.repeat, next(self._seq), n.alert_id, n.episode, -1))
+        for i, step in enumerate(p.escalate):
+            if i not in sent:
+                at = max(n.created + step.after, now)
+                heapq.heappush(self._heap, (at, next(self._seq), n.alert_id, n.episode, i))
 
     def opened(self, n: Notification, now: float) -> None:
         p = n.policy
@@ -297,6 +317,8 @@ class FollowUps:
                 s = n.policy.escalate[step]
                 audience = Audience(tags=s.tags + tuple(CHANNEL_TAG + c for c in s.channels), users=s.users)
                 out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
+                if self.on_step is not None:
+                    self.on_step(out[-1], step)
         return out
 
 
