@@ -322,6 +322,12 @@ class CumulocityConfig(_Section):
     options_poll_s: float = Field(
         30.0, gt=0, description="how often a tenant's options (severityThreshold) are read again"
     )
+    presence_s: float = Field(
+        10.0,
+        gt=0,
+        description="how often a replica marks itself up in each tenant (repeats and escalations of a stopped"
+        " replica's alerts move to another after three periods)",
+    )
     ack_wait_s: float = Field(
         10.0,
         ge=0,

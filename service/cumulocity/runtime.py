@@ -46,7 +46,7 @@ from service.cumulocity.env import PlatformEnv
 from service.cumulocity.frames import Frame
 from service.cumulocity.stream import AlarmStream, metrics_hook
 from service.cumulocity.subscriptions import SubscriptionPoller
-from service.cumulocity.tenant_state import FRAGMENT, SourceState, SourceStore, json_safe
+from service.cumulocity.tenant_state import FRAGMENT, Presence, SourceState, SourceStore, json_safe
 from service.metrics import Counter, Metrics
 from service.notify.dispatch import watching
 from service.notify.model import Notification
@@ -78,11 +78,13 @@ class Tenant:
     registry: Registry
     stream: AlarmStream
     sources: SourceStore  # the tenant's alarm state, on its sources' managed objects
+    presence: Presence  # which replicas are up
     task: asyncio.Task[None] | None = None
     refresher: asyncio.Task[None] | None = None
     changes: AlarmStream | None = None  # registration changes made through any replica
     changes_task: asyncio.Task[None] | None = None
     options_task: asyncio.Task[None] | None = None
+    presence_task: asyncio.Task[None] | None = None
     users: dict[str, float] = field(default_factory=dict)  # user name -> until when it is known to exist
     threshold: str = "WARNING"  # the tenant's setting severityThreshold: alarms below it open nothing
     owned: dict[str, set[str]] = field(default_factory=dict)  # source id -> its alerts, as last read/written
@@ -119,6 +121,7 @@ class CumulocityRuntime:
         self.host = host
         self.consumer = config.consumer or (re.sub(r"[^A-Za-z0-9]", "", instance) or "tocsin")[:64]
         self._steps: dict[str, int] = {}  # follow-up notification id -> the escalation step it is
+        self._following: set[tuple[str, str]] = set()  # (alert, episode) whose follow-ups are scheduled here
         self.noise_followups_hook(noise)
         self.platform, self.config, self.store_kind = platform, config, store_kind
         self.data_dir, self.stores, self.on_event, self.settle = data_dir, stores, on_event, settle
@@ -195,9 +198,10 @@ class CumulocityRuntime:
         and takes no more; whatever else was sent comes again to the next replica or pod."""
         for t in list(self.tenants.values()):
             async with t.lock:
-                for task in (t.task, t.changes_task):
+                for task in (t.task, t.changes_task, t.presence_task):
                     if task is not None:
                         task.cancel()
+            await t.presence.leave()  # its alerts' repeats and escalations move on at once
 
     @property
     def ready(self) -> bool:
@@ -271,13 +275,16 @@ class CumulocityRuntime:
             registry,
             stream,
             SourceStore(client, tenant),
+            Presence(client, self.consumer, self.config.presence_s),
             threshold=await self._threshold(tenant, client),
         )
+        await t.presence.beat(self.clock.time())
         await self._restore(t)
         self.stores.add(tenant, registry)
         self.tenants[tenant] = t
         t.task = self.spawn(f"cumulocity-alarms-{tenant}", stream.run)
         t.options_task = self.spawn(f"cumulocity-options-{tenant}", lambda: self._watch_options(t))
+        t.presence_task = self.spawn(f"cumulocity-presence-{tenant}", lambda: self._beat(t))
         if isinstance(registry.store, InventoryRegistrationStore):
             t.refresher = self.spawn(f"cumulocity-inventory-{tenant}", lambda: self._refresh(t))
             t.changes = self._registration_changes(t, registry.store)
@@ -318,7 +325,7 @@ class CumulocityRuntime:
         self.stores.remove(tenant)
         if t is None:
             return
-        for task in (t.task, t.refresher, t.changes_task, t.options_task):
+        for task in (t.task, t.refresher, t.changes_task, t.options_task, t.presence_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -372,6 +379,14 @@ class CumulocityRuntime:
             non_persistent=True,
             on_connect=reload,
         )
+
+    async def _beat(self, t: Tenant) -> None:
+        while True:
+            await asyncio.sleep(self.config.presence_s)
+            try:
+                await t.presence.beat(self.clock.time())
+            except C8yError as exc:
+                log.warning("tenant %s: marking this replica up failed: %s", t.id, exc)
 
     async def _watch_options(self, t: Tenant) -> None:
         """The platform sends no notification when a tenant option changes: read them again now and then."""
@@ -476,14 +491,15 @@ class CumulocityRuntime:
     # -- the tenant's state ---------------------------------------------------------------------------------
     async def _restore(self, t: Tenant) -> None:
         """At start: every source of the tenant that keeps state. Its alerts and acknowledgements come
-        back; escalations resume for the sources this replica handled last (the others resume at their
-        next frame, wherever it goes)."""
-        restored = 0
+        back; repeats and escalations resume unless the replica that handled the source last is up (then
+        they resume at the source's next frame, wherever it goes)."""
+        restored, now = 0, self.clock.time()
         async for mo in t.client.pages(
             "/inventory/managedObjects", "managedObjects", {"fragmentType": FRAGMENT}
         ):
             st = SourceState.from_fragment(mo.get(FRAGMENT))
-            restored += self._adopt(t, str(mo.get("id")), st, follow_up=st.owner == self.consumer)
+            mine = st.owner is None or not await t.presence.alive(st.owner, now)
+            restored += self._adopt(t, str(mo.get("id")), st, follow_up=mine)
         if restored:
             self.state_io.inc("restored", amount=restored)
             log.info("tenant %s: %d open alerts restored from its inventory", t.id, restored)
@@ -536,13 +552,14 @@ class CumulocityRuntime:
                 return
             n = to_notification(transition, now)
             acks.opened(n)
-            if follow_up:
-                escalated = st.escalated.get(aid) or {}
-                sent = escalated.get("steps", []) if escalated.get("episode") == alert.episode else []
-                before = self.noise.next_deadline()
-                self.noise.followups.resume(n, set(sent), now)
-                if self.noise.on_schedule is not None and self.noise.next_deadline() != before:
-                    self.noise.on_schedule()
+        if follow_up and (aid, alert.episode) not in self._following:
+            self._following.add((aid, alert.episode))
+            escalated = st.escalated.get(aid) or {}
+            sent = escalated.get("steps", []) if escalated.get("episode") == alert.episode else []
+            before = self.noise.next_deadline()
+            self.noise.followups.resume(n, set(sent), now)
+            if self.noise.on_schedule is not None and self.noise.next_deadline() != before:
+                self.noise.on_schedule()
         kept = st.acks.get(aid)
         if kept and kept.get("episode") == alert.episode and not acks.acked(n):
             acks.ack(aid, str(kept.get("by", "")), str(kept.get("comment", "")), float(kept.get("time", now)))
@@ -561,6 +578,10 @@ class CumulocityRuntime:
             if event is None or event.device != source:
                 continue
             alerts[aid] = json_safe(dump_alert(alert))
+            if alert.status == "firing" and aid not in st.alerts:  # opened here: noise control follows up
+                self._following.add((aid, alert.episode))
+        for aid in t.owned.get(source, set()) - alerts.keys():
+            self._following = {f for f in self._following if f[0] != aid}
         st.alerts = alerts
         st.acks = {}
         for aid in alerts:
@@ -593,30 +614,31 @@ class CumulocityRuntime:
             return n.tenant is None
         async with t.lock:
             try:
-                st = await t.sources.load(source)
+                return await self._claim_follow_up(t, source, n, step)
             except C8yError as exc:
-                log.warning(
-                    "tenant %s: follow-up of %s held back: state unreadable (%s)", t.id, n.alert_id, exc
-                )
+                log.warning("tenant %s: follow-up of %s held back: %s", t.id, n.alert_id, exc)
                 return False
-            if n.alert_id not in st.alerts:  # resolved meanwhile, through another replica
-                self.noise.acks.closed(n.alert_id)
+
+    async def _claim_follow_up(self, t: Tenant, source: str, n: Notification, step: int | None) -> bool:
+        st = await t.sources.load(source)
+        if n.alert_id not in st.alerts:  # resolved meanwhile, through another replica
+            self.noise.acks.closed(n.alert_id)
+            return False
+        if st.owner not in (None, self.consumer) and await t.presence.alive(st.owner, self.clock.time()):
+            return False  # its source is handled by another replica, which is up
+        changed = st.owner != self.consumer  # the replica that had it is gone: this one follows up now
+        st.owner = self.consumer
+        if step is not None:
+            e = st.escalated.get(n.alert_id)
+            if e is None or e.get("episode") != n.episode:
+                e = st.escalated[n.alert_id] = {"episode": n.episode, "steps": []}
+            if step in e["steps"]:
                 return False
-            if st.owner not in (None, self.consumer):  # its source is handled by another replica now
-                return False
-            if step is not None:
-                e = st.escalated.get(n.alert_id)
-                if e is None or e.get("episode") != n.episode:
-                    e = st.escalated[n.alert_id] = {"episode": n.episode, "steps": []}
-                if step in e["steps"]:
-                    return False
-                e["steps"].append(step)
-                try:
-                    await t.sources.save(source, st)
-                except C8yError as exc:
-                    log.warning("tenant %s: escalation of %s held back: %s", t.id, n.alert_id, exc)
-                    return False
-            return True
+            e["steps"].append(step)
+            changed = True
+        if changed:
+            await t.sources.save(source, st)
+        return True
 
     def _acknowledged_on_platform(self, tenant: str, alarm_id: str, now: float) -> None:
         """Someone acknowledged the alarm on the platform: its alert's repeats and escalation stop too."""

@@ -18,6 +18,7 @@ a source's frames at a time, so the fragment has one writer at a time. Pure data
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -136,3 +137,65 @@ class SourceStore:
             if exc.status != 404:
                 raise
             state.exists = False  # the device was deleted meanwhile: nothing left to keep for it
+
+
+PRESENCE = "tocsin_Replica"
+
+
+class Presence:
+    """Which replicas are up, per tenant: each keeps a managed object of type ``tocsin_Replica`` named by
+    its consumer name, its time written every ``every_s`` (and deleted at a graceful stop). Repeats and
+    escalations of a source go out from the replica that wrote its state last while that one is up;
+    otherwise from whichever replica has the alert (a pod that replaced a stopped one)."""
+
+    def __init__(self, client: C8yClient, consumer: str, every_s: float) -> None:
+        self.client, self.consumer, self.every_s = client, consumer, every_s
+        self.mo_id: str | None = None
+        self._seen: dict[str, float] = {}  # consumer -> time of its last beat, as last read
+        self._read_at = float("-inf")
+
+    async def beat(self, now: float) -> None:
+        fragment = {PRESENCE: {"consumer": self.consumer, "time": now}}
+        if self.mo_id is None:
+            async for mo in self.client.pages(
+                "/inventory/managedObjects", "managedObjects", {"type": PRESENCE}
+            ):
+                if mo.get("name") == self.consumer and mo.get("id"):
+                    self.mo_id = str(mo["id"])
+                    break
+        if self.mo_id is not None:
+            try:
+                await self.client.request("PUT", f"/inventory/managedObjects/{self.mo_id}", json=fragment)
+                return
+            except C8yError as exc:
+                if exc.status != 404:
+                    raise
+        created = await self.client.request(
+            "POST",
+            "/inventory/managedObjects",
+            json={"type": PRESENCE, "name": self.consumer, **fragment},
+            retry=False,
+        )
+        if isinstance(created, Mapping) and created.get("id"):
+            self.mo_id = str(created["id"])
+
+    async def leave(self) -> None:
+        if self.mo_id is not None:
+            with contextlib.suppress(C8yError):
+                await self.client.request("DELETE", f"/inventory/managedObjects/{self.mo_id}")
+            self.mo_id = None
+
+    async def alive(self, consumer: str, now: float) -> bool:
+        """Whether ``consumer`` beat within three periods (read again at most once a period)."""
+        if consumer == self.consumer:
+            return True
+        if now - self._read_at >= self.every_s or consumer not in self._seen:
+            seen: dict[str, float] = {}
+            async for mo in self.client.pages(
+                "/inventory/managedObjects", "managedObjects", {"type": PRESENCE}
+            ):
+                f = mo.get(PRESENCE)
+                if isinstance(f, Mapping) and isinstance(f.get("time"), int | float):
+                    seen[str(f.get("consumer"))] = float(f["time"])
+            self._seen, self._read_at = seen, now
+        return now - self._seen.get(consumer, float("-inf")) < 3 * self.every_s
