@@ -647,7 +647,9 @@ class CumulocityRuntime:
                 self.noise.ack(n.alert_id, "cumulocity", "acknowledged on the platform", now)
 
     async def acknowledge(self, n: Notification, ack: Ack) -> dict[str, Any] | None:
-        """The hook of ``POST /v1/alerts/{id}/ack``: set the alert's platform alarm to ACKNOWLEDGED."""
+        """The hook of ``POST /v1/alerts/{id}/ack``: keep the acknowledgement in the tenant (with the
+        alert's source), and set the alert's platform alarm to ACKNOWLEDGED."""
+        await self._keep_ack(n, ack)
         alarm_id = n.data.get("alarmId")
         if n.tenant is None or not alarm_id or not self.config.acknowledge_alarms:
             return None
@@ -665,6 +667,25 @@ class CumulocityRuntime:
             return {"acknowledged": False, "alarm": alarm_id, "error": str(exc)}
         self.acks.inc("acknowledged")
         return {"acknowledged": True, "alarm": alarm_id}
+
+    async def _keep_ack(self, n: Notification, ack: Ack) -> None:
+        t = self.tenants.get(n.tenant) if n.tenant is not None else None
+        source = n.data.get("sourceId")
+        if t is None or not source:
+            return
+        async with t.lock:
+            try:
+                st = await t.sources.load(source)
+                if n.alert_id in st.alerts:
+                    st.acks[n.alert_id] = {
+                        "episode": ack.episode,
+                        "by": ack.by,
+                        "comment": ack.comment,
+                        "time": ack.time,
+                    }
+                    await t.sources.save(source, st)
+            except C8yError as exc:  # it stands here, and is kept with the source's next frame
+                log.warning("tenant %s: keeping the acknowledgement of %s failed: %s", t.id, n.alert_id, exc)
 
     async def user_exists(self, tenant: str, user: str) -> bool:
         """Whether ``user`` is a user of ``tenant`` (the push gateway API registers devices only for them)."""
