@@ -11,6 +11,7 @@ from pathlib import Path
 
 from service.app import Service
 from service.cumulocity.tenant_state import FRAGMENT
+from service.notify.model import notification_key
 from tests.c8y_support import C8yRig, c8y_rig
 from tests.fakes.cumulocity import FakeUser
 from tests.fakes.keys import apns_token
@@ -243,3 +244,27 @@ async def test_a_changed_severity_threshold_is_read_again(tmp_path: Path) -> Non
         assert [p["aps"]["alert"]["body"] for p in rig.apns_for(phone)][1].startswith("critical after")
         _, health = await rig.call(service, "GET", "/health")
         assert health["cumulocity"]["tenants"]["t1"]["threshold"] == "CRITICAL"
+
+
+async def test_tenant_admins_see_their_own_delivery_reports(tmp_path: Path) -> None:
+    async with c8y_rig(tmp_path) as rig:
+        t1, t2 = rig.c8y.add_tenant("t1"), rig.c8y.add_tenant("t2")
+        alice = t1.add_user("alice", roles=["ROLE_TOCSIN_READ"])
+        admin1 = t1.add_user("admin", roles=["ROLE_TOCSIN_ADMIN"])
+        admin2 = t2.add_user("admin", roles=["ROLE_TOCSIN_ADMIN"])
+        pump = t1.add_device("Pump 1")
+        service = await rig.start_pod("pod1")
+        await rig.following(service, "t1", "t2")
+        phone = apns_token()
+        assert await rig.register(service, alice, phone) == 204
+        t1.create_alarm(pump, "c8y_Leak", "leak")
+        await wait_until(lambda: len(rig.apns_for(phone)) == 1, 10, "the push")
+        _, body = await rig.call(service, "GET", "/v1/alerts", admin1)
+        (alert,) = body["alerts"]
+        nid = notification_key(alert["id"], alert["episode"], "firing")
+        status, report = await rig.call(service, "GET", f"/v1/notifications/{nid}", admin1)
+        assert status == 200 and report["targeted"] == 1 and report["platforms"]["apns"]["targeted"] == 1
+        status, _ = await rig.call(service, "GET", f"/v1/notifications/{nid}", admin2)
+        assert status == 404  # another tenant's notification: not there, for them
+        status, _ = await rig.call(service, "GET", f"/v1/notifications/{nid}", alice)
+        assert status == 403  # a tenant's users are no admins
