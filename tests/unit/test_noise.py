@@ -206,3 +206,27 @@ def test_a_rules_own_quiet_hours_replace_the_configured_ones() -> None:
         "rules:\n  - id: c\n    topic: x\n    quiet_hours: {start: '25:00'}\n    title: t\n" + AUD, "q.yaml"
     )
     assert {e.reason for e in errors} >= {"'25:00' is not a time of day such as 22:00"}
+
+
+def test_a_restored_alert_resumes_the_escalation_steps_not_sent_yet() -> None:
+    rules = (
+        "rules:\n  - id: pump\n    topic: p/{n}\n    threshold: {above: 0}\n    title: 'pump {{ n }}'\n"
+        "    audience: {tags: [a]}\n"
+        "    escalate:\n      - {after: 10m, audience: {tags: [b]}}\n"
+        "      - {after: 30m, audience: {users: [boss]}}\n"
+    )
+    before = Sim(rules)
+    before.event("p/1", 1, 0)
+    ((alert_id, alert),) = before.state.alerts.items()
+    # a new process: the alert comes back from storage, its first step was sent before the restart
+    after = Sim(rules)
+    transition = after.engine.reopened(alert_id, alert)
+    assert transition is not None and transition.state == "firing" and transition.time == 0
+    n = to_notification(transition, 15 * 60)
+    after.noise.acks.opened(n)
+    steps: list[int] = []
+    after.noise.followups.on_step = lambda _n, step: steps.append(step)
+    after.noise.followups.resume(n, {0}, now=15 * 60)
+    after.until(3600)
+    assert [(t / 60, x.audience) for t, x in after.sent] == [(30, Audience(users=("boss",)))]
+    assert steps == [1]
