@@ -58,6 +58,7 @@ log = logging.getLogger("tocsin.cumulocity")
 _TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ALARM_APIS = ("alarms", "alarmsWithChildren")
 ALARM_ACTIONS = ("CREATE", "UPDATE", "DELETE")
+START_CONCURRENCY = 16  # tenants started at once
 SETTING = "severityThreshold"  # the manifest's setting, a tenant option
 SEVERITY_RANK = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL": 3}
 
@@ -234,16 +235,22 @@ class CumulocityRuntime:
             await self._stop_tenant(tenant)
             log.info("tenant %s unsubscribed: its alarm stream stopped and its registry dropped", tenant)
         failed: list[str] = []
-        for tenant, credentials in {**changed, **added}.items():
-            if tenant in changed:
-                await self._stop_tenant(tenant)  # new service user: start again with it
-            if tenant in self.tenants:
-                continue
-            try:
-                await self._start_tenant(tenant, credentials)
-            except Exception as exc:
-                failed.append(tenant)
-                log.error("tenant %s: could not start (%s); retried at the next poll", tenant, exc)
+        # Several at a time: each start reads the tenant's settings, registrations and kept state.
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(tenant: str, credentials: Credentials) -> None:
+            async with gate:
+                if tenant in changed:
+                    await self._stop_tenant(tenant)  # new service user: start again with it
+                if tenant in self.tenants:
+                    return
+                try:
+                    await self._start_tenant(tenant, credentials)
+                except Exception as exc:
+                    failed.append(tenant)
+                    log.error("tenant %s: could not start (%s); retried at the next poll", tenant, exc)
+
+        await asyncio.gather(*(start(t, c) for t, c in {**changed, **added}.items()))
         if failed:
             raise RuntimeError(f"tenants not started: {', '.join(failed)}")
 

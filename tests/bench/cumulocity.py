@@ -56,7 +56,7 @@ from tests.support import free_port
 ROOT = Path(__file__).resolve().parents[2]
 WATCH_ALL = ["severity:all", "status:all", "deviceId:all", "type:all"]
 _SEQ = re.compile(r"^bench#(\d+) ")
-START_S = 60.0  # deadline for the double, tocsin, and the tenants to come up
+START_S = 120.0  # deadline for the double, tocsin, and the tenants to come up (a loaded machine)
 
 
 def _basic(tenant: str, user: str, password: str) -> str:
