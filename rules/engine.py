@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -111,6 +112,11 @@ class EngineState:
     # Alert ids that evaluate/tick may have changed since the store last looked (service/alert_store.py
     # writes only those); bounded by what happened between two commits.
     touched: set[str] = field(default_factory=set)
+
+
+# A caller that needs to know which alerts one event touched (the Cumulocity runtime, to keep them in the
+# tenant) sets a set here while the event is evaluated; the service adds the alert ids to it.
+touched_by_event: ContextVar[set[str] | None] = ContextVar("tocsin_touched_by_event", default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
 from rules import templates
-from rules.engine import EngineState, RuleEngine, RuleSet, Transition
+from rules.engine import EngineState, RuleEngine, RuleSet, Transition, touched_by_event
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
 from rules.state_codec import restore
@@ -292,7 +292,15 @@ class Service:
 
     async def on_event(self, event: Event) -> None:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
-        self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+        bucket = touched_by_event.get()
+        if bucket is None:
+            self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+        else:  # the alerts this event touched, apart from those touched since the last commit
+            pending, self.state.touched = self.state.touched, set()
+            self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+            bucket |= self.state.touched
+            pending |= self.state.touched
+            self.state.touched = pending
         for t in transitions:
             await self._route(t)
         if self.state.timers and self.engine.next_deadline(self.state) != before:

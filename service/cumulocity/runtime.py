@@ -35,7 +35,7 @@ from registrations.inventory_store import MO_TYPE, InventoryRegistrationStore, I
 from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
 from rules.cumulocity import alarm_event
-from rules.engine import TENANT, AlertState, EngineState, RuleEngine
+from rules.engine import TENANT, AlertState, EngineState, RuleEngine, touched_by_event
 from rules.event import Event
 from rules.state_codec import dump_alert, load_alert
 from service.clock import Clock
@@ -442,14 +442,16 @@ class CumulocityRuntime:
             self.frames.inc("below_threshold")
             return
         pushes: list[asyncio.Future[None]] = []
-        token = watching.set(pushes)
+        touched: set[str] = set()
+        tokens = watching.set(pushes), touched_by_event.set(touched)
         try:
             await self.on_event(alarm_event(t.id, alarm, now))
         finally:
-            watching.reset(token)
+            watching.reset(tokens[0])
+            touched_by_event.reset(tokens[1])
         if str(alarm.get("status", "")).upper() == "ACKNOWLEDGED":
             self._acknowledged_on_platform(t.id, str(alarm.get("id", "")), now)
-        self._capture(t, source, st)
+        self._capture(t, source, st, touched)
         await self.settle()
         if pushes and self.config.ack_wait_s > 0:
             # No disk survives the pod: the frame is the only durable copy of what it caused, so it is
@@ -571,13 +573,14 @@ class CumulocityRuntime:
         if kept and kept.get("episode") == alert.episode and not acks.acked(n):
             acks.ack(aid, str(kept.get("by", "")), str(kept.get("comment", "")), float(kept.get("time", now)))
 
-    def _capture(self, t: Tenant, source: str, st: SourceState) -> None:
-        """Put this source's alerts (as the engine has them now) and their acknowledgements into ``st``."""
+    def _capture(self, t: Tenant, source: str, st: SourceState, touched: set[str]) -> None:
+        """Put this source's alerts (as the engine has them now, after an event that ``touched`` these) and
+        their acknowledgements into ``st``."""
         if self.host is None:
             return
         state = self.host.state
         alerts: dict[str, dict[str, Any]] = {}
-        for aid in set(st.alerts) | set(state.touched) | t.owned.get(source, set()):
+        for aid in set(st.alerts) | touched | t.owned.get(source, set()):
             alert = state.alerts.get(aid)
             if alert is None or alert.labels.get(TENANT) != t.id:
                 continue
@@ -606,7 +609,7 @@ class CumulocityRuntime:
             if n.tenant is not None:
                 if len(self._steps) > 10_000:
                     self._steps.clear()
-                self._steps[n.nid] = step
+                self._steps[n.nid] = step  # -1: a repeat
 
         noise.followups.on_step = on_step
 
@@ -615,6 +618,8 @@ class CumulocityRuntime:
         alert's source (its frames go to one replica). An escalation step is written to the tenant before
         it goes out, so that no restart sends it again."""
         step = self._steps.pop(n.nid, None)
+        if step is None:
+            return True  # not a repeat or escalation (a group, a summary)
         source = n.data.get("sourceId")
         t = self.tenants.get(n.tenant) if n.tenant is not None else None
         if t is None or not source:
@@ -626,7 +631,7 @@ class CumulocityRuntime:
                 log.warning("tenant %s: follow-up of %s held back: %s", t.id, n.alert_id, exc)
                 return False
 
-    async def _claim_follow_up(self, t: Tenant, source: str, n: Notification, step: int | None) -> bool:
+    async def _claim_follow_up(self, t: Tenant, source: str, n: Notification, step: int) -> bool:
         st = await t.sources.load(source)
         if n.alert_id not in st.alerts:  # resolved meanwhile, through another replica
             self.noise.acks.closed(n.alert_id)
@@ -635,7 +640,7 @@ class CumulocityRuntime:
             return False  # its source is handled by another replica, which is up
         changed = st.owner != self.consumer  # the replica that had it is gone: this one follows up now
         st.owner = self.consumer
-        if step is not None:
+        if step >= 0:
             e = st.escalated.get(n.alert_id)
             if e is None or e.get("episode") != n.episode:
                 e = st.escalated[n.alert_id] = {"episode": n.episode, "steps": []}

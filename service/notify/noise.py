@@ -272,8 +272,9 @@ class FollowUps:
         self.acks = acks
         self._heap: list[tuple[float, int, str, str, int]] = []  # (at, seq, alert_id, episode, step)
         self._seq = itertools.count()
-        # Called with each escalation step due (its notification, the step's index), where state is kept
-        # elsewhere (the Cumulocity tenant), so that a restart does not send the step again.
+        # Called with each follow-up due (its notification, the escalation step's index or -1 for a
+        # repeat), where state is kept elsewhere (the Cumulocity tenant), so that a restart does not send an
+        # escalation step again and only one replica follows an alert up.
         self.on_step: Callable[[Notification, int], None] | None = None
 
     def resume(self, n: Notification, sent: Container[int], now: float) -> None:
@@ -312,6 +313,8 @@ class FollowUps:
             if step < 0:
                 k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
                 out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
+                if self.on_step is not None:
+                    self.on_step(out[-1], -1)
                 heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
             else:
                 s = n.policy.escalate[step]
