@@ -197,12 +197,15 @@ class CumulocityRuntime:
     async def stop_streams(self) -> None:
         """Graceful stop: each tenant's stream finishes the frame in hand (its state written, acknowledged)
         and takes no more; whatever else was sent comes again to the next replica or pod."""
-        for t in list(self.tenants.values()):
+
+        async def stop(t: Tenant) -> None:
             async with t.lock:
                 for task in (t.task, t.changes_task, t.presence_task):
                     if task is not None:
                         task.cancel()
             await t.presence.leave()  # its alerts' repeats and escalations move on at once
+
+        await asyncio.gather(*(stop(t) for t in list(self.tenants.values())), return_exceptions=True)
 
     @property
     def ready(self) -> bool:
