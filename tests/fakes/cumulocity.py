@@ -30,7 +30,9 @@ What is faithful (specs/cumulocity.md, its §8 checklist):
   base64 decodes it), ``/notification2/unsubscribe``, and the consumer websocket
   ``/notification2/consumer/?token=&consumer=``: frames
   ``ackId\\n/<tenant>/alarms/<source>\\nACTION\\n\\n<json>`` (CREATE for a new alarm, UPDATE for a real change
-  or a de-duplication hit, nothing for a PUT that changes nothing); a per-subscriber backlog created on the
+  or a de-duplication hit, nothing for a PUT that changes nothing, DELETE with ``{"id"}`` only for an alarm
+  deleted by ``DELETE /alarm/alarms?...``; ``managedobjects`` subscriptions get CREATE/UPDATE with the object
+  and DELETE with its id, ``typeFilter`` matching the object's type); a per-subscriber backlog created on the
   first connection that persists while nobody is connected; an ack is a text frame holding exactly the ack
   id; unacked frames are re-sent after ``redeliver_after_s`` and on reconnect, before newer ones; one
   connection per subscriber for exclusive tokens (a second one is refused with 409 at the handshake);
