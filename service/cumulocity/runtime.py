@@ -590,11 +590,16 @@ class CumulocityRuntime:
             event = alert.last_event
             if event is None or event.device != source:
                 continue
+            kept = st.alerts.get(aid)
+            if kept is not None and aid not in touched:  # as read (and adopted) before this event
+                alerts[aid] = kept
+                continue
             alerts[aid] = json_safe(dump_alert(alert))
             if alert.status == "firing" and aid not in st.alerts:  # opened here: noise control follows up
                 self._following.add((aid, alert.episode))
-        for aid in t.owned.get(source, set()) - alerts.keys():
-            self._following = {f for f in self._following if f[0] != aid}
+        gone = t.owned.get(source, set()) - alerts.keys()
+        if gone:
+            self._following = {f for f in self._following if f[0] not in gone}
         st.alerts = alerts
         st.acks = {}
         for aid in alerts:
