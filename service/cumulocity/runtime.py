@@ -4,10 +4,15 @@ For every subscribed tenant (``SubscriptionPoller``) this keeps:
 
 - its registry: managed objects in the tenant's inventory (or a SQLite file per tenant), added to the
   ``StoreDirectory`` under the tenant's id, so its notifications reach its registrations and nobody else's;
-- its ``AlarmStream``: each alarm frame becomes an event (``rules.cumulocity.alarm_event``) for the rule
-  engine. A frame is acknowledged only once its event was handled and made durable: the outbox rows of the
-  deliveries it caused are committed, and the alarm's version is recorded (``Inbox``), which also drops
-  redelivered and out-of-order frames.
+- its ``AlarmStream``, shared by the replicas (a shared token, this replica's consumer name): each alarm
+  frame becomes an event (``rules.cumulocity.alarm_event``) for the rule engine. Nothing of it may live only
+  in the pod (the platform keeps no disk): the state of the frame's source (alarm versions, open alerts,
+  acknowledgements, escalation steps; ``tenant_state.py``) is read from the source's managed object first and
+  written back before the frame is acknowledged, which happens once the pushes it caused went out. The
+  versions drop redelivered and out-of-order frames; a DELETE frame resolves its alarm's alert;
+- a second stream of the tenant's registration managed objects (every replica its own), so that writes
+  through another replica are seen at once; its ``severityThreshold``, read again now and then; its
+  presence record (``Presence``), which tells the replicas whose repeats and escalations are whose.
 
 When a tenant unsubscribes, its stream stops and its registry is dropped: what it still had in flight finds
 no registrations. Acknowledging an alert in tocsin sets the platform alarm to ACKNOWLEDGED; an alarm
