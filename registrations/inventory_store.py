@@ -137,6 +137,34 @@ class InventoryRegistrationStore:
         old.close()
         return len(regs)
 
+    def apply(self, mo: Mapping[str, Any]) -> bool:
+        """A registration managed object as the platform notified its creation or change (written through
+        another replica, or this one): the copy takes it. False when it is not a readable registration."""
+        try:
+            reg = from_fragment(mo[MO_TYPE])
+        except (KeyError, TypeError, ValueError):
+            self.damaged += 1
+            return False
+        created, updated, since = reg.created, reg.updated, reg.state_since
+        self.cache.upsert(reg, updated)
+        with self.cache.db.conn:  # the stored times, not the time of the notification
+            self.cache.db.conn.execute(
+                "UPDATE registrations SET created = ?, updated = ?, state_since = ?"
+                " WHERE provider = ? AND token = ?",
+                (created, updated, since, reg.provider, reg.token),
+            )
+        self._ids[(reg.provider, reg.token)] = str(mo["id"])
+        return True
+
+    def forget(self, mo_id: str) -> bool:
+        """The managed object was deleted (through another replica, or this one): so is its copy."""
+        for key, found in list(self._ids.items()):
+            if found == mo_id:
+                del self._ids[key]
+                self.cache.remove(*key)
+                return True
+        return False
+
     # -- durable writes (the API) ----------------------------------------------------------------------------
     async def upsert_async(self, registration: Registration, now: float) -> Registration:
         key = (registration.provider, registration.token)

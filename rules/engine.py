@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
@@ -111,6 +112,11 @@ class EngineState:
     # Alert ids that evaluate/tick may have changed since the store last looked (service/alert_store.py
     # writes only those); bounded by what happened between two commits.
     touched: set[str] = field(default_factory=set)
+
+
+# A caller that needs to know which alerts one event touched (the Cumulocity runtime, to keep them in the
+# tenant) sets a set here while the event is evaluated; the service adds the alert ids to it.
+touched_by_event: ContextVar[set[str] | None] = ContextVar("tocsin_touched_by_event", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +465,18 @@ class RuleEngine:
                 out.append(self._transition(c, aid, event.id, own, "firing", event, now, None, a))
             elif alert is not None:
                 alert.last_event = event
+
+    def reopened(self, aid: str, alert: AlertState) -> Transition | None:
+        """The firing transition of an alert restored from storage (not sent again: noise control needs the
+        open alert to acknowledge, repeat and escalate it); None when its rule is gone or it is not firing."""
+        c = self._by_id.get(alert.rule)
+        if c is None or alert.status != "firing":
+            return None
+        event = alert.last_event
+        alarm = alarm_from_payload(event.payload) if c.kind == "alarm" and event is not None else None
+        return self._transition(
+            c, aid, alert.episode, alert.labels, "firing", event, alert.since, alert.last_value, alarm
+        )
 
     # -- time ---------------------------------------------------------------------------------------------
     def next_deadline(self, state: EngineState) -> float | None:

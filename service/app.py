@@ -23,7 +23,7 @@ from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.store import RegistrationStore
 from registrations.writer import BatchWriter
 from rules import templates
-from rules.engine import EngineState, RuleEngine, RuleSet, Transition
+from rules.engine import EngineState, RuleEngine, RuleSet, Transition, touched_by_event
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
 from rules.state_codec import restore
@@ -200,6 +200,8 @@ class Service:
                 self.clock,
                 self.keys,
                 spawn=self.supervisor.spawn,
+                host=self,
+                instance=config.instance.id,
             )
             self.auth = self.cumulocity.authenticator
         self.mqtt_enabled = mqtt_enabled(config, self.platform is not None)
@@ -343,7 +345,15 @@ class Service:
 
     async def on_event(self, event: Event) -> None:
         before = self.engine.next_deadline(self.state) if self.state.timers else None
-        self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+        bucket = touched_by_event.get()
+        if bucket is None:
+            self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+        else:  # the alerts this event touched, apart from those touched since the last commit
+            pending, self.state.touched = self.state.touched, set()
+            self.state, transitions = self.engine.evaluate(event, self.state, event.time)
+            bucket |= self.state.touched
+            pending |= self.state.touched
+            self.state.touched = pending
         for t in transitions:
             await self._route(t)
         if self.state.timers and self.engine.next_deadline(self.state) != before:
@@ -362,6 +372,10 @@ class Service:
         self.gate.on_change(change)
         self.jobs.wake()  # a new leader sends what is due
         self._noise_changed.set()  # only the leader runs noise control's timers
+
+    def timers_changed(self) -> None:
+        """A rule timer was added from outside the event path (alerts restored from a Cumulocity tenant)."""
+        self._timer_changed.set()
 
     def cluster_state(self) -> dict[str, object]:
         if self.cluster is None:
@@ -438,6 +452,8 @@ class Service:
             due = self.noise.due(now)
             try:
                 for n in due.notifications:
+                    if self.cumulocity is not None and not await self.cumulocity.may_follow_up(n):
+                        continue  # its tenant's source is handled by another replica, or it is resolved
                     await self.pipeline.send(n, now)
                 for n, registration in due.deliveries:
                     await self.dispatcher.submit(Delivery(n, registration))
@@ -616,6 +632,8 @@ class Service:
         the deliveries already queued go out (for a while), so that nothing is left to resend at the next
         start."""
         await asyncio.gather(*(source.stop() for source in self.sources), return_exceptions=True)
+        if self.cumulocity is not None:
+            await self.cumulocity.stop_streams()  # no new frames; the one in hand is finished and acked
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.config.delivery.drain_s):
                 await self.dispatcher.drain()

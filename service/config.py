@@ -307,6 +307,30 @@ class CumulocityConfig(_Section):
     dedup_retention_s: float = Field(
         7 * 86400.0, gt=0, description="how long alarm versions are remembered to drop redelivered frames"
     )
+    shared: bool = Field(
+        True,
+        description="replicas share each tenant's alarm stream (shared consumer token, split by source)",
+    )
+    consumer: str | None = Field(
+        None,
+        pattern=r"^[a-zA-Z0-9]+$",
+        description="this replica's stable consumer name on the shared stream; default: the instance id,"
+        " letters and digits only",
+    )
+    options_poll_s: float = Field(
+        30.0, gt=0, description="how often a tenant's options (severityThreshold) are read again"
+    )
+    presence_s: float = Field(
+        10.0,
+        gt=0,
+        description="how often a replica marks itself up in each tenant (repeats and escalations of a stopped"
+        " replica's alerts move to another after three periods)",
+    )
+    ack_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="how long a frame waits for the pushes it caused before it is acknowledged anyway",
+    )
 
 
 class LoggingConfig(_Section):

@@ -257,6 +257,17 @@ class Outbox:
             "SELECT nid, body FROM outbox_notifications ORDER BY created DESC LIMIT ?", [limit]
         ).fetchall()
 
+    def tenant_of(self, nid: str) -> str | None:
+        """The Cumulocity tenant of a stored notification (None: the deployment's own, or unknown)."""
+        row = self._reader.execute("SELECT body FROM outbox_notifications WHERE nid = ?", [nid]).fetchone()
+        if row is None:
+            return None
+        try:
+            tenant = json.loads(row[0]).get("tenant")
+        except (ValueError, AttributeError):
+            return None
+        return tenant if isinstance(tenant, str) else None
+
     def report(self, nid: str) -> dict[str, Any] | None:
         """What is committed of a notification's deliveries (``await settle()`` first for the latest)."""
         db = self._reader

@@ -57,6 +57,25 @@ class C8yRig:
         self.services.append(service)
         return service
 
+    async def start_pod(self, name: str, *, rules: Path | None = None, **cumulocity: Any) -> Service:
+        """A replica (a pod) named ``name`` on an empty data directory of its own, with its own HTTP port and
+        instance id (its consumer name): as the platform starts a pod, with nothing from an earlier one."""
+        doc = yaml.safe_load(self.config_path.read_text())
+        doc["cumulocity"].update(cumulocity)
+        pod = self.config_path.parent / "pods" / f"{name}-{len(self.services)}"
+        if pod.exists():
+            raise ValueError(f"{pod} exists")
+        doc.update(data_dir=str(pod / "data"), http={"port": free_port()}, instance={"id": name})
+        if rules is not None:
+            doc["rules"] = {"paths": [str(rules)]}
+        pod.mkdir(parents=True)
+        path = pod / "tocsin.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        service = Service(load_config(path, {}), platform=self.platform)
+        await service.__aenter__()
+        self.services.append(service)
+        return service
+
     def _write(self, doc: dict[str, Any]) -> Path:
         self.config_path.write_text(yaml.safe_dump(doc))
         return self.config_path

@@ -140,6 +140,12 @@ class AlarmStream:
         subscription: str = "tocsinalarms",
         subscriber: str = "tocsin",
         token_minutes: int = 1440,
+        apis: tuple[str, ...] = ("alarms",),
+        type_filter: str | None = None,
+        shared: bool = False,
+        consumer: str | None = None,
+        non_persistent: bool = False,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
         clock: Clock | None = None,
         counts: CountHook | None = None,
         heartbeat_s: float = 60.0,
@@ -152,7 +158,14 @@ class AlarmStream:
         for what, value in (("subscription", subscription), ("subscriber", subscriber)):
             if not NAME.fullmatch(value):
                 raise ValueError(f"the {what} name must be letters and digits only, not {value!r}")
+        if consumer is not None and not NAME.fullmatch(consumer):
+            raise ValueError(f"the consumer name must be letters and digits only, not {consumer!r}")
         self.client, self.tenant, self.handler = client, tenant, handler
+        # Shared: the connections of every replica with this subscriber split the frames by source, each
+        # replica under its own stable consumer name (sticky assignment after a reconnect).
+        self.apis, self.type_filter, self.shared, self.consumer = list(apis), type_filter, shared, consumer
+        self.non_persistent = non_persistent
+        self.on_connect = on_connect  # after each connection is up, before its first frame is read
         self.subscription, self.subscriber, self.token_minutes = subscription, subscriber, token_minutes
         self.clock: Clock = clock or SystemClock()
         self.counts = counts
@@ -244,11 +257,10 @@ class AlarmStream:
             return self.subscription_id
         found = await self._find_subscription()
         if found is None:
-            body = {
-                "subscription": self.subscription,
-                "context": "tenant",
-                "subscriptionFilter": {"apis": ["alarms"]},
-            }
+            sub_filter: dict[str, Any] = {"apis": self.apis}
+            if self.type_filter is not None:
+                sub_filter["typeFilter"] = self.type_filter
+            body = {"subscription": self.subscription, "context": "tenant", "subscriptionFilter": sub_filter}
             try:
                 created = await self.client.post(SUBSCRIPTIONS, body)
                 found = created if isinstance(created, dict) and created.get("id") else None
@@ -270,23 +282,28 @@ class AlarmStream:
         async for sub in self.client.pages(SUBSCRIPTIONS, "subscriptions", {"context": "tenant"}):
             if sub.get("subscription") == self.subscription and sub.get("id"):
                 apis = (sub.get("subscriptionFilter") or {}).get("apis")
-                if apis not in (["alarms"], ["*"], None):
+                if apis not in (self.apis, ["*"], None):
                     log.warning(
-                        "tenant %s: subscription %s filters apis %s, not alarms",
+                        "tenant %s: subscription %s filters apis %s, not %s",
                         self.tenant,
                         self.subscription,
                         apis,
+                        self.apis,
                     )
                 return sub
         return None
 
     async def new_token(self) -> str:
         """A token for the subscriber; sets ``renew_at`` from its ``exp``."""
-        body = {
+        body: dict[str, Any] = {
             "subscriber": self.subscriber,
             "subscription": self.subscription,
             "expiresInMinutes": self.token_minutes,
         }
+        if self.shared:
+            body["shared"] = True
+        if self.non_persistent:
+            body["nonPersistent"] = True
         answer = await self.client.post(TOKEN, body)
         token = answer.get("token") if isinstance(answer, dict) else None
         if not isinstance(token, str) or not token:
@@ -301,7 +318,10 @@ class AlarmStream:
         await self.ensure_subscription()
         token = await self.new_token()
         try:
-            ws = await self.client.ws_connect(CONSUMER, {"token": token}, heartbeat_s=self.heartbeat_s)
+            params = {"token": token}
+            if self.consumer is not None:
+                params["consumer"] = self.consumer
+            ws = await self.client.ws_connect(CONSUMER, params, heartbeat_s=self.heartbeat_s)
         except aiohttp.WSServerHandshakeError as exc:
             # An expired or unknown token, or the tenant went away: the next attempt takes a new token.
             raise ConnectionError(f"websocket handshake refused: HTTP {exc.status}") from None
@@ -309,7 +329,9 @@ class AlarmStream:
             self._connected = True
             self.last_error = None
             self._count("connects")
-            log.info("tenant %s: consuming alarms (subscription %s)", self.tenant, self.subscription)
+            log.info("tenant %s: consuming subscription %s", self.tenant, self.subscription)
+            if self.on_connect is not None:
+                await self.on_connect()
             await self._consume(ws)
         finally:
             self._connected = False

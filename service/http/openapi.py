@@ -169,7 +169,8 @@ OPERATOR_PATHS: dict[str, Any] = {
     "/v1/notifications/{id}": {
         "get": {
             **_admin(
-                "Delivery report: targeted, delivered, pending, failed by reason, per platform",
+                "Delivery report: targeted, delivered, pending, failed by reason, per platform (on Cumulocity"
+                " also for a tenant's admins: their own tenant's notifications)",
                 {"404": reg.answer("Unknown notification, or older than the retention", "Error")},
             ),
             "parameters": _ID,

@@ -1,9 +1,11 @@
-"""``GET /v1/notifications/{id}``: the delivery report of one notification, from the outbox."""
+"""``GET /v1/notifications/{id}``: the delivery report of one notification, from the outbox (on Cumulocity,
+a tenant's admins get the reports of their tenant's notifications)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from service.http.server import principal_of
 from service.notify.explain import Explainer
 from service.outbox import Outbox
 
@@ -18,6 +20,10 @@ async def notification_report(request: web.Request) -> web.Response:
     report = outbox.report(nid)
     explainer = request.app.get(EXPLAINER_KEY)
     held = [s.to_json() for s in explainer.of(nid)] if explainer is not None else []
+    tenant = principal_of(request).tenant
+    if tenant is not None and (report is None or outbox.tenant_of(nid) != tenant):
+        # a tenant's admin sees the reports of the tenant's own notifications, and nobody else's
+        report, held = None, []
     if report is None and held:  # held back before any delivery was written: only why
         report = {"id": nid, "targeted": 0, "delivered": 0, "pending": 0, "failed": {}, "platforms": {}}
     if report is not None:

@@ -99,9 +99,10 @@ async def openapi_document(request: web.Request) -> web.Response:
 # Operator routes: acknowledging alerts, silences, delivery reports and the cluster's state need an admin key
 # (or, with no keys configured, a caller on the loopback interface), like the registration and push APIs.
 # On Cumulocity a tenant's users reach the alerts and silences of their own tenant: its admins all of them,
-# its other users (the app on the phone) only acknowledging. Reports and the cluster stay deployment-wide.
+# its other users (the app on the phone) only acknowledging; its admins also the delivery reports of their
+# tenant's notifications. The cluster stays deployment-wide.
 ADMIN_PREFIXES = ("/v1/alerts", "/v1/silences", "/v1/notifications", "/v1/cluster")
-TENANT_PREFIXES = ("/v1/alerts", "/v1/silences")
+TENANT_PREFIXES = ("/v1/alerts", "/v1/silences", "/v1/notifications")
 PRINCIPAL_KEY: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 

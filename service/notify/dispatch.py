@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import random
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Literal, Protocol
 
 from registrations.directory import StoreDirectory
@@ -40,6 +41,12 @@ log = logging.getLogger("tocsin.dispatch")
 # cluster already delivered it, the rule says not to resend what a deposed leader may have sent, or another
 # instance (or another worker here) has it.
 Verdict = Literal["send", "later", "skip_sent", "skip_ambiguous", "skip", "handed_over"]
+
+
+# A source that acknowledges its input only once the pushes it caused went out (the Cumulocity runtime, which
+# has no disk to keep the outbox on) sets a list here while it hands an event on: each delivery submitted
+# meanwhile adds a future, set when the delivery finished (delivered, or failed for good).
+watching: ContextVar[list[asyncio.Future[None]] | None] = ContextVar("tocsin_watching", default=None)
 
 
 class SendGuard(Protocol):
@@ -108,6 +115,10 @@ class Dispatcher:
         self.guard: SendGuard | None = None
 
     async def submit(self, delivery: Delivery) -> None:
+        bucket = watching.get()
+        if bucket is not None:
+            delivery.done = asyncio.get_running_loop().create_future()
+            bucket.append(delivery.done)
         if self.outbox is not None:
             self.outbox.add(delivery, self.clock.time())
         await self.resubmit(delivery)
@@ -151,6 +162,8 @@ class Dispatcher:
                 self.queue.task_done()
 
     def _finish(self, delivery: Delivery, state: str, reason: str | None = None) -> None:
+        if delivery.done is not None and not delivery.done.done():
+            delivery.done.set_result(None)
         if self.outbox is not None:
             self.outbox.finish(delivery, state, reason, self.clock.time())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,3 +87,4 @@ class Delivery:
     registration: Registration
     attempt: int = 0
     term: int = 0  # the cluster term it was sent in: a fencing token the app can check
+    done: asyncio.Future[None] | None = None  # set when it finished, for a waiting source (dispatch.watching)

@@ -13,7 +13,7 @@ import math
 import re
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time
 from typing import Any
@@ -179,6 +179,9 @@ class Acks:
         if a.alert_id in self._acks or len(self._acks) < MAX_TRACKED:
             self._acks[alert_id] = a
 
+    def of(self, alert_id: str) -> Ack | None:
+        return self._acks.get(alert_id)
+
     def acked(self, n: Notification) -> bool:
         a = self._acks.get(n.alert_id)
         return a is not None and a.episode == n.episode
@@ -309,6 +312,24 @@ class FollowUps:
         # cluster, so a new leader repeats and escalates on the old leader's schedule, not from its takeover.
         self.started: dict[str, tuple[str, float, bool]] = {}
         self.on_state: StateHook = _no_state
+        # Called with each follow-up due (its notification, the escalation step's index or -1 for a
+        # repeat), where state is kept elsewhere (the Cumulocity tenant), so that a restart does not send an
+        # escalation step again and only one replica follows an alert up.
+        self.on_step: Callable[[Notification, int], None] | None = None
+
+    def resume(self, n: Notification, sent: Container[int], now: float) -> None:
+        """Schedules what is left of a restored firing alert: the escalation steps not ``sent`` (at their
+        time after ``n.created``, or now when that passed) and the next repeat."""
+        p = n.policy
+        if p is None:
+            return
+        if p.repeat > 0:
+            k = max(1, int((now - n.created) // p.repeat) + 1)
+            heapq.heappush(self._heap, (n.created + k * p.repeat, next(self._seq), n.alert_id, n.episode, -1))
+        for i, step in enumerate(p.escalate):
+            if i not in sent:
+                at = max(n.created + step.after, now)
+                heapq.heappush(self._heap, (at, next(self._seq), n.alert_id, n.episode, i))
 
     def opened(self, n: Notification, now: float) -> None:
         p = n.policy
@@ -372,11 +393,15 @@ class FollowUps:
                     continue
                 k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
                 out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
+                if self.on_step is not None:
+                    self.on_step(out[-1], -1)
                 heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
             else:
                 s = n.policy.escalate[step]
                 audience = Audience(tags=s.tags + tuple(CHANNEL_TAG + c for c in s.channels), users=s.users)
                 out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
+                if self.on_step is not None:
+                    self.on_step(out[-1], step)
         return out
 
 

@@ -17,7 +17,15 @@ The latency from the double's ``creationTime`` (milliseconds) is printed too, fo
 Measured: alarms created, pushed, lost (no push within the grace period), duplicates, the achieved creation
 rate, p50/p95/p99/max latency, tocsin's CPU seconds (psutil). Before the measured run, one alarm per tenant
 warms every path up (not counted).
+With ``--replicas N`` the tenants' alarm streams are shared by N tocsin pods (shared consumer tokens, each
+pod its own consumer name); ``--restart-every S`` stops the next pod every S seconds (SIGTERM, as the
+platform does) and starts a new one on an empty disk under a new name. After the measured run, the first
+alarm of each tenant is cleared: ``state_lost`` counts the resolve notices that did not come (an alert
+forgotten by a restart), and resolve notices sent twice count as duplicates. The JSON line adds
+``replicas``, ``restarts`` and ``state_lost``.
+
 Usage: scripts/bench cumulocity [--tenants 100] [--rate 100] [--seconds 30] [--grace 10] [--register api]
+       [--replicas 1] [--restart-every 0]
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -47,7 +56,7 @@ from tests.support import free_port
 ROOT = Path(__file__).resolve().parents[2]
 WATCH_ALL = ["severity:all", "status:all", "deviceId:all", "type:all"]
 _SEQ = re.compile(r"^bench#(\d+) ")
-START_S = 60.0  # deadline for the double, tocsin, and the tenants to come up
+START_S = 120.0  # deadline for the double, tocsin, and the tenants to come up (a loaded machine)
 
 
 def _basic(tenant: str, user: str, password: str) -> str:
@@ -95,6 +104,8 @@ class Tocsin:
     ps: psutil.Process
     pushes: list[dict[str, Any]] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    name: str = "tocsin"
+    workdir: Path | None = None
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
@@ -109,13 +120,15 @@ class Tocsin:
                     self.pushes.append(line)
 
 
-def _prepare(workdir: Path, poll_s: float) -> tuple[Path, int]:
-    """The work directory and tocsin's configuration: (its path, tocsin's HTTP port)."""
+def _prepare(workdir: Path, poll_s: float, name: str = "tocsin") -> tuple[Path, int]:
+    """The work directory and tocsin's configuration: (its path, tocsin's HTTP port). ``name`` is the
+    instance id, which names the replica's consumer on the tenants' shared alarm streams."""
     workdir.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
     config = workdir / "tocsin.yaml"
     config.write_text(
         f"data_dir: {workdir / 'data'}\n"
+        f"instance: {{id: {name}}}\n"
         f"http: {{port: {http_port}}}\n"
         "providers: {log: {format: json}}\n"
         "registrations: {seed: []}\n"
@@ -123,6 +136,73 @@ def _prepare(workdir: Path, poll_s: float) -> tuple[Path, int]:
         "logging: {level: WARNING}\n"
     )
     return config, http_port
+
+
+class Fleet:
+    """tocsin's replicas (pods), each its own process with its own work directory; every push any of them
+    makes lands in one list. ``restart(i)`` stops pod ``i`` as the platform does (SIGTERM) and starts a new
+    one on an empty disk, under a new name."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], poll_s: float, log: Any) -> None:
+        self.workdir, self.env, self.poll_s, self.log = workdir, env, poll_s, log
+        self.pods: list[Tocsin] = []
+        self.pushes: list[dict[str, Any]] = []
+        self.restarts = 0
+        self.spent_cpu = 0.0  # CPU seconds of the pods that were stopped
+        self._generation = 0
+
+    async def start(self, slot: int | None = None) -> Tocsin:
+        self._generation += 1
+        name = f"pod{self._generation}"
+        pod_dir = self.workdir / name
+        config, http_port = _prepare(pod_dir, self.poll_s, name)
+        proc = await asyncio.create_subprocess_exec(
+            *_tocsin_command(),
+            "run",
+            "--config",
+            str(config),
+            cwd=pod_dir,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self.log,
+        )
+        pod = Tocsin(proc, http_port, psutil.Process(proc.pid), self.pushes, name=name, workdir=pod_dir)
+        pod.reader = asyncio.create_task(pod.read())
+        if slot is None:
+            self.pods.append(pod)
+        else:
+            self.pods[slot] = pod
+        return pod
+
+    async def stop(self, pod: Tocsin) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.spent_cpu += pod.cpu_seconds()
+        await _terminate(pod.proc, pod.name)
+        if pod.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(pod.reader, 5)
+        if pod.workdir is not None:
+            shutil.rmtree(pod.workdir / "data", ignore_errors=True)  # the platform keeps no disk
+
+    async def restart(self, slot: int) -> None:
+        await self.stop(self.pods[slot])
+        await self.start(slot)
+        self.restarts += 1
+
+    def cpu_seconds(self) -> float:
+        total = self.spent_cpu
+        for pod in self.pods:
+            with contextlib.suppress(psutil.Error):
+                total += pod.cpu_seconds()
+        return total
+
+    async def close(self) -> None:
+        for pod in self.pods:
+            await _terminate(pod.proc, pod.name)
+            if pod.reader is not None:
+                pod.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pod.reader
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
@@ -138,12 +218,13 @@ async def running(
     workdir: Path,
     poll_s: float = 0.5,
     before_tocsin: Callable[[Double], Awaitable[None]] | None = None,
-) -> AsyncIterator[tuple[Double, Tocsin]]:
-    """The double with ``tenants`` tenants and tocsin following all of them, each its own process (stderr
-    to ``double.log`` and ``tocsin.log`` in ``workdir``); both stop when the block ends, however it ends."""
-    config, http_port = _prepare(workdir, poll_s)
-    procs: list[tuple[asyncio.subprocess.Process, str]] = []
-    reader: asyncio.Task[None] | None = None
+    replicas: int = 1,
+) -> AsyncIterator[tuple[Double, Fleet]]:
+    """The double with ``tenants`` tenants and ``replicas`` tocsin pods following all of them, each its own
+    process (stderr to ``double.log`` and ``tocsin.log`` in ``workdir``); all stop when the block ends,
+    however it ends."""
+    dproc: asyncio.subprocess.Process | None = None
+    fleet: Fleet | None = None
     with contextlib.ExitStack() as files:
         double_log = files.enter_context(open(workdir / "double.log", "w"))  # noqa: ASYNC230
         tocsin_log = files.enter_context(open(workdir / "tocsin.log", "w"))  # noqa: ASYNC230
@@ -158,7 +239,6 @@ async def running(
                 stdout=asyncio.subprocess.PIPE,
                 stderr=double_log,
             )
-            procs.append((dproc, "the Cumulocity double"))
             assert dproc.stdout is not None
             try:
                 first = await asyncio.wait_for(dproc.stdout.readline(), START_S)
@@ -169,29 +249,17 @@ async def running(
             double = Double(dproc, json.loads(first))
             if before_tocsin is not None:
                 await before_tocsin(double)
-            env = {**os.environ, **double.info["environment"]}
-            tproc = await asyncio.create_subprocess_exec(
-                *_tocsin_command(),
-                "run",
-                "--config",
-                str(config),
-                cwd=workdir,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=tocsin_log,
-            )
-            procs.append((tproc, "tocsin"))
-            tocsin = Tocsin(tproc, http_port, psutil.Process(tproc.pid))
-            reader = tocsin.reader = asyncio.create_task(tocsin.read())
-            await _wait_following(tocsin, set(double.tenants), workdir)
-            yield double, tocsin
+            fleet = Fleet(workdir, {**os.environ, **double.info["environment"]}, poll_s, tocsin_log)
+            for _ in range(replicas):
+                await fleet.start()
+            for pod in fleet.pods:
+                await _wait_following(pod, set(double.tenants), workdir)
+            yield double, fleet
         finally:
-            for proc, name in reversed(procs):
-                await _terminate(proc, name)
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            if fleet is not None:
+                await fleet.close()
+            if dproc is not None:
+                await _terminate(dproc, "the Cumulocity double")
 
 
 async def _wait_following(tocsin: Tocsin, tenants: set[str], workdir: Path) -> None:
@@ -300,7 +368,7 @@ def _seq_of(push: dict[str, Any]) -> int | None:
     return int(m.group(1)) if m else None
 
 
-async def _await_pushes(tocsin: Tocsin, batch: list[Created], grace: float) -> None:
+async def _await_pushes(tocsin: Tocsin | Fleet, batch: list[Created], grace: float) -> None:
     """Until every alarm of the batch that the double accepted has a push, or ``grace`` seconds passed."""
     wanted = {c.seq for c in batch if c.status == 201}
     seen: set[int] = set()
@@ -322,7 +390,7 @@ def phone_of(tenant: str) -> str:
     return f"bench-phone-{tenant}"
 
 
-async def register(double: Double, tocsin: Tocsin, http: aiohttp.ClientSession) -> dict[str, str]:
+async def register(double: Double, tocsin: Tocsin | Fleet, http: aiohttp.ClientSession) -> dict[str, str]:
     """One phone (provider ``log``) per tenant, through tocsin's native API as the tenant's admin (watching
     everything): tenant -> token."""
     gate = asyncio.Semaphore(16)
@@ -330,7 +398,8 @@ async def register(double: Double, tocsin: Tocsin, http: aiohttp.ClientSession) 
     async def one(tenant: str, creds: dict[str, str]) -> None:
         body = {"provider": "log", "token": phone_of(tenant), "tags": WATCH_ALL}
         headers = {"Authorization": _basic(tenant, creds["user"], creds["password"])}
-        url = f"http://127.0.0.1:{tocsin.http_port}/v1/registrations"
+        port = tocsin.pods[0].http_port if isinstance(tocsin, Fleet) else tocsin.http_port
+        url = f"http://127.0.0.1:{port}/v1/registrations"
         async with gate, http.post(url, json=body, headers=headers) as r:
             if r.status not in (200, 201):
                 raise RuntimeError(
@@ -370,38 +439,119 @@ async def bench(
     workdir: Path | None = None,
     say: Any = print,
     register_by: str = "api",
+    replicas: int = 1,
+    restart_every: float = 0.0,
 ) -> dict[str, Any]:
-    """The whole benchmark; returns its figures (the JSON line's and more)."""
+    """The whole benchmark; returns its figures (the JSON line's and more). ``restart_every`` > 0: every so
+    many seconds of the measured run, the next pod is stopped (SIGTERM) and replaced by a new one on an
+    empty disk."""
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-bench-c8y-")))
-        say(f"starting the Cumulocity double ({tenants} tenants) and tocsin ...")
+        say(f"starting the Cumulocity double ({tenants} tenants) and {replicas} tocsin pod(s) ...")
         started = time.monotonic()
         seed = seed_inventories if register_by == "inventory" else None
-        async with running(tenants, workdir, before_tocsin=seed) as (double, tocsin):
+        async with running(tenants, workdir, before_tocsin=seed, replicas=replicas) as (double, fleet):
             say(f"  tocsin follows all {tenants} tenants after {time.monotonic() - started:.1f} s")
             connector = aiohttp.TCPConnector(limit=200)
             async with aiohttp.ClientSession(connector=connector) as http:
                 if seed is None:
-                    tokens = await register(double, tocsin, http)
+                    tokens = await register(double, fleet, http)
                 else:
                     tokens = {t: phone_of(t) for t in double.tenants}
                 load = Load(double, http)
                 how = "through tocsin's API" if seed is None else "in the inventories before tocsin started"
                 say(f"  {len(tokens)} phones registered {how}; warming up: one alarm per tenant ...")
                 warm = await load.run(tenants, min(rate, 100.0))
-                await _await_pushes(tocsin, warm, grace)
-                first_push = len(tocsin.pushes)
+                await _await_pushes(fleet, warm, grace)
+                first_push = len(fleet.pushes)
                 count = max(1, round(rate * seconds))
-                say(f"creating {count} alarms at {rate:g}/s over {tenants} tenants ...")
-                cpu0, dcpu0 = tocsin.cpu_seconds(), _cpu(double.proc.pid)
-                batch = await load.run(count, rate)
-                await _await_pushes(tocsin, batch, grace)
-                cpu, dcpu = tocsin.cpu_seconds() - cpu0, _cpu(double.proc.pid) - dcpu0
-            pushes = tocsin.pushes[first_push:]
+                restarting = f", a pod restarted every {restart_every:g} s" if restart_every > 0 else ""
+                say(f"creating {count} alarms at {rate:g}/s over {tenants} tenants{restarting} ...")
+                cpu0, dcpu0 = fleet.cpu_seconds(), _cpu(double.proc.pid)
+                restarter = (
+                    asyncio.create_task(_restart_pods(fleet, restart_every, say))
+                    if restart_every > 0
+                    else None
+                )
+                try:
+                    batch = await load.run(count, rate)
+                finally:
+                    if restarter is not None:
+                        restarter.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await restarter
+                await _await_pushes(fleet, batch, grace)
+                cpu, dcpu = fleet.cpu_seconds() - cpu0, _cpu(double.proc.pid) - dcpu0
+                # Alerts opened before the restarts: clearing them must bring their resolve notices
+                # from whichever pod has their source now.
+                state_lost, resolve_dups = await _clear_and_count(
+                    double, load, fleet, batch, http, grace, say
+                )
+            pushes = fleet.pushes[first_push:]
             _write_latencies(workdir / "latencies.csv", batch, pushes)
-            return _figures(batch, pushes, tokens, load.errors, tenants, cpu, dcpu, say)
+            figures = _figures(batch, pushes, tokens, load.errors, tenants, cpu, dcpu, say)
+            figures["duplicates"] += resolve_dups
+            figures.update(replicas=replicas, restarts=fleet.restarts, state_lost=state_lost)
+            return figures
     raise AssertionError("unreachable")
+
+
+async def _restart_pods(fleet: Fleet, every: float, say: Any) -> None:
+    slot = 0
+    while True:
+        await asyncio.sleep(every)
+        started = time.monotonic()
+        await fleet.restart(slot)
+        say(f"  restarted pod {slot} on an empty disk in {time.monotonic() - started:.1f} s")
+        slot = (slot + 1) % len(fleet.pods)
+
+
+_CLEARED = re.compile(r"^bench_Alarm(\d+) on ")
+
+
+async def _clear_and_count(
+    double: Double,
+    load: Load,
+    fleet: Fleet,
+    batch: list[Created],
+    http: aiohttp.ClientSession,
+    grace: float,
+    say: Any,
+) -> tuple[int, int]:
+    """Clears the first alarm of each tenant in the batch; returns (resolve notices missing, twice)."""
+    first: dict[str, Created] = {}
+    for c in batch:
+        if c.status == 201 and c.alarm_id:
+            first.setdefault(c.tenant, c)
+    mark = len(fleet.pushes)
+
+    async def clear(c: Created) -> None:
+        headers = {"Authorization": load.auth[c.tenant], "Accept": "application/json"}
+        url = f"{double.base_url}/alarm/alarms/{c.alarm_id}"
+        async with http.put(url, json={"status": "CLEARED"}, headers=headers) as r:
+            if r.status != 200:
+                load.errors.append(f"clearing alarm {c.seq}: HTTP {r.status}")
+
+    await asyncio.gather(*(clear(c) for c in first.values()))
+    wanted = {c.seq for c in first.values()}
+    got: dict[int, int] = {}
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        got = {}
+        for push in fleet.pushes[mark:]:
+            m = _CLEARED.match(str(push.get("body", "")))
+            if m:
+                got[int(m.group(1))] = got.get(int(m.group(1)), 0) + 1
+        if wanted <= set(got):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    lost = len(wanted - set(got))
+    twice = sum(n - 1 for n in got.values())
+    say(f"  cleared {len(wanted)} alarms opened during the run: {len(wanted) - lost} resolve notices, "
+        f"{lost} missing, {twice} twice")  # fmt: skip
+    return lost, twice
 
 
 def _write_latencies(path: Path, batch: list[Created], pushes: list[dict[str, Any]]) -> None:
@@ -504,16 +654,34 @@ def main() -> None:
         help="api: POST /v1/registrations as each tenant's admin; inventory: managed objects written into "
         "the tenants' inventories before tocsin starts",
     )
+    ap.add_argument("--replicas", type=int, default=1, help="tocsin pods sharing the tenants' alarm streams")
+    ap.add_argument(
+        "--restart-every",
+        type=float,
+        default=0.0,
+        help="seconds between pod restarts (SIGTERM, then a new pod on an empty disk); 0: none",
+    )
     ap.add_argument("--smoke", action="store_true", help="a few seconds, for the suite: it still runs")
     args = ap.parse_args()
-    if args.smoke:
+    if args.smoke:  # two pods, one restarted half way
         args.tenants, args.rate, args.seconds, args.grace = 2, 10.0, 2.0, 5.0
+        args.replicas, args.restart_every = 2, 1.0
 
     def say(text: str) -> None:
         print(text, flush=True)
 
     figures = asyncio.run(
-        bench(args.tenants, args.rate, args.seconds, args.grace, args.keep, say, args.register)
+        bench(
+            args.tenants,
+            args.rate,
+            args.seconds,
+            args.grace,
+            args.keep,
+            say,
+            args.register,
+            args.replicas,
+            args.restart_every,
+        )
     )
     print(json.dumps(figures), flush=True)
 

@@ -30,7 +30,9 @@ What is faithful (specs/cumulocity.md, its §8 checklist):
   base64 decodes it), ``/notification2/unsubscribe``, and the consumer websocket
   ``/notification2/consumer/?token=&consumer=``: frames
   ``ackId\\n/<tenant>/alarms/<source>\\nACTION\\n\\n<json>`` (CREATE for a new alarm, UPDATE for a real change
-  or a de-duplication hit, nothing for a PUT that changes nothing); a per-subscriber backlog created on the
+  or a de-duplication hit, nothing for a PUT that changes nothing, DELETE with ``{"id"}`` only for an alarm
+  deleted by ``DELETE /alarm/alarms?...``; ``managedobjects`` subscriptions get CREATE/UPDATE with the object
+  and DELETE with its id, ``typeFilter`` matching the object's type); a per-subscriber backlog created on the
   first connection that persists while nobody is connected; an ack is a text frame holding exactly the ack
   id; unacked frames are re-sent after ``redeliver_after_s`` and on reconnect, before newer ones; one
   connection per subscriber for exclusive tokens (a second one is refused with 409 at the handshake);
@@ -410,6 +412,25 @@ class FakeTenant:
         """Change an alarm through the same code path as ``PUT /alarm/alarms/{id}``."""
         return json.loads(_dumps(self._update_alarm(alarm_id, changes)))  # type: ignore[no-any-return]
 
+    def delete_alarm(self, alarm_id: str) -> None:
+        """Delete an alarm through the same code path as ``DELETE /alarm/alarms?...``."""
+        self._delete_alarm(alarm_id)
+
+    def _delete_alarm(self, alarm_id: str) -> None:
+        alarm = self.alarms.pop(alarm_id, None)
+        if alarm is None:
+            return
+        source_id = alarm["source"]["id"]
+        by_source = self._alarms_by_source.get(source_id, [])
+        if alarm_id in by_source:
+            by_source.remove(alarm_id)
+        key = (source_id, alarm["type"])
+        if self._dedup.get(key) == alarm_id:
+            del self._dedup[key]
+        # What a DELETE notification carries is not documented (specs/cumulocity.md §3a, [U]); the real-time
+        # API sends only the id, and so does this double: the consumer has to know the rest.
+        self._fake._notify(self, alarm, "DELETE", body={"id": alarm_id})
+
     def unacked(self) -> int:
         """Frames sent to this tenant's consumers at least once and not acknowledged yet."""
         return sum(1 for b in self._all_backlogs() for m in b.unacked.values() if m.sends)
@@ -436,6 +457,7 @@ class FakeTenant:
         self.managed_objects[mo_id] = mo
         if isinstance(mo.get("type"), str):
             self._mo_by_type.setdefault(mo["type"], {})[mo_id] = None
+        self._fake._notify_mo(self, mo, "CREATE")
         return mo
 
     def _update_mo(self, mo_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -454,6 +476,7 @@ class FakeTenant:
                 self._mo_by_type.get(old_type, {}).pop(mo_id, None)
             if isinstance(mo.get("type"), str):
                 self._mo_by_type.setdefault(mo["type"], {})[mo_id] = None
+        self._fake._notify_mo(self, mo, "UPDATE")
         return mo
 
     def _delete_mo(self, mo_id: str) -> None:
@@ -461,6 +484,7 @@ class FakeTenant:
         del self.managed_objects[mo_id]
         if isinstance(mo.get("type"), str):
             self._mo_by_type.get(mo["type"], {}).pop(mo_id, None)
+        self._fake._notify_mo(self, mo, "DELETE")
 
     def _mo(self, mo_id: str) -> dict[str, Any]:
         mo = self.managed_objects.get(mo_id)
@@ -663,6 +687,7 @@ class FakeCumulocity:
         r.add_get("/alarm/alarms", self._alarms_get)
         r.add_post("/alarm/alarms", self._alarms_post)
         r.add_put("/alarm/alarms", self._alarms_bulk_put)
+        r.add_delete("/alarm/alarms", self._alarms_delete)
         r.add_get("/alarm/alarms/count", self._alarms_count)
         r.add_get("/alarm/alarms/{id}", self._alarm_get)
         r.add_put("/alarm/alarms/{id}", self._alarm_put)
@@ -1202,6 +1227,13 @@ class FakeCumulocity:
             t._update_alarm(alarm["id"], {"status": body["status"]})
         return web.Response(status=200)
 
+    async def _alarms_delete(self, request: web.Request) -> web.Response:
+        principal = self._auth(request, "ROLE_ALARM_ADMIN")
+        t = self._tenant_of(principal)
+        for alarm in list(self._filtered_alarms(request, t)):  # no parameter: every alarm, as the platform
+            t._delete_alarm(alarm["id"])
+        return web.Response(status=204)
+
     # -- inventory -------------------------------------------------------------------------------------------
     async def _mos_get(self, request: web.Request) -> web.Response:
         principal = self._auth(request, "ROLE_INVENTORY_READ", "ROLE_INVENTORY_ADMIN")
@@ -1556,8 +1588,33 @@ class FakeCumulocity:
         if not conn.closed:
             self._close_consumer(conn, 1008, "token expired")
 
-    def _notify(self, t: FakeTenant, alarm: dict[str, Any], action: str) -> None:
-        """Fan an alarm change out to the backlogs of every subscription it matches."""
+    def _notify_mo(self, t: FakeTenant, mo: dict[str, Any], action: str) -> None:
+        """Fan a managed object change out to the subscriptions on ``managedobjects`` (a DELETE carries the
+        id only); ``typeFilter`` matches the object's type."""
+        if not t.n2_subscriptions:
+            return
+        mo_id, mo_type = str(mo["id"]), mo.get("type")
+        body = _dumps({"id": mo_id}) if action == "DELETE" else _dumps(mo)
+        frames: dict[str, str] = {}
+        for sub in t.n2_subscriptions.values():
+            name, apis = sub["subscription"], sub["subscriptionFilter"]["apis"]
+            if name in frames or (apis != ["*"] and "managedobjects" not in apis):
+                continue
+            if sub["context"] == "mo" and sub["source"]["id"] != mo_id:
+                continue
+            type_filter = sub["subscriptionFilter"].get("typeFilter")
+            if type_filter and mo_type not in (_TYPE_ITEM.findall(type_filter) or [type_filter]):
+                continue
+            frames[name] = f"/{t.id}/managedobjects/{mo_id}\n{action}\n\n{body}"
+        for name, tail in frames.items():
+            for backlog in t._backlogs.get(name, {}).values():
+                backlog.push(mo_id, tail)
+
+    def _notify(
+        self, t: FakeTenant, alarm: dict[str, Any], action: str, body: dict[str, Any] | None = None
+    ) -> None:
+        """Fan an alarm change out to the backlogs of every subscription it matches (``body``: what the
+        frame carries instead of the alarm)."""
         if not t.n2_subscriptions:
             return
         source_id = alarm["source"]["id"]
@@ -1583,15 +1640,17 @@ class FakeCumulocity:
                 continue
             copy = sub.get("fragmentsToCopy")
             fkey = None if copy is None else tuple(copy)
-            body = bodies.get(fkey)
-            if body is None:
+            text = bodies.get(fkey)
+            if text is None:
                 doc = (
-                    alarm
+                    body
+                    if body is not None
+                    else alarm
                     if copy is None
                     else {k: v for k, v in alarm.items() if k in ALARM_STANDARD or k in copy}
                 )
-                body = bodies[fkey] = _dumps(doc)
-            frames[name] = f"/{t.id}/{api}/{source_id}\n{action}\n\n{body}"
+                text = bodies[fkey] = _dumps(doc)
+            frames[name] = f"/{t.id}/{api}/{source_id}\n{action}\n\n{text}"
         for name, tail in frames.items():
             for backlog in t._backlogs.get(name, {}).values():
                 backlog.push(source_id, tail)

@@ -782,3 +782,42 @@ async def test_bulk_status_update_count_settings_and_unknown_paths(
     status, settings, _ = await call(http, c8y, "GET", "/application/currentApplication/settings", service(t))
     assert status == 200 and settings[0]["key"] == "severityThreshold"
     await assert_error(await call(http, c8y, "GET", "/no/such/path", service(t)), 404)
+
+
+async def test_deleted_alarms_and_managed_object_changes_are_notified(
+    c8y: FakeCumulocity, http: aiohttp.ClientSession
+) -> None:
+    t, device = await n2_setup(c8y, http)
+    regs = {
+        "subscription": "tocsinregs",
+        "context": "tenant",
+        "subscriptionFilter": {"apis": ["managedobjects"], "typeFilter": "tocsin_Registration"},
+    }
+    status, _, _ = await call(http, c8y, "POST", "/notification2/subscriptions", service(t), json=regs)
+    assert status == 201
+    body = {"subscriber": "regs", "subscription": "tocsinregs"}
+    _, doc, _ = await call(http, c8y, "POST", "/notification2/token", service(t), json=body)
+    async with (
+        http.ws_connect(consumer_url(c8y, await token(c8y, http, t))) as alarms,
+        http.ws_connect(consumer_url(c8y, str(doc["token"]))) as mos,
+    ):
+        await wait_until(lambda: c8y.consumers("t1") == 2, what="both consumers connected")
+        alarm = t.create_alarm(device, ALARM_TYPE, "hot")
+        await alarms.send_str((await frame(alarms))[0])
+        status, _, _ = await call(http, c8y, "DELETE", "/alarm/alarms", service(t), params={"source": device})
+        assert status == 204 and alarm["id"] not in t.alarms
+        ack, desc, action, deleted = await frame(alarms)
+        assert (desc, action, deleted) == (f"/t1/alarms/{device}", "DELETE", {"id": alarm["id"]})
+        await alarms.send_str(ack)
+        t.add_device("not a registration")  # another type: not notified on the registrations subscription
+        mo = t._create_mo({"type": "tocsin_Registration", "tocsin_Registration": {"token": "x"}}, owner="me")
+        ack, desc, action, created = await frame(mos)
+        assert (desc, action, created["id"]) == (f"/t1/managedobjects/{mo['id']}", "CREATE", mo["id"])
+        await mos.send_str(ack)
+        t._delete_mo(str(mo["id"]))
+        ack, desc, action, gone = await frame(mos)
+        assert (action, gone) == ("DELETE", {"id": mo["id"]})
+        await mos.send_str(ack)
+        t.create_alarm(device, ALARM_TYPE, "again")  # a new alarm: the deleted one is not de-duplicated
+        _, _, action, body = await frame(alarms)
+        assert action == "CREATE" and body["id"] != alarm["id"]

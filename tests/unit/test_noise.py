@@ -239,3 +239,27 @@ def test_shared_state_moves_to_another_instance_and_a_new_leader_keeps_the_old_s
     ]  # the same key on both: the send ledger skips what the old leader sent
     later = dataclasses.replace(first, nid="n2", episode="e2")  # fires again within the cooldown: held
     assert new.before_target(later, 100 + 50 * 60) == []
+
+
+def test_a_restored_alert_resumes_the_escalation_steps_not_sent_yet() -> None:
+    rules = (
+        "rules:\n  - id: pump\n    topic: p/{n}\n    threshold: {above: 0}\n    title: 'pump {{ n }}'\n"
+        "    audience: {tags: [a]}\n"
+        "    escalate:\n      - {after: 10m, audience: {tags: [b]}}\n"
+        "      - {after: 30m, audience: {users: [boss]}}\n"
+    )
+    before = Sim(rules)
+    before.event("p/1", 1, 0)
+    ((alert_id, alert),) = before.state.alerts.items()
+    # a new process: the alert comes back from storage, its first step was sent before the restart
+    after = Sim(rules)
+    transition = after.engine.reopened(alert_id, alert)
+    assert transition is not None and transition.state == "firing" and transition.time == 0
+    n = to_notification(transition, 15 * 60)
+    after.noise.acks.opened(n)
+    steps: list[int] = []
+    after.noise.followups.on_step = lambda _n, step: steps.append(step)
+    after.noise.followups.resume(n, {0}, now=15 * 60)
+    after.until(3600)
+    assert [(t / 60, x.audience) for t, x in after.sent] == [(30, Audience(users=("boss",)))]
+    assert steps == [1]
