@@ -112,7 +112,8 @@ class Service:
         templates.on_error = self.metrics.template_errors.inc  # one service a process
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
-        self.engine = RuleEngine(self.ruleset)
+        self._evict_warned: set[str] = set()
+        self.engine = self._engine(self.ruleset)
         # The one writer of the event path: outbox rows, alert state and the MQTT acknowledgement record of
         # a batch commit together, in a thread (service/journal.py).
         self.journal = Journal(config.store_path, config.store.synchronous)
@@ -138,6 +139,7 @@ class Service:
             retry_cap_s=config.delivery.retry_cap_s,
             pause_probe_s=config.delivery.pause_probe_s,
             workers=config.delivery.workers,
+            max_waiting=config.delivery.max_waiting,
         )
         self.webhook = WebhookDecider()
         self._noise_changed = asyncio.Event()
@@ -150,6 +152,7 @@ class Service:
             on_held=self.metrics.suppressed.inc,
             explain=self.explainer.held,
         )
+        self.noise.acks.live = self._firing
         for stored in self.alert_store.load_silences():  # silences survive a restart too
             try:
                 self.noise.silences.add(Silence.from_json(stored))
@@ -157,7 +160,7 @@ class Service:
                 log.warning("skipping a damaged stored silence: %s", exc)
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
-            DedupStage(NotificationLog(config.notify.dedup_window_s)),
+            DedupStage(NotificationLog(config.notify.dedup_window_s, config.notify.dedup_max)),
             TargetStage(self.stores),
             self.dispatcher,
             self.metrics,
@@ -216,7 +219,7 @@ class Service:
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
-            self.ledger_store = LedgerStore(config.data_dir / "cluster.db")
+            self.ledger_store = LedgerStore(config.data_dir / "cluster.db", config.cluster.ledger_retention_s)
             self.cluster = ClusterNode(
                 config.mqtt,
                 config.cluster.name,
@@ -278,6 +281,24 @@ class Service:
             "Alerts the rules track: pending, firing or watched.",
             lambda: float(len(self.state.alerts)),
         )
+
+    def _firing(self, alert_id: str) -> bool:
+        alert = self.state.alerts.get(alert_id)
+        return alert is not None and alert.status in ("firing", "clearing")
+
+    def _engine(self, ruleset: RuleSet) -> RuleEngine:
+        return RuleEngine(ruleset, max_tracked=self.config.rules.max_tracked_per_rule, on_evict=self._evicted)
+
+    def _evicted(self, rule: str, limit: int) -> None:
+        self.metrics.rule_evictions.inc(rule)
+        if rule not in self._evict_warned and len(self._evict_warned) < 10_000:
+            self._evict_warned.add(rule)
+            log.warning(
+                "rule %s tracks %d devices (rules.max_tracked_per_rule): it forgets the least recently seen"
+                " from now on (counted in tocsin_rule_devices_evicted; this is said once)",
+                rule,
+                limit,
+            )
 
     # -- the event path -----------------------------------------------------------------------------------
     async def handle(self, event: Event) -> None:
@@ -396,7 +417,8 @@ class Service:
             log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
             return errors
         # Alerts of rules that stay keep their state; those of removed rules are dropped at their next timer.
-        self.ruleset, self.engine = ruleset, RuleEngine(ruleset)
+        self.ruleset, self.engine = ruleset, self._engine(ruleset)
+        self.engine.forget_rules(self.state)
         self.source.set_topics(ruleset.subscriptions())
         self._timer_changed.set()
         self.metrics.rule_reloads.inc("loaded")

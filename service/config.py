@@ -223,6 +223,12 @@ class RulesConfig(_Section):
     watch_s: float = Field(
         2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
     )
+    max_tracked_per_rule: int = Field(
+        100_000,
+        ge=1,
+        description="devices (alert ids) one rule keeps state for; beyond, the least recently seen is"
+        " forgotten, counted in tocsin_rule_devices_evicted and warned about once per rule",
+    )
     persist_s: float = Field(
         1.0,
         gt=0,
@@ -261,6 +267,9 @@ class RateLimitConfig(_Section):
 
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
+    dedup_max: int = Field(
+        200_000, ge=1000, description="notification keys remembered at most (oldest forgotten first)"
+    )
     queue_size: int = Field(100_000, ge=100)
     max_attempts: int = Field(30, ge=1, description="sends per delivery; retries also stop at its expiry")
     quiet_hours: QuietHoursConfig | None = None

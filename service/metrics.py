@@ -75,6 +75,11 @@ class Metrics(Collector):
             "Template renders that failed (error) or went over budget (budget); a fallback text was sent.",
             ("reason",),
         )
+        self.rule_evictions = Counter(
+            "tocsin_rule_devices_evicted",
+            "Devices a rule forgot at rules.max_tracked_per_rule (least recently seen first), by rule.",
+            ("rule",),
+        )
         self.http_malformed = Counter(
             "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
         )

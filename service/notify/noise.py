@@ -146,6 +146,9 @@ class Acks:
     def __init__(self) -> None:
         self._acks: dict[str, Ack] = {}
         self.open: dict[str, Notification] = {}  # firing alerts by id: what can be acknowledged
+        # Whether the rules still see an alert firing (the service asks its engine state): an alert a rule
+        # forgot without a resolve notice (resolve_notice: false, the device limit) closes here too.
+        self.live: Callable[[str], bool] | None = None
 
     def ack(self, alert_id: str, by: str, comment: str, now: float) -> Ack | None:
         n = self.open.get(alert_id)
@@ -161,6 +164,8 @@ class Acks:
     def opened(self, n: Notification) -> None:
         if n.origin == "api":  # a push sent through the API is no alert: nothing resolves it
             return
+        if not n.resolves and (n.policy is None or not (n.policy.repeat or n.policy.escalate)):
+            return  # an event rule's alert: open (acknowledgeable) only while follow-ups are pending
         self.open.pop(n.alert_id, None)
         self.open[n.alert_id] = n
         if len(self.open) > 100_000:  # event alerts (a doorbell) never resolve: forget the oldest
@@ -170,6 +175,14 @@ class Acks:
         self.open.pop(alert_id, None)
         self._acks.pop(alert_id, None)
 
+    def gone(self, n: Notification) -> bool:
+        """True when the rules forgot a resolving alert without a resolve notice."""
+        return n.resolves and self.live is not None and not self.live(n.alert_id)
+
+    def prune(self) -> None:
+        for aid in [aid for aid, n in self.open.items() if self.gone(n)]:
+            self.closed(aid)
+
 
 # -- cooldown ------------------------------------------------------------------------------------------------
 class Cooldown:
@@ -177,19 +190,24 @@ class Cooldown:
 
     name = "cooldown"
 
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._last: dict[str, tuple[float, float]] = {}  # alert id -> (last notified, its cooldown)
+        self.max_entries = max_entries
 
     def admit(self, n: Notification, now: float) -> bool:
         p = n.policy
         if p is None or p.cooldown <= 0 or n.state != "firing":
             return True
         last = self._last.get(n.alert_id)
-        if last is not None and now - last < p.cooldown:
+        if last is not None and now - last[0] < p.cooldown:
             return False
-        self._last[n.alert_id] = now
-        if len(self._last) > 100_000:
-            self._last = {k: v for k, v in self._last.items() if now - v < 86_400}
+        self._last.pop(n.alert_id, None)
+        self._last[n.alert_id] = (now, p.cooldown)
+        if len(self._last) > self.max_entries:  # forget cooldowns that ended, else the oldest half
+            live = {k: v for k, v in self._last.items() if now - v[0] < v[1]}
+            if len(live) > self.max_entries // 2:
+                live = dict(list(live.items())[len(live) - self.max_entries // 2 :])
+            self._last = live
         return True
 
 
@@ -289,6 +307,9 @@ class FollowUps:
             n = self.acks.open.get(aid)
             if n is None or n.episode != episode or self.acks.acked(n) or n.policy is None:
                 continue  # resolved, a new episode, or acknowledged: nothing more to say
+            if self.acks.gone(n):
+                self.acks.closed(aid)
+                continue
             if step < 0:
                 k = int((at - n.created) // n.policy.repeat) if n.policy.repeat else 0
                 out.append(replace(n, nid=short_hash(n.nid, "repeat", str(k)), created=at))
@@ -297,6 +318,9 @@ class FollowUps:
                 s = n.policy.escalate[step]
                 audience = Audience(tags=s.tags + tuple(CHANNEL_TAG + c for c in s.channels), users=s.users)
                 out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
+                last = max(e.after for e in n.policy.escalate)
+                if not n.resolves and not n.policy.repeat and s.after == last:
+                    self.acks.closed(aid)  # an event rule's alert: nothing more will come of it
         return out
 
 
@@ -325,6 +349,8 @@ class QuietHours:
                 z = ZoneInfo(name)
             except (ZoneInfoNotFoundError, ValueError):
                 z = self.default
+            if len(self._zones) >= 1000:  # names come from registrations: a bounded cache
+                self._zones.clear()
             self._zones[name] = z
         return z
 
@@ -365,6 +391,7 @@ class RateLimit:
         self._windows: dict[str, _Window] = {}
         self._ended: dict[tuple[str, float], _Window] = {}  # windows whose summary is due
         self._heap: list[tuple[float, str, float]] = []  # (end, registration id, window start)
+        self._prune_at = 10_000
 
     def allows(self, n: Notification, reg: Registration, now: float) -> bool:
         w = self._windows.get(reg.id)
@@ -372,6 +399,8 @@ class RateLimit:
             if w is not None and w.held:
                 self._ended[(reg.id, w.start)] = w
             w = self._windows[reg.id] = _Window(now, reg)
+            if len(self._windows) > self._prune_at:
+                self._prune(now)
         if w.sent < self.limit:
             w.sent += 1
             return True
@@ -380,6 +409,14 @@ class RateLimit:
         w.held += 1
         w.last = n
         return False
+
+    def _prune(self, now: float) -> None:
+        """Forgets windows that ended with nothing held (those with a summary due leave at ``due``)."""
+        self._windows = {k: w for k, w in self._windows.items() if w.held or now < w.start + self.per}
+        self._prune_at = max(10_000, 2 * len(self._windows))
+
+    def __len__(self) -> int:
+        return len(self._windows)
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -527,4 +564,6 @@ class NoiseControl:
         return self.acks.ack(alert_id, by, comment, now)
 
     def open_alerts(self) -> Mapping[str, Notification]:
+        """Firing alerts: what GET /v1/alerts lists and tocsin_open_alerts counts."""
+        self.acks.prune()
         return self.acks.open
