@@ -24,7 +24,6 @@ from rules import templates
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
-from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
 from service.clock import Clock, SystemClock
@@ -119,7 +118,7 @@ class Service:
         self.journal = Journal(config.store_path, config.store.synchronous)
         # Open alerts and pending timers survive a restart (service/alert_store.py).
         self.alert_store = AlertStore(self.journal, legacy=config.data_dir / "alerts.db")
-        self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
+        self.state: EngineState = self.alert_store.restore({c.id for c in self.ruleset.rules})
         self.alert_store.track(lambda: self.state)
         self.store = SqliteRegistrationStore(config.store_path)
         self.writer = BatchWriter(self.store.upsert_many_in_thread, self.clock.time, remove=self.store.remove)

@@ -25,7 +25,10 @@ from tests.support import wait_until
 
 AUD = "    audience: {tags: [home]}\n"
 ABSENT = "rules:\n  - id: gone\n    topic: d/{device}/up\n    absent: {for: 1h}\n    title: t\n" + AUD
-CHANGE = "rules:\n  - id: door\n    topic: d/{device}/door\n    change: {value: state, to: [open]}\n    title: t\n" + AUD
+CHANGE = (
+    "rules:\n  - id: door\n    topic: d/{device}/door\n    change: {value: state, to: [open]}\n    title: t\n"
+    + AUD
+)
 BELL = "rules:\n  - id: bell\n    topic: b/{room}\n    title: ring\n    audience: {tags: [home]}\n"
 
 
