@@ -47,6 +47,7 @@ from service.http.push import PushApi
 from service.http.reports import add_report_routes
 from service.http.server import admin_only, build_app
 from service.journal import Journal
+from service.loopwatch import LoopWatch
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.explain import Explainer
@@ -275,6 +276,18 @@ class Service:
             "Firing alerts, as GET /v1/alerts lists them.",
             lambda: float(len(self.noise.open_alerts())),
         )
+        self.loop_watch = LoopWatch(self.metrics.loop_stalls)
+        self.metrics.gauge(
+            "tocsin_event_loop_stall_max_seconds",
+            "The longest the event loop ran a timer late since start (service/loopwatch.py).",
+            lambda: self.loop_watch.max_s,
+        )
+        self.metrics.gauge(
+            "tocsin_event_loop_stall_busy_max_seconds",
+            "The longest lateness of the event loop while the process was on the CPU: the part of a stall"
+            " tocsin's own work caused, not waiting for a core (service/loopwatch.py).",
+            lambda: self.loop_watch.max_busy_s,
+        )
         self.metrics.gauge(
             "tocsin_tracked_alerts",
             "Alerts the rules track: pending, firing or watched.",
@@ -496,6 +509,7 @@ class Service:
             spawn("outbox-recovery", self._recover, forever=False, restart=False),
             spawn("report-retention", self._purge_reports),
             spawn("outbox-checkpoint", self._checkpoint_outbox),
+            spawn("loop-watch", self.loop_watch.run),
         ]
         self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
@@ -551,6 +565,7 @@ class Service:
         # the collector's full passes, which otherwise stall the event path for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        self.loop_watch.arm()  # what it measures from now on is the running service
         log.info(
             "tocsin %s started as %s with %d rules; data in %s",
             __version__,

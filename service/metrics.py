@@ -80,6 +80,10 @@ class Metrics(Collector):
             "Devices a rule forgot at rules.max_tracked_per_rule (least recently seen first), by rule.",
             ("rule",),
         )
+        self.loop_stalls = Counter(
+            "tocsin_event_loop_stalls",
+            "Times the event loop ran a timer over 50 ms late (service/loopwatch.py).",
+        )
         self.http_malformed = Counter(
             "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
         )
