@@ -1,8 +1,9 @@
 """The registry's HTTP routes: the native API under ``/v1`` and the Cumulocity push gateway's API.
 
-Every refusal is a 4xx with a JSON body saying what is wrong: native routes answer
-``{"error", "message", "details"}``, the Cumulocity routes ``{"message"}`` as the gateway does. Nothing is
-written unless the whole request is valid; registrations are written through the group-commit writer.
+Every refusal is a 4xx with an RFC 9457 problem document saying what is wrong and which field
+(registrations/problem.py); the Cumulocity routes add ``info``, as the platform's error bodies have.
+Nothing is written unless the whole request is valid; registrations are written through the group-commit
+writer.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -20,6 +21,7 @@ from registrations import jsonbody, tagexpr
 from registrations.auth import Authenticator, AuthError, Principal
 from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
+from registrations.problem import Style, problem
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 from registrations.store import RegistrationStore, StoreUnavailable
 
@@ -27,7 +29,6 @@ log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
 MAX_PAGE = 1000
 C8Y_MAX_LIST = 10_000
-Style = Literal["native", "c8y"]
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RejectCounter = Callable[[str, int], None]
@@ -42,12 +43,8 @@ class ApiError(Exception):
         super().__init__(message)
 
     def response(self, style: Style) -> web.Response:
-        if style == "c8y":
-            return web.json_response({"message": self.message}, status=self.status)
-        body: dict[str, Any] = {"error": self.error, "message": self.message, **self.extra}
-        if self.details:
-            body["details"] = self.details
-        return web.json_response(body, status=self.status)
+        """The problem document (registrations/problem.py), in the route's style."""
+        return problem(self.status, self.error, self.message, self.details, style, **self.extra)
 
 
 def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Handler], Handler]:

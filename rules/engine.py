@@ -91,6 +91,9 @@ class CompiledRule:
     id: str = ""  # the rule's id (a field, not a property: read on every event)
     priority: str = "normal"
     audience_expression: Template | None = None
+    # Whether a template of the rule reads the event's payload or attributes: if none does, an absence rule
+    # keeps of each device's last event only its id, topic, device and time (a third of its memory).
+    reads_payload: bool = True
 
 
 @dataclass(slots=True)
@@ -173,6 +176,15 @@ def _rendering(rule: Rule) -> Rendering | None:
     )
 
 
+def _reads_payload(rule: Rule) -> bool:
+    texts = [rule.title, rule.body, rule.collapse_key or "", rule.audience.expression or ""]
+    texts += [t for lt in rule.locales.values() for t in (lt.title or "", lt.body or "")]
+    texts += list(rule.data.values())
+    if rule.resolved is not None:
+        texts += [rule.resolved.title or "", rule.resolved.body or ""]
+    return any("payload" in t or "attributes" in t for t in texts)
+
+
 def compile_rule(rule: Rule) -> list[CompiledRule]:
     """The compiled rule, and a second entry for its availability topic when it has one."""
     value: tuple[str, ...] = ()
@@ -202,6 +214,7 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         audience_expression=compile_tag_template(rule.audience.expression)
         if rule.audience.expression
         else None,
+        reads_payload=_reads_payload(rule),
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None
@@ -424,6 +437,8 @@ class RuleEngine:
         if alert is not None and alert.status == "firing" and c.rule.resolve_notice:
             out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, None))
         deadline = now + ab.for_
+        if not c.reads_payload and (event.payload is not None or event.attributes):
+            event = Event(event.id, event.source, event.topic, event.device, event.time, None, _EMPTY)
         state.alerts[aid] = AlertState(c.id, labels, "watching", event.id, now, deadline, event)
         heapq.heappush(state.timers, (deadline, aid))
 

@@ -268,7 +268,7 @@ class RateLimitConfig(_Section):
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
     dedup_max: int = Field(
-        200_000, ge=1000, description="notification keys remembered at most (oldest forgotten first)"
+        100_000, ge=1000, description="notification keys remembered at most (oldest forgotten first)"
     )
     queue_size: int = Field(100_000, ge=100)
     max_attempts: int = Field(30, ge=1, description="sends per delivery; retries also stop at its expiry")

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registrations.auth import AuthError, Principal
+from registrations.problem import problem
 from rules.durations import parse_duration
 from rules.engine import RuleEngine
 from rules.event import Event
@@ -40,12 +41,6 @@ STATIC_FILES = frozenset({"console.js", "console.css", "docs.js"})
 SAMPLE_S = 1.0  # how often the console's sampler looks at alerts and counters
 CHART_MINUTES = 60
 MAX_TEST_EVENTS = 10_000
-
-
-def problem(status: int, title: str, detail: str) -> web.Response:
-    """An RFC 9457 problem document."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return web.json_response(body, status=status, content_type="application/problem+json")
 
 
 @dataclass(slots=True)
@@ -284,7 +279,12 @@ class Console:
         try:
             limit = max(1, min(500, int(request.query.get("limit", "50"))))
         except ValueError:
-            return problem(400, "invalid_query", "limit: a whole number from 1 to 500")
+            return problem(
+                400,
+                "invalid_query",
+                "limit: a whole number from 1 to 500",
+                [{"field": "limit", "reason": "a whole number from 1 to 500"}],
+            )
         outbox = self.service.outbox
         await outbox.settle()
         rows = outbox.recent(limit)
@@ -374,7 +374,12 @@ class Console:
             try:
                 events.append(event_from_record(json.loads(line)))
             except ValueError as exc:
-                return problem(400, "invalid_body", f"events line {number}: {exc}")
+                return problem(
+                    400,
+                    "invalid_body",
+                    f"events line {number}: {exc}",
+                    [{"field": "events", "reason": str(exc)}],
+                )
         events.sort(key=lambda e: e.time)
         ruleset = self.service.ruleset
         only = body.get("rule")
@@ -384,7 +389,12 @@ class Console:
 
             picked = tuple(c for c in ruleset.rules if c.id == only)
             if not picked:
-                return problem(400, "invalid_body", f"rule: no loaded rule {only!r}")
+                return problem(
+                    400,
+                    "invalid_body",
+                    f"rule: no loaded rule {only!r}",
+                    [{"field": "rule", "reason": "not loaded"}],
+                )
             index: TopicIndex[Any] = TopicIndex()
             for c in picked:
                 index.add(c.filter, c)

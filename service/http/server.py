@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from registrations.auth import Authenticator, AuthError, Principal
+from registrations.problem import problem
 from service import __version__
 from service.metrics import Metrics
 
@@ -124,7 +125,7 @@ def admin_only(auth: Authenticator, prefixes: tuple[str, ...] = ADMIN_PREFIXES) 
                 principal = await auth.authenticate(request)
             except AuthError as exc:
                 error = "unauthorized" if exc.status == 401 else "forbidden"
-                return web.json_response({"error": error, "message": exc.message}, status=exc.status)
+                return problem(exc.status, error, exc.message)
             tenant_route = request.path.startswith(TENANT_PREFIXES)
             if principal.tenant is not None and not tenant_route:
                 message = "this route is for the deployment's operators, not for a tenant's users"
@@ -133,7 +134,7 @@ def admin_only(auth: Authenticator, prefixes: tuple[str, ...] = ADMIN_PREFIXES) 
             else:
                 message = "this route needs an admin key"
             if message:
-                return web.json_response({"error": "forbidden", "message": message}, status=403)
+                return problem(403, "forbidden", message)
             request[PRINCIPAL_KEY] = principal
         return await handler(request)
 

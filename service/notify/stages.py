@@ -20,7 +20,7 @@ class NotificationLog:
     In memory for now: the cluster ledger and the durable outbox make it survive a restart.
     """
 
-    def __init__(self, window: float, max_entries: int = 200_000) -> None:
+    def __init__(self, window: float, max_entries: int = 100_000) -> None:
         """``max_entries``: at most this many keys are remembered (the oldest go first), whatever the
         window: a flood of distinct notifications must not grow it without bound."""
         self.window, self.max_entries = window, max_entries

@@ -20,6 +20,7 @@ EXPECTED = {
     "cumulocity": {"alarms_per_s", "p99_ms", "created_per_s"},
     "failover": {"kill9"},
 }
+HOSTILE = {"good_events", "notified", "malformed_counted", "peak_rss_mb", "loop_stall_max_ms"}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -59,3 +60,20 @@ def test_kill9_and_sigterm_mid_stream_lose_nothing() -> None:
     assert figures["sigterm_duplicates"] == 0, done.stdout
     assert figures["kill9_duplicates"] <= figures["kill9_in_flight"], done.stdout
     assert "did not log 'stopped'" not in done.stdout
+
+
+def test_hostile_input_loses_no_good_event_and_counts_every_malformed_one() -> None:
+    """The short version of `scripts/bench hostile`: every good message notified once, its template syntax
+    arriving as text, every malformed one counted (figures of time and memory are the benchmark's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.hostile", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(figures) >= HOSTILE and figures["peak_rss_mb"] > 0, figures
+    assert figures["notified"] == figures["good_events"] > 0, done.stdout
+    assert figures["malformed_counted"] == figures["malformed_sent"] > 0, done.stdout
