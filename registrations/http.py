@@ -8,6 +8,7 @@ writer.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -44,7 +45,11 @@ class ApiError(Exception):
 
     def response(self, style: Style) -> web.Response:
         """The problem document (registrations/problem.py), in the route's style."""
-        return problem(self.status, self.error, self.message, self.details, style, **self.extra)
+        extra = {k: v for k, v in self.extra.items() if k != "close"}
+        answer = problem(self.status, self.error, self.message, self.details, style, **extra)
+        if self.extra.get("close"):
+            answer.force_close()
+        return answer
 
 
 def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Handler], Handler]:
@@ -71,7 +76,25 @@ def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Han
     return wrap
 
 
+# Seconds a request body may take to arrive (the service sets it from http.body_timeout_s).
+BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout_s", float)
+BODY_TIMEOUT_S = 10.0
+
+
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The body, at most ``limit`` bytes, arrived within the body time-out (else 408, and the connection
+    closes: a slow body holds no handler for long)."""
+    timeout = request.config_dict.get(BODY_TIMEOUT_KEY, BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the request body did not arrive within {timeout:g} s", close=True
+        ) from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     too_big = ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
     if request.content_length is not None:
         if request.content_length > limit:

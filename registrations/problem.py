@@ -43,8 +43,8 @@ def problem_body(
     if details:
         body["field"] = str(details[0].get("field", ""))
         body["details"] = details
-    if style == "c8y":
-        body["info"] = C8Y_INFO
+    if style == "c8y":  # the platform's "<domain>/<type>" and its documentation link
+        body["error"], body["info"] = f"pushgateway/{error}", C8Y_INFO
     body.update(extra)
     return body
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from registrations.auth import Authenticator, KeyRing, Principal, digest
 from registrations.directory import Registry, StoreDirectory
-from registrations.http import RegistrationApi
+from registrations.http import BODY_TIMEOUT_KEY, RegistrationApi
 from registrations.model import Registration
 from registrations.sqlite_store import SqliteRegistrationStore
 from registrations.writer import BatchWriter
@@ -41,7 +41,7 @@ from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.http.alerts import add_alert_routes
 from service.http.console import Console, ReloadRecord
 from service.http.events import EventsApi
-from service.http.limits import MalformedRequestLog
+from service.http.limits import ClientConnections, LimitedSite, MalformedRequestLog
 from service.http.openapi import document
 from service.http.push import PushApi
 from service.http.reports import add_report_routes
@@ -59,6 +59,7 @@ from service.notify.webhook import WebhookDecider
 from service.outbox import Outbox
 from service.providers.base import Provider
 from service.providers.registry import build_providers
+from service.ratelimit import RateLimitedLog
 from service.reload import watch
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
@@ -250,6 +251,7 @@ class Service:
             self.stores.default.writer = ReplicatedWriter(self.writer, self.replicator)
             self.silence_writer = ReplicatedSilences(self.noise.silences, self.replicator)
         self.http_port: int | None = None
+        self._connections: ClientConnections | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -293,6 +295,10 @@ class Service:
             "Alerts the rules track: pending, firing or watched.",
             lambda: float(len(self.state.alerts)),
         )
+
+    def http_connections_open(self) -> dict[str, int]:
+        """Open HTTP connections per client address."""
+        return dict(self._connections.open) if self._connections is not None else {}
 
     def _firing(self, alert_id: str) -> bool:
         alert = self.state.alerts.get(alert_id)
@@ -533,11 +539,17 @@ class Service:
                 keepalive_timeout=cfg.http.keepalive_s,
                 logger=MalformedRequestLog(self.clock, self.metrics.http_malformed.inc),
             )
+            self.http_app[BODY_TIMEOUT_KEY] = cfg.http.body_timeout_s
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
-            site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+            connections = self._connections = ClientConnections(
+                cfg.http.max_connections_per_client,
+                self.metrics.http_refused.inc,
+                RateLimitedLog(logging.getLogger("tocsin.http"), self.clock, 60.0),
+            )
+            site = LimitedSite(runner, cfg.http.host, cfg.http.port, connections)
             await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
+            sockets = site.sockets
             self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
             log.info(
                 "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port

@@ -151,6 +151,15 @@ class HttpConfig(_Section):
     keepalive_s: float = Field(
         15.0, gt=0, le=3600, description="close connections idle this long (before or between requests)"
     )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="a request body must arrive within this (else 408, connection closed)",
+    )
+    max_connections_per_client: int = Field(
+        256, ge=1, description="open connections per client address; past it: 429 and closed, counted"
+    )
 
 
 class LogProviderConfig(_Section):

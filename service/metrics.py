@@ -84,6 +84,10 @@ class Metrics(Collector):
             "tocsin_event_loop_stalls",
             "Times the event loop ran a timer over 50 ms late (service/loopwatch.py).",
         )
+        self.http_refused = Counter(
+            "tocsin_http_connections_refused",
+            "Connections answered 429 and closed: their address had http.max_connections_per_client open.",
+        )
         self.http_malformed = Counter(
             "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
         )

@@ -77,7 +77,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = jsonbody.loads(await read_body(request))
-    except ApiError as exc:  # too large
+    except ApiError as exc:  # too large, or too slow
         raise BadRequest(exc.message, exc.status) from None
     except jsonbody.BodyError as exc:
         raise BadRequest(f"(body): {exc}") from None
@@ -89,8 +89,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _bad(exc: BadRequest) -> web.Response:
-    error = "body_too_large" if exc.status == 413 else "invalid_body"
-    return problem(exc.status, error, str(exc), exc.details)
+    error = {413: "body_too_large", 408: "body_timeout"}.get(exc.status, "invalid_body")
+    answer = problem(exc.status, error, str(exc), exc.details)
+    if exc.status == 408:
+        answer.force_close()
+    return answer
 
 
 def _not_found(message: str) -> web.Response:
