@@ -147,7 +147,8 @@ async def test_operator_errors_are_documented_and_carry_a_message(api: Api) -> N
     for method, path, template, raw in calls:
         status, body = await api.call(method, path, raw=raw)
         assert str(status) in doc["paths"][template][method.lower()]["responses"], (method, path, status)
-        assert all(isinstance(body.get(k), str) for k in required), (path, body)
+        assert all(k in body for k in required) and body["status"] == status, (path, body)
+        assert isinstance(body["message"], str) and body["detail"] == body["message"], (path, body)
 
 
 async def test_gateway_answers_match_the_document_for_native_registrations(api: Api) -> None:
