@@ -6,7 +6,7 @@ import re
 import zoneinfo
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from registrations.model import check_quiet_hours, check_tag, check_token
 
@@ -87,12 +87,12 @@ class RegistrationIn(RegistrationFields):
 
     _check_app = field_validator("app")(_app)
 
-    @model_validator(mode="after")
-    def _token_shape(self) -> RegistrationIn:
-        normal = check_token(self.provider, self.token)
-        if normal != self.token:
-            object.__setattr__(self, "token", normal)
-        return self
+    @field_validator("token")
+    @classmethod
+    def _token_shape(cls, v: str, info: ValidationInfo) -> str:
+        """Checked as the token's own field (the error names it); the provider is validated before it."""
+        provider = info.data.get("provider")
+        return check_token(provider, v) if provider is not None else v
 
 
 class RegistrationPatch(RegistrationFields):

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from registrations import jsonbody
 from registrations.auth import AuthError, Principal
+from registrations.http import ApiError, read_body
 from registrations.problem import problem
 from rules.durations import parse_duration
 from rules.engine import RuleEngine
@@ -257,12 +259,14 @@ class Console:
     async def preview(self, request: web.Request, principal: Principal) -> web.Response:
         """Which open alerts a silence with these matchers would mute now."""
         try:
-            body = await request.json()
+            body = jsonbody.loads(await read_body(request))
             matchers = body["matchers"]
             if not isinstance(matchers, dict) or not matchers:
                 raise ValueError("matchers: give an object of label (or rule, severity) to value")
             now = self.service.clock.time()  # a preview: what it would mute now
             probe = Silence({str(k): str(v) for k, v in matchers.items()}, now - 1.0, now + 86400.0)
+        except ApiError as exc:  # too large, too slow
+            return exc.response("native")
         except (ValueError, KeyError, TypeError) as exc:
             return problem(400, "invalid_body", str(exc) or "give {'matchers': {...}}")
         except Exception as exc:  # a bad regular expression
@@ -360,9 +364,11 @@ class Console:
         from service.cli.rules import explained
 
         try:
-            body = await request.json()
+            body = jsonbody.loads(await read_body(request, 1024 * 1024))
             lines = str(body.get("events", "")).splitlines()
             until = parse_duration(body["until"]) if body.get("until") else 0.0
+        except ApiError as exc:  # too large, too slow
+            return exc.response("native")
         except (ValueError, TypeError, AttributeError) as exc:
             return problem(400, "invalid_body", f"give {{'events': 'JSON Lines', 'until'?: '10m'}}: {exc}")
         events: list[Event] = []

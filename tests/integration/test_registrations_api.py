@@ -109,10 +109,10 @@ BAD_BODIES = [
     (reg(colour="red"), "colour", "unknown field"),
     (reg(badge="3"), "badge", "valid integer"),
     (reg(tags="a"), "tags", "valid array"),
-    (reg(token="a1" * 31), "(body)", "64 hexadecimal"),
-    (reg(token="zz" * 32), "(body)", "64 hexadecimal"),
-    (reg(provider="fcm", token="short:x"), "(body)", "FCM registration token"),
-    (reg(provider="fcm", token="has spaces " * 5), "(body)", "FCM registration token"),
+    (reg(token="a1" * 31), "token", "64 hexadecimal"),
+    (reg(token="zz" * 32), "token", "64 hexadecimal"),
+    (reg(provider="fcm", token="short:x"), "token", "FCM registration token"),
+    (reg(provider="fcm", token="has spaces " * 5), "token", "FCM registration token"),
     (reg(provider="webpush"), "provider", "'apns', 'fcm' or 'log'"),
     (reg(tags=["bad tag"]), "tags", "must be 1-120 characters"),
     (reg(timezone="Mars/Olympus"), "timezone", "IANA"),
@@ -131,6 +131,7 @@ async def test_bad_bodies_are_400_with_the_field_and_write_nothing(
     assert status == 400, answer
     assert answer["error"] == "invalid_body"
     assert any(d["field"] == field and reason in d["reason"] for d in answer["details"]), answer
+    assert answer["field"] == answer["details"][0]["field"], answer  # the field at fault, first named
     assert api.service.store.count() == before
     assert api.rejected("register", 400) == 1
 
