@@ -291,6 +291,11 @@ class Service:
             lambda: self.loop_watch.max_busy_s,
         )
         self.metrics.gauge(
+            "tocsin_gc_pause_max_seconds",
+            "The longest pass of Python's cyclic garbage collector since start (service/loopwatch.py).",
+            lambda: self.loop_watch.max_gc_s,
+        )
+        self.metrics.gauge(
             "tocsin_tracked_alerts",
             "Alerts the rules track: pending, firing or watched.",
             lambda: float(len(self.state.alerts)),
@@ -572,6 +577,7 @@ class Service:
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
             self._stack.push_async_callback(self._leave_cluster)  # hand over, then stop
+        self._stack.callback(self.loop_watch.disarm)
         self._stack.push_async_callback(self._stop_sources)  # runs first on exit: take nothing new
         # What is loaded at start (libraries, rules, templates) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall the event path for tens of milliseconds.

@@ -11,7 +11,9 @@ time to ready.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from typing import Any
 
 from service.metrics import Counter
 
@@ -24,10 +26,25 @@ class LoopWatch:
         self.interval_s, self.threshold_s = interval_s, threshold_s
         self.max_s = 0.0  # the longest lateness
         self.max_busy_s = 0.0  # the longest lateness while the process was on the CPU
+        self.max_gc_s = 0.0  # the longest pass of the cyclic garbage collector, one cause of stalls
         self.armed = False
+        self._gc_start = 0.0
 
     def arm(self) -> None:
-        self.armed = True
+        if not self.armed:
+            self.armed = True
+            gc.callbacks.append(self._gc)
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            gc.callbacks.remove(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.max_gc_s = max(self.max_gc_s, time.perf_counter() - self._gc_start)
 
     async def run(self) -> None:
         monotonic, interval = asyncio.get_running_loop().time, self.interval_s

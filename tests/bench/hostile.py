@@ -260,6 +260,7 @@ def main() -> None:
                     "loop_stall_busy_max_ms": round(
                         m.get("tocsin_event_loop_stall_busy_max_seconds", 0) * 1000, 1
                     ),
+                    "gc_pause_max_ms": round(m.get("tocsin_gc_pause_max_seconds", 0) * 1000, 1),
                     "restart_ready_s": round(ready_s, 2),
                 }
             )

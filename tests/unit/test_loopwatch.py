@@ -24,3 +24,16 @@ async def test_a_blocking_call_on_the_loop_shows_as_a_stall() -> None:
         assert watch.max_s >= 0.1 and watch.max_busy_s > 0.0
     finally:
         task.cancel()
+
+
+def test_collector_passes_are_timed_while_armed() -> None:
+    import gc
+
+    watch = LoopWatch(Counter("s", "s"))
+    watch.arm()
+    try:
+        gc.collect()
+        assert watch.max_gc_s > 0.0
+    finally:
+        watch.disarm()
+    assert watch._gc not in gc.callbacks
