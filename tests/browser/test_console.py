@@ -12,22 +12,23 @@ import pytest
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from service.app import Service
-from tests.conftest import Printed, RunningService, publish, service_config, start_service
+from tests.conftest import (
+    Printed,
+    RunningService,
+    acknowledgeable_examples,
+    publish,
+    service_config,
+    start_service,
+)
 from tests.support import Mosquitto, wait_until
 
 ADMIN = "console-admin-key-0123456789"
-EXAMPLES = Path(__file__).resolve().parents[2] / "rules" / "examples" / "home.yaml"
 KEYS = json.dumps([{"name": "ops", "role": "admin", "api_key": ADMIN}])
 
 
 @pytest.fixture
 async def served(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Service, Printed]]:
-    # The example rules, with a doorbell that rings again every hour until acknowledged: an event rule's
-    # alert is open (and acknowledgeable) only while such a follow-up is pending.
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(
-        EXAMPLES.read_text().replace("    severity: info\n", "    severity: info\n    repeat: 1h\n", 1)
-    )
+    rules = acknowledgeable_examples(tmp_path)
     service, printed = await start_service(
         service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, TOCSIN_RULES__PATHS=f"[{rules}]")
     )

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from service.app import Service
-from tests.conftest import Printed, service_config, start_service
+from tests.conftest import Printed, acknowledgeable_examples, service_config, start_service
 from tests.support import Mosquitto, wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
@@ -55,7 +55,10 @@ class Api:
 
 @pytest.fixture
 async def api(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Api]:
-    service, printed = await start_service(service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS))
+    rules = acknowledgeable_examples(tmp_path)
+    service, printed = await start_service(
+        service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, TOCSIN_RULES__PATHS=f"[{rules}]")
+    )
     try:
         # Stopping a service whose MQTT connect is in flight can hang in aiomqtt: let it connect first.
         await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
