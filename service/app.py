@@ -647,8 +647,14 @@ class Service:
     async def _checkpoint_outbox(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            running = asyncio.ensure_future(asyncio.to_thread(self.outbox.checkpoint))
             try:
-                await asyncio.to_thread(self.outbox.checkpoint)
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # Stopping: the thread must be done before the outbox's connection closes under it (that
+                # crashed the process with a segmentation fault).
+                await asyncio.wait([running])
+                raise
             except Exception:
                 self.metrics.internal_errors.inc("outbox-checkpoint")
                 log.exception("checkpointing the outbox failed")
