@@ -1,17 +1,19 @@
 """The registry's HTTP routes: the native API under ``/v1`` and the Cumulocity push gateway's API.
 
-Every refusal is a 4xx with a JSON body saying what is wrong: native routes answer
-``{"error", "message", "details"}``, the Cumulocity routes ``{"message"}`` as the gateway does. Nothing is
-written unless the whole request is valid; registrations are written through the group-commit writer.
+Every refusal is a 4xx with an RFC 9457 problem document saying what is wrong and which field
+(registrations/problem.py); the Cumulocity routes add ``info``, as the platform's error bodies have.
+Nothing is written unless the whole request is valid; registrations are written through the group-commit
+writer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -20,6 +22,7 @@ from registrations import jsonbody, tagexpr
 from registrations.auth import Authenticator, AuthError, Principal
 from registrations.directory import Registry, StoreDirectory
 from registrations.model import STATES, Audience, Registration, check_tag, check_token
+from registrations.problem import Style, problem
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 from registrations.store import RegistrationStore, StoreUnavailable
 from service.providers import plugins
@@ -28,7 +31,6 @@ log = logging.getLogger("tocsin.registrations")
 MAX_BODY = 64 * 1024
 MAX_PAGE = 1000
 C8Y_MAX_LIST = 10_000
-Style = Literal["native", "c8y"]
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RejectCounter = Callable[[str, int], None]
@@ -43,12 +45,12 @@ class ApiError(Exception):
         super().__init__(message)
 
     def response(self, style: Style) -> web.Response:
-        if style == "c8y":
-            return web.json_response({"message": self.message}, status=self.status)
-        body: dict[str, Any] = {"error": self.error, "message": self.message, **self.extra}
-        if self.details:
-            body["details"] = self.details
-        return web.json_response(body, status=self.status)
+        """The problem document (registrations/problem.py), in the route's style."""
+        extra = {k: v for k, v in self.extra.items() if k != "close"}
+        answer = problem(self.status, self.error, self.message, self.details, style, **extra)
+        if self.extra.get("close"):
+            answer.force_close()
+        return answer
 
 
 def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Handler], Handler]:
@@ -75,7 +77,25 @@ def guarded(route: str, style: Style, on_reject: RejectCounter) -> Callable[[Han
     return wrap
 
 
+# Seconds a request body may take to arrive (the service sets it from http.body_timeout_s).
+BODY_TIMEOUT_KEY: web.AppKey[float] = web.AppKey("body_timeout_s", float)
+BODY_TIMEOUT_S = 10.0
+
+
 async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The body, at most ``limit`` bytes, arrived within the body time-out (else 408, and the connection
+    closes: a slow body holds no handler for long)."""
+    timeout = request.config_dict.get(BODY_TIMEOUT_KEY, BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the request body did not arrive within {timeout:g} s", close=True
+        ) from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
     too_big = ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
     if request.content_length is not None:
         if request.content_length > limit:

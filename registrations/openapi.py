@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from registrations.model import PROVIDERS
+from registrations.problem import PROBLEM_JSON, PROBLEM_SCHEMA
 from registrations.schemas import C8yRegistration, RegistrationIn, RegistrationPatch
 
 REF = "#/components/schemas/{model}"
@@ -29,9 +30,11 @@ def body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def answer(description: str, schema: str | None = None) -> dict[str, Any]:
+    """A response; the error schemas are problem documents (registrations/problem.py)."""
     out: dict[str, Any] = {"description": description}
     if schema:
-        out["content"] = {"application/json": {"schema": {"$ref": REF.format(model=schema)}}}
+        media = PROBLEM_JSON if schema in ("Error", "C8yError") else "application/json"
+        out["content"] = {media: {"schema": {"$ref": REF.format(model=schema)}}}
     return out
 
 
@@ -216,23 +219,8 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "C8yRegistrationList": {"type": "array", "items": {"$ref": REF.format(model="C8yRegistrationOut")}},
-    "Error": {
-        "type": "object",
-        "required": ["error", "message"],
-        "properties": {
-            "error": {"type": "string"},
-            "message": {"type": "string"},
-            "position": {"type": "integer", "description": "1-based position of a tag expression error"},
-            "details": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {"field": {"type": "string"}, "reason": {"type": "string"}},
-                },
-            },
-        },
-    },
-    "C8yError": {"type": "object", "properties": {"message": {"type": "string"}}},
+    "Error": PROBLEM_SCHEMA,
+    "C8yError": {**PROBLEM_SCHEMA, "required": [*PROBLEM_SCHEMA["required"], "info"]},
 }
 SECURITY_SCHEMES = {
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},

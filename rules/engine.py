@@ -8,7 +8,8 @@ without waiting. For speed the state is updated in place and returned.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -60,6 +61,8 @@ class Transition:
     # registrations may receive it.
     tenant: str | None = None
     audience_expression: str | None = None  # the rule's templated tag expression, rendered for this alert
+    # False for an event rule's alert (a doorbell): nothing resolves it, so it is never an open alert.
+    resolves: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,9 @@ class CompiledRule:
     id: str = ""  # the rule's id (a field, not a property: read on every event)
     priority: str = "normal"
     audience_expression: Template | None = None
+    # Whether a template of the rule reads the event's payload or attributes: if none does, an absence rule
+    # keeps of each device's last event only its id, topic, device and time (a third of its memory).
+    reads_payload: bool = True
 
 
 @dataclass(slots=True)
@@ -112,6 +118,11 @@ class EngineState:
     # Alert ids that evaluate/tick may have changed since the store last looked (service/alert_store.py
     # writes only those); bounded by what happened between two commits.
     touched: set[str] = field(default_factory=set)
+    # Per rule, the alert ids it keeps state for (an alert, a change rule's value), least recently seen
+    # first: at ``RuleEngine.max_tracked`` the oldest is forgotten. Key "": restored values whose rule is
+    # not stored; a rule that sees one again adopts it.
+    tracked: dict[str, OrderedDict[str, None]] = field(default_factory=dict)
+    evicted: dict[str, int] = field(default_factory=dict)  # per rule: alert ids forgotten at the limit
 
 
 # A caller that needs to know which alerts one event touched (the Cumulocity runtime, to keep them in the
@@ -171,6 +182,15 @@ def _rendering(rule: Rule) -> Rendering | None:
     )
 
 
+def _reads_payload(rule: Rule) -> bool:
+    texts = [rule.title, rule.body, rule.collapse_key or "", rule.audience.expression or ""]
+    texts += [t for lt in rule.locales.values() for t in (lt.title or "", lt.body or "")]
+    texts += list(rule.data.values())
+    if rule.resolved is not None:
+        texts += [rule.resolved.title or "", rule.resolved.body or ""]
+    return any("payload" in t or "attributes" in t for t in texts)
+
+
 def compile_rule(rule: Rule) -> list[CompiledRule]:
     """The compiled rule, and a second entry for its availability topic when it has one."""
     value: tuple[str, ...] = ()
@@ -200,6 +220,7 @@ def compile_rule(rule: Rule) -> list[CompiledRule]:
         audience_expression=compile_tag_template(rule.audience.expression)
         if rule.audience.expression
         else None,
+        reads_payload=_reads_payload(rule),
     )
     out = [main]
     avail = rule.absent.availability if rule.absent is not None else None
@@ -241,9 +262,22 @@ def alert_id(rule_id: str, labels: Mapping[str, str]) -> str:
     return short_hash(*parts)
 
 
+# Called with (rule id, limit) each time a rule forgets its least recently seen device at the limit.
+EvictHook = Callable[[str, int], None]
+
+
 class RuleEngine:
-    def __init__(self, ruleset: RuleSet, cache_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        cache_size: int = 50_000,
+        max_tracked: int = 100_000,
+        on_evict: EvictHook | None = None,
+    ) -> None:
+        """``max_tracked``: how many alert ids (devices, label sets) one rule keeps state for."""
         self.ruleset = ruleset
+        self.max_tracked = max_tracked
+        self.on_evict = on_evict
         self._by_id = {c.id: c for c in ruleset.rules}
         # Devices publish on the same topics again and again: remember which rules (and labels) each topic
         # matches, and each alert's id, instead of walking the index and hashing per event.
@@ -294,16 +328,57 @@ class RuleEngine:
             elif kind == "threshold":
                 state.touched.add(aid)
                 self._threshold(c, aid, labels, event, state, now, out)
+                self._track(state, c.id, aid)
             elif kind == "absent":
                 state.touched.add(aid)
                 if c.role == "availability":
                     self._availability(c, aid, labels, event, state, now, out)
                 else:
                     self._seen(c, aid, labels, event, state, now, out)
+                self._track(state, c.id, aid)
             else:
                 state.touched.add(aid)
                 self._change(c, aid, labels, event, state, now, out)
+                self._track(state, c.id, aid)
+        if len(state.timers) > 2 * len(state.alerts) + 1024:
+            compact_timers(state)
         return state, out
+
+    # -- bounds -------------------------------------------------------------------------------------------
+    def _track(self, state: EngineState, rule: str, aid: str) -> None:
+        """Keeps ``aid`` as the most recently seen of ``rule``'s; forgets the least recent at the limit."""
+        tracked = state.tracked.get(rule)
+        if tracked is None:
+            tracked = state.tracked[rule] = OrderedDict()
+        if aid not in state.alerts and aid not in state.values:
+            tracked.pop(aid, None)
+            return
+        if aid in tracked:
+            tracked.move_to_end(aid)
+            return
+        tracked[aid] = None
+        orphans = state.tracked.get("")
+        if orphans:
+            orphans.pop(aid, None)
+        while len(tracked) > self.max_tracked:
+            old, _ = tracked.popitem(last=False)
+            state.alerts.pop(old, None)
+            state.values.pop(old, None)
+            state.touched.add(old)
+            state.evicted[rule] = state.evicted.get(rule, 0) + 1
+            if self.on_evict is not None:
+                self.on_evict(rule, self.max_tracked)
+
+    def forget_rules(self, state: EngineState) -> None:
+        """Drops what rules no longer loaded kept (after a reload): their values and tracking; their
+        alerts go at their next timer, or now when they have none."""
+        for rule in [r for r in state.tracked if r and r not in self._by_id]:
+            for aid in state.tracked.pop(rule):
+                state.values.pop(aid, None)
+                alert = state.alerts.get(aid)
+                if alert is not None and alert.deadline is None:
+                    del state.alerts[aid]
+                state.touched.add(aid)
 
     def _threshold(
         self,
@@ -368,6 +443,8 @@ class RuleEngine:
         if alert is not None and alert.status == "firing" and c.rule.resolve_notice:
             out.append(self._transition(c, aid, alert.episode, labels, "resolved", event, now, None))
         deadline = now + ab.for_
+        if not c.reads_payload and (event.payload is not None or event.attributes):
+            event = Event(event.id, event.source, event.topic, event.device, event.time, None, _EMPTY)
         state.alerts[aid] = AlertState(c.id, labels, "watching", event.id, now, deadline, event)
         heapq.heappush(state.timers, (deadline, aid))
 
@@ -465,6 +542,7 @@ class RuleEngine:
                 out.append(self._transition(c, aid, event.id, own, "firing", event, now, None, a))
             elif alert is not None:
                 alert.last_event = event
+            self._track(state, c.id, aid)
 
     def reopened(self, aid: str, alert: AlertState) -> Transition | None:
         """The firing transition of an alert restored from storage (not sent again: noise control needs the
@@ -501,10 +579,12 @@ class RuleEngine:
             c = self._by_id.get(alert.rule)
             if c is None:
                 del state.alerts[aid]
+                _untrack(state, alert.rule, aid)
                 continue
             # Transitions happen at the deadline, not when the tick ran late.
             if alert.status == "clearing":
                 del state.alerts[aid]
+                _untrack(state, alert.rule, aid)
                 if c.rule.resolve_notice:
                     out.append(
                         self._transition(
@@ -591,6 +671,7 @@ class RuleEngine:
                 rule.on_ambiguous,
                 tenant,
                 c.audience_expression.render(ctx) if c.audience_expression is not None else None,
+                c.kind != "event",
             )
         t = Transition(
             alert_id=aid,
@@ -615,6 +696,7 @@ class RuleEngine:
             audience_expression=c.audience_expression.render(ctx)
             if c.audience_expression is not None
             else None,
+            resolves=c.kind != "event",
         )
         if r is not None:
             resolve_notice = st == "resolved" and r.resolved is not None
@@ -629,6 +711,19 @@ class RuleEngine:
                 t.data = {**platform, **{k: v.render(ctx) for k, v in r.data}}
         t.title, t.body = title_t.render(ctx), body_t.render(ctx)
         return t
+
+
+def _untrack(state: EngineState, rule: str, aid: str) -> None:
+    tracked = state.tracked.get(rule)
+    if tracked is not None and aid not in state.values:
+        tracked.pop(aid, None)
+
+
+def compact_timers(state: EngineState) -> None:
+    """Rebuilds the timer heap from the alerts' deadlines: a device seen again and again under an absence
+    rule leaves one stale entry each time, which would otherwise wait until its deadline to go."""
+    state.timers = [(a.deadline, aid) for aid, a in state.alerts.items() if a.deadline is not None]
+    heapq.heapify(state.timers)
 
 
 def _context(

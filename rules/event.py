@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 # Messages on one topic within this many seconds are matched across instances by their order (see
 # ``EventIdentity``); each message is an event of its own.
 COALESCE_WINDOW_S = 2.0
 MAX_RUNS = 100_000  # identical (topic, payload) pairs tracked per window
+NO_ATTRIBUTES: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -23,7 +25,7 @@ class Event:
     device: str | None
     time: float
     payload: Any
-    attributes: Mapping[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, str] = field(default_factory=lambda: NO_ATTRIBUTES)  # shared: most have none
 
 
 def short_hash(*parts: str) -> str:

@@ -4,7 +4,8 @@ restart."""
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container
+from collections import OrderedDict
+from collections.abc import Container, Iterable
 from typing import Any
 
 from rules.engine import AlertState, EngineState
@@ -60,13 +61,17 @@ def load_alert(d: dict[str, Any]) -> AlertState:
 
 
 def restore(
-    alerts: dict[str, dict[str, Any]], values: dict[str, str], rules: Container[str] | None = None
+    alerts: Iterable[tuple[str, dict[str, Any]]] | dict[str, dict[str, Any]],
+    values: dict[str, str],
+    rules: Container[str] | None = None,
 ) -> EngineState:
     """An engine state from stored alerts and change-rule values; alerts of rules not in ``rules`` are
     dropped. Timers come back from the alerts' deadlines (a deadline that passed while the service was down
-    fires at the next tick, with the time of the deadline)."""
+    fires at the next tick, with the time of the deadline). Each rule's tracked alerts are ordered by when
+    they were last seen, so the limit forgets the same devices it would have before the restart."""
     state = EngineState()
-    for aid, d in alerts.items():
+    seen: list[tuple[float, str, str]] = []
+    for aid, d in alerts.items() if isinstance(alerts, dict) else alerts:
         try:
             alert = load_alert(d)
         except (KeyError, TypeError, ValueError, IndexError):
@@ -75,8 +80,18 @@ def restore(
         if rules is not None and alert.rule not in rules:
             continue
         state.alerts[aid] = alert
+        last = alert.last_event.time if alert.last_event is not None else alert.since
+        seen.append((last if isinstance(last, int | float) else 0.0, alert.rule, aid))
         if alert.deadline is not None:
             state.timers.append((alert.deadline, aid))
     heapq.heapify(state.timers)
     state.values = dict(values)
+    if values:  # a value's rule is not stored: the rule that sees the device again adopts it
+        state.tracked[""] = OrderedDict.fromkeys(aid for aid in values if aid not in state.alerts)
+    seen.sort()
+    for _, rule, aid in seen:
+        tracked = state.tracked.get(rule)
+        if tracked is None:
+            tracked = state.tracked[rule] = OrderedDict()
+        tracked[aid] = None
     return state

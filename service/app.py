@@ -16,7 +16,7 @@ from aiohttp import web
 
 from registrations.auth import Authenticator, KeyRing, Principal, digest
 from registrations.directory import Registry, StoreDirectory
-from registrations.http import RegistrationApi
+from registrations.http import BODY_TIMEOUT_KEY, RegistrationApi
 from registrations.model import Registration
 from registrations.pg_store import PgRegistrationStore
 from registrations.sqlite_store import SqliteRegistrationStore
@@ -26,7 +26,6 @@ from rules import templates
 from rules.engine import EngineState, RuleEngine, RuleSet, Transition, touched_by_event
 from rules.event import Event
 from rules.loader import CUMULOCITY_EXAMPLES, EXAMPLES_DIR, RuleLoadError, load_rules
-from rules.state_codec import restore
 from service import __version__
 from service.alert_store import AlertStore
 from service.clock import Clock, SystemClock
@@ -47,13 +46,14 @@ from service.embedded_broker import LOCAL_HOSTS, EmbeddedBroker, broker_answers
 from service.http.alerts import add_alert_routes
 from service.http.console import Console, ReloadRecord
 from service.http.events import EventsApi
-from service.http.limits import MalformedRequestLog
+from service.http.limits import ClientConnections, LimitedSite, MalformedRequestLog
 from service.http.openapi import document
 from service.http.push import PushApi
 from service.http.reports import add_report_routes
 from service.http.server import admin_only, build_app
 from service.http.webpush import add_webpush_routes
 from service.journal import Journal
+from service.loopwatch import LoopWatch
 from service.metrics import Metrics
 from service.notify.dispatch import Dispatcher
 from service.notify.explain import Explainer
@@ -67,6 +67,7 @@ from service.providers import plugins
 from service.providers.base import Provider
 from service.providers.registry import build_providers
 from service.providers.webpush import WebPushConfig
+from service.ratelimit import RateLimitedLog
 from service.reload import watch
 from service.sources.base import Source
 from service.sources.mqtt import MqttIntake
@@ -128,13 +129,14 @@ class Service:
         templates.on_error = self.metrics.template_errors.inc  # one service a process
         self.platform = platform if config.cumulocity.enabled != "off" else None
         self.ruleset = ruleset or load_rules(rule_paths(config, self.platform is not None))
-        self.engine = RuleEngine(self.ruleset)
+        self._evict_warned: set[str] = set()
+        self.engine = self._engine(self.ruleset)
         # The one writer of the event path: outbox rows, alert state and the MQTT acknowledgement record of
         # a batch commit together, in a thread (service/journal.py).
         self.journal = Journal(config.store_path, config.store.synchronous)
         # Open alerts and pending timers survive a restart (service/alert_store.py).
         self.alert_store = AlertStore(self.journal, legacy=config.data_dir / "alerts.db")
-        self.state: EngineState = restore(*self.alert_store.load(), {c.id for c in self.ruleset.rules})
+        self.state: EngineState = self.alert_store.restore({c.id for c in self.ruleset.rules})
         self.alert_store.track(lambda: self.state)
         self.store: RegistrationStore = open_store(config)
         self.writer = BatchWriter(self.store, self.clock.time)
@@ -154,6 +156,7 @@ class Service:
             retry_cap_s=config.delivery.retry_cap_s,
             pause_probe_s=config.delivery.pause_probe_s,
             workers=config.delivery.workers,
+            max_waiting=config.delivery.max_waiting,
         )
         self.webhook = WebhookDecider()
         self._noise_changed = asyncio.Event()
@@ -166,6 +169,7 @@ class Service:
             on_held=self.metrics.suppressed.inc,
             explain=self.explainer.held,
         )
+        self.noise.acks.live = self._firing
         for stored in self.alert_store.load_silences():  # silences survive a restart too
             try:
                 self.noise.silences.add(Silence.from_json(stored))
@@ -173,7 +177,7 @@ class Service:
                 log.warning("skipping a damaged stored silence: %s", exc)
         self.noise.silences.on_change = lambda s: self.alert_store.save_silences([x.to_json() for x in s])
         self.pipeline = Pipeline(
-            DedupStage(NotificationLog(config.notify.dedup_window_s)),
+            DedupStage(NotificationLog(config.notify.dedup_window_s, config.notify.dedup_max)),
             TargetStage(self.stores),
             self.dispatcher,
             self.metrics,
@@ -238,7 +242,9 @@ class Service:
         self.gate: ClusterGate | None = None
         if config.cluster.name:
             me = Presence(config.instance.id, config.cluster.priority, uuid.uuid4().hex, __version__)
-            self.ledger_store = LedgerStore(self.journal, legacy=config.data_dir / "cluster.db")
+            self.ledger_store = LedgerStore(
+                self.journal, config.data_dir / "cluster.db", config.cluster.ledger_retention_s
+            )
             self.cluster = ClusterNode(
                 config.mqtt,
                 config.cluster.name,
@@ -297,6 +303,7 @@ class Service:
             )
         self.push_api.jobs = self.jobs
         self.http_port: int | None = None
+        self._connections: ClientConnections | None = None
         self.http_app: web.Application | None = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -323,6 +330,23 @@ class Service:
             "Firing alerts, as GET /v1/alerts lists them.",
             lambda: float(len(self.noise.open_alerts())),
         )
+        self.loop_watch = LoopWatch(self.metrics.loop_stalls)
+        self.metrics.gauge(
+            "tocsin_event_loop_stall_max_seconds",
+            "The longest the event loop ran a timer late since start (service/loopwatch.py).",
+            lambda: self.loop_watch.max_s,
+        )
+        self.metrics.gauge(
+            "tocsin_event_loop_stall_busy_max_seconds",
+            "The longest lateness of the event loop while the process was on the CPU: the part of a stall"
+            " tocsin's own work caused, not waiting for a core (service/loopwatch.py).",
+            lambda: self.loop_watch.max_busy_s,
+        )
+        self.metrics.gauge(
+            "tocsin_gc_pause_max_seconds",
+            "The longest pass of Python's cyclic garbage collector since start (service/loopwatch.py).",
+            lambda: self.loop_watch.max_gc_s,
+        )
         self.metrics.gauge(
             "tocsin_scheduled_pushes",
             "Scheduled pushes not yet handed to the providers.",
@@ -333,6 +357,28 @@ class Service:
             "Alerts the rules track: pending, firing or watched.",
             lambda: float(len(self.state.alerts)),
         )
+
+    def http_connections_open(self) -> dict[str, int]:
+        """Open HTTP connections per client address."""
+        return dict(self._connections.open) if self._connections is not None else {}
+
+    def _firing(self, alert_id: str) -> bool:
+        alert = self.state.alerts.get(alert_id)
+        return alert is not None and alert.status in ("firing", "clearing")
+
+    def _engine(self, ruleset: RuleSet) -> RuleEngine:
+        return RuleEngine(ruleset, max_tracked=self.config.rules.max_tracked_per_rule, on_evict=self._evicted)
+
+    def _evicted(self, rule: str, limit: int) -> None:
+        self.metrics.rule_evictions.inc(rule)
+        if rule not in self._evict_warned and len(self._evict_warned) < 10_000:
+            self._evict_warned.add(rule)
+            log.warning(
+                "rule %s tracks %d devices (rules.max_tracked_per_rule): it forgets the least recently seen"
+                " from now on (counted in tocsin_rule_devices_evicted; this is said once)",
+                rule,
+                limit,
+            )
 
     # -- the event path -----------------------------------------------------------------------------------
     async def handle(self, event: Event) -> None:
@@ -476,7 +522,8 @@ class Service:
             log.error("new rules refused, keeping the %d running ones:\n%s", len(self.ruleset.rules), exc)
             return errors
         # Alerts of rules that stay keep their state; those of removed rules are dropped at their next timer.
-        self.ruleset, self.engine = ruleset, RuleEngine(ruleset)
+        self.ruleset, self.engine = ruleset, self._engine(ruleset)
+        self.engine.forget_rules(self.state)
         self.source.set_topics(ruleset.subscriptions())
         self._timer_changed.set()
         self.metrics.rule_reloads.inc("loaded")
@@ -561,6 +608,7 @@ class Service:
             spawn("outbox-recovery", self._recover, forever=False, restart=False),
             spawn("report-retention", self._purge_reports),
             spawn("outbox-checkpoint", self._checkpoint_outbox),
+            spawn("loop-watch", self.loop_watch.run),
         ]
         self._stack.push_async_callback(self._cancel_background)
         if cfg.http.enabled:
@@ -586,11 +634,17 @@ class Service:
                 keepalive_timeout=cfg.http.keepalive_s,
                 logger=MalformedRequestLog(self.clock, self.metrics.http_malformed.inc),
             )
+            self.http_app[BODY_TIMEOUT_KEY] = cfg.http.body_timeout_s
             await runner.setup()
             self._stack.push_async_callback(runner.cleanup)
-            site = web.TCPSite(runner, cfg.http.host, cfg.http.port)
+            connections = self._connections = ClientConnections(
+                cfg.http.max_connections_per_client,
+                self.metrics.http_refused.inc,
+                RateLimitedLog(logging.getLogger("tocsin.http"), self.clock, 60.0),
+            )
+            site = LimitedSite(runner, cfg.http.host, cfg.http.port, connections)
             await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
+            sockets = site.sockets
             self.http_port = sockets[0].getsockname()[1] if sockets else cfg.http.port
             log.info(
                 "HTTP API on http://%s:%d (health: /health, metrics: /metrics)", cfg.http.host, self.http_port
@@ -614,11 +668,13 @@ class Service:
         self._stack.push_async_callback(self._cancel_tasks)
         if self.cluster is not None:
             self._stack.push_async_callback(self._leave_cluster)  # hand over, then stop
+        self._stack.callback(self.loop_watch.disarm)
         self._stack.push_async_callback(self._stop_sources)  # runs first on exit: take nothing new
         # What is loaded at start (libraries, rules, templates) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise stall the event path for tens of milliseconds.
         gc.collect()
         gc.freeze()
+        self.loop_watch.arm()  # what it measures from now on is the running service
         log.info(
             "tocsin %s started as %s with %d rules; data in %s",
             __version__,
@@ -684,8 +740,14 @@ class Service:
     async def _checkpoint_outbox(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            running = asyncio.ensure_future(asyncio.to_thread(self.outbox.checkpoint))
             try:
-                await asyncio.to_thread(self.outbox.checkpoint)
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                # Stopping: the thread must be done before the outbox's connection closes under it (that
+                # crashed the process with a segmentation fault).
+                await asyncio.wait([running])
+                raise
             except Exception:
                 self.metrics.internal_errors.inc("outbox-checkpoint")
                 log.exception("checkpointing the outbox failed")

@@ -154,6 +154,15 @@ class HttpConfig(_Section):
     keepalive_s: float = Field(
         15.0, gt=0, le=3600, description="close connections idle this long (before or between requests)"
     )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="a request body must arrive within this (else 408, connection closed)",
+    )
+    max_connections_per_client: int = Field(
+        256, ge=1, description="open connections per client address; past it: 429 and closed, counted"
+    )
 
 
 if TYPE_CHECKING:
@@ -221,6 +230,12 @@ class RulesConfig(_Section):
     watch_s: float = Field(
         2.0, ge=0, description="how often to look for changed rule files; 0: only on SIGHUP"
     )
+    max_tracked_per_rule: int = Field(
+        100_000,
+        ge=1,
+        description="devices (alert ids) one rule keeps state for; beyond, the least recently seen is"
+        " forgotten, counted in tocsin_rule_devices_evicted and warned about once per rule",
+    )
     persist_s: float = Field(
         1.0,
         gt=0,
@@ -259,6 +274,9 @@ class RateLimitConfig(_Section):
 
 class NotifyConfig(_Section):
     dedup_window_s: float = Field(3600.0, gt=0, description="how long a sent notification key is remembered")
+    dedup_max: int = Field(
+        100_000, ge=1000, description="notification keys remembered at most (oldest forgotten first)"
+    )
     queue_size: int = Field(100_000, ge=100)
     max_attempts: int = Field(30, ge=1, description="sends per delivery; retries also stop at its expiry")
     quiet_hours: QuietHoursConfig | None = None

@@ -33,7 +33,7 @@ class Statement:
     """One statement run for each row of ``rows`` (``executemany``), or once with ``rows`` empty."""
 
     sql: str
-    rows: Sequence[Sequence[Any]] = ()
+    rows: Sequence[Any] = ()  # rows (each a sequence) when ``many``, else the one statement's parameters
     many: bool = True
 
 

@@ -75,6 +75,19 @@ class Metrics(Collector):
             "Template renders that failed (error) or went over budget (budget); a fallback text was sent.",
             ("reason",),
         )
+        self.rule_evictions = Counter(
+            "tocsin_rule_devices_evicted",
+            "Devices a rule forgot at rules.max_tracked_per_rule (least recently seen first), by rule.",
+            ("rule",),
+        )
+        self.loop_stalls = Counter(
+            "tocsin_event_loop_stalls",
+            "Times the event loop ran a timer over 50 ms late (service/loopwatch.py).",
+        )
+        self.http_refused = Counter(
+            "tocsin_http_connections_refused",
+            "Connections answered 429 and closed: their address had http.max_connections_per_client open.",
+        )
         self.http_malformed = Counter(
             "tocsin_http_malformed_requests", "HTTP requests that could not be parsed (logged rate-limited)."
         )

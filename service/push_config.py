@@ -77,3 +77,9 @@ class DeliveryConfig(_Section):
     workers: int = Field(
         64, ge=1, le=10_000, description="deliveries in flight at once (HTTP/2 streams and HTTP connections)"
     )
+    max_waiting: int = Field(
+        100_000,
+        ge=1,
+        description="deliveries held in memory for a retry or a paused credential; beyond, a delivery"
+        " fails as 'overflow' (counted in tocsin_notifications, its report says so)",
+    )

@@ -68,6 +68,20 @@ async def registry_store(store_url: str | None, tmp_path: Path) -> AsyncIterator
     await store.close()
 
 
+EXAMPLE_RULES = Path(__file__).resolve().parents[1] / "rules" / "examples" / "home.yaml"
+
+
+def acknowledgeable_examples(tmp_path: Path) -> Path:
+    """The example rules, with a doorbell that rings again every hour until acknowledged: an event rule's
+    alert is open (listed, acknowledgeable) only while such a follow-up is pending."""
+    rules = tmp_path / "example-rules.yaml"
+    text = EXAMPLE_RULES.read_text().replace(
+        "    severity: info\n", "    severity: info\n    repeat: 1h\n", 1
+    )
+    rules.write_text(text)
+    return rules
+
+
 def service_config(tmp_path: Path, broker_port: int, **overrides: Any) -> Config:
     env = {
         "TOCSIN_DATA_DIR": str(tmp_path / "data"),

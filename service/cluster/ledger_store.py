@@ -28,8 +28,15 @@ UPSERT = (
 
 
 class LedgerStore:
-    def __init__(self, journal: Journal, legacy: Path | None = None) -> None:
+    PRUNE_EVERY = 1000  # records written between two deletions of those past retention
+
+    def __init__(
+        self, journal: Journal, legacy: Path | None = None, retention_s: float | None = None
+    ) -> None:
+        """``retention_s``: records older than this are deleted as new ones come (None: only at load)."""
         self.journal = journal
+        self.retention_s = retention_s
+        self._writes = 0
         self.journal.db.execute(TABLE)
         if legacy is not None and legacy.exists():
             self._import(legacy)
@@ -67,7 +74,13 @@ class LedgerStore:
         if not self._pending:
             return []
         rows, self._pending = list(self._pending.values()), {}
-        return [Statement(UPSERT, rows)]
+        out = [Statement(UPSERT, rows)]
+        self._writes += len(rows)
+        if self.retention_s is not None and self._writes >= self.PRUNE_EVERY:
+            self._writes = 0
+            newest = max(r[3] for r in rows)
+            out.append(Statement("DELETE FROM ledger WHERE at < ?", (newest - self.retention_s,), many=False))
+        return out
 
     def load_into(self, ledger: Ledger, now: float) -> int:
         """At start, before the journal's writer runs: drop expired records, replay the rest."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from registrations import jsonbody
 from registrations.auth import Principal
 from registrations.http import ApiError, read_body
+from registrations.problem import problem
 from rules.durations import parse_duration
 from service.clock import Clock
 from service.cluster.replica import ReplicaUnavailable
@@ -48,9 +49,13 @@ def _own_silence(principal: Principal, s: Silence) -> bool:
 
 
 class BadRequest(ValueError):
+    """``message`` reads "field: reason" when one field is at fault (the problem document names it)."""
+
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+        name, sep, reason = message.partition(": ")
+        self.details = [{"field": name, "reason": reason}] if sep and " " not in name else None
 
 
 MAX_EPOCH_S = 253402300799.0  # 9999-12-31T23:59:59Z
@@ -75,7 +80,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         return {}
     try:
         body = jsonbody.loads(await read_body(request))
-    except ApiError as exc:  # too large
+    except ApiError as exc:  # too large, or too slow
         raise BadRequest(exc.message, exc.status) from None
     except jsonbody.BodyError as exc:
         raise BadRequest(f"(body): {exc}") from None
@@ -87,12 +92,15 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _bad(exc: BadRequest) -> web.Response:
-    error = "body_too_large" if exc.status == 413 else "invalid_body"
-    return web.json_response({"error": error, "message": str(exc)}, status=exc.status)
+    error = {413: "body_too_large", 408: "body_timeout"}.get(exc.status, "invalid_body")
+    answer = problem(exc.status, error, str(exc), exc.details)
+    if exc.status == 408:
+        answer.force_close()
+    return answer
 
 
 def _not_found(message: str) -> web.Response:
-    return web.json_response({"error": "not_found", "message": message}, status=404)
+    return problem(404, "not_found", message)
 
 
 async def list_alerts(request: web.Request) -> web.Response:
@@ -173,9 +181,9 @@ def silence_from(body: dict[str, Any], now: float) -> Silence:
         except ValueError as exc:
             raise BadRequest(f"duration: {exc}") from None
     else:
-        raise BadRequest("give 'end' or 'duration'")
+        raise BadRequest("duration: give 'end' or 'duration'")
     if end <= start:
-        raise BadRequest("end must be after start")
+        raise BadRequest("end: must be after start")
     try:
         return Silence(
             dict(matchers), start, end, str(body.get("comment") or ""), str(body.get("created_by") or "")
@@ -205,9 +213,7 @@ async def create_silence(request: web.Request) -> web.Response:
             await writer.add(silence)
         except ReplicaUnavailable as exc:
             log.warning("silence not confirmed by the cluster: %s", exc)
-            return web.json_response(
-                {"error": "store_unavailable", "message": f"not confirmed by the cluster: {exc}"}, status=503
-            )
+            return problem(503, "store_unavailable", f"not confirmed by the cluster: {exc}")
     return web.json_response(silence.to_json(), status=201)
 
 
@@ -227,9 +233,7 @@ async def delete_silence(request: web.Request) -> web.Response:
             removed = silences.remove(found.id, now) if writer is None else await writer.remove(found.id)
         except ReplicaUnavailable as exc:
             log.warning("silence deletion not confirmed by the cluster: %s", exc)
-            return web.json_response(
-                {"error": "store_unavailable", "message": f"not confirmed by the cluster: {exc}"}, status=503
-            )
+            return problem(503, "store_unavailable", f"not confirmed by the cluster: {exc}")
         if removed:
             return web.Response(status=204)
     return _not_found("no silence with this id")

@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from registrations import jsonbody
 from registrations.auth import AuthError, Principal
+from registrations.http import ApiError, read_body
 from registrations.model import PROVIDERS
+from registrations.problem import problem
 from rules.durations import parse_duration
 from rules.engine import RuleEngine
 from rules.event import Event
@@ -41,12 +44,6 @@ STATIC_FILES = frozenset({"console.js", "console.css", "docs.js"})
 SAMPLE_S = 1.0  # how often the console's sampler looks at alerts and counters
 CHART_MINUTES = 60
 MAX_TEST_EVENTS = 10_000
-
-
-def problem(status: int, title: str, detail: str) -> web.Response:
-    """An RFC 9457 problem document."""
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return web.json_response(body, status=status, content_type="application/problem+json")
 
 
 @dataclass(slots=True)
@@ -264,12 +261,14 @@ class Console:
     async def preview(self, request: web.Request, principal: Principal) -> web.Response:
         """Which open alerts a silence with these matchers would mute now."""
         try:
-            body = await request.json()
+            body = jsonbody.loads(await read_body(request))
             matchers = body["matchers"]
             if not isinstance(matchers, dict) or not matchers:
                 raise ValueError("matchers: give an object of label (or rule, severity) to value")
             now = self.service.clock.time()  # a preview: what it would mute now
             probe = Silence({str(k): str(v) for k, v in matchers.items()}, now - 1.0, now + 86400.0)
+        except ApiError as exc:  # too large, too slow
+            return exc.response("native")
         except (ValueError, KeyError, TypeError) as exc:
             return problem(400, "invalid_body", str(exc) or "give {'matchers': {...}}")
         except Exception as exc:  # a bad regular expression
@@ -286,7 +285,12 @@ class Console:
         try:
             limit = max(1, min(500, int(request.query.get("limit", "50"))))
         except ValueError:
-            return problem(400, "invalid_query", "limit: a whole number from 1 to 500")
+            return problem(
+                400,
+                "invalid_query",
+                "limit: a whole number from 1 to 500",
+                [{"field": "limit", "reason": "a whole number from 1 to 500"}],
+            )
         outbox = self.service.outbox
         await outbox.settle()
         rows = outbox.recent(limit)
@@ -362,9 +366,11 @@ class Console:
         from service.cli.rules import explained
 
         try:
-            body = await request.json()
+            body = jsonbody.loads(await read_body(request, 1024 * 1024))
             lines = str(body.get("events", "")).splitlines()
             until = parse_duration(body["until"]) if body.get("until") else 0.0
+        except ApiError as exc:  # too large, too slow
+            return exc.response("native")
         except (ValueError, TypeError, AttributeError) as exc:
             return problem(400, "invalid_body", f"give {{'events': 'JSON Lines', 'until'?: '10m'}}: {exc}")
         events: list[Event] = []
@@ -376,7 +382,12 @@ class Console:
             try:
                 events.append(event_from_record(json.loads(line)))
             except ValueError as exc:
-                return problem(400, "invalid_body", f"events line {number}: {exc}")
+                return problem(
+                    400,
+                    "invalid_body",
+                    f"events line {number}: {exc}",
+                    [{"field": "events", "reason": str(exc)}],
+                )
         events.sort(key=lambda e: e.time)
         ruleset = self.service.ruleset
         only = body.get("rule")
@@ -386,7 +397,12 @@ class Console:
 
             picked = tuple(c for c in ruleset.rules if c.id == only)
             if not picked:
-                return problem(400, "invalid_body", f"rule: no loaded rule {only!r}")
+                return problem(
+                    400,
+                    "invalid_body",
+                    f"rule: no loaded rule {only!r}",
+                    [{"field": "rule", "reason": "not loaded"}],
+                )
             index: TopicIndex[Any] = TopicIndex()
             for c in picked:
                 index.add(c.filter, c)

@@ -5,6 +5,7 @@ tests/integration/test_openapi.py checks it against the routes the running app r
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from registrations import openapi as reg
@@ -151,14 +152,45 @@ OPERATOR_PATHS: dict[str, Any] = {
                 {"404": reg.answer("No open alert with this id", "Error"), **_TOO_BIG},
             ),
             "parameters": _ID,
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"by": {"type": "string"}, "comment": {"type": "string"}},
+                        }
+                    }
+                },
+            },
         }
     },
     "/v1/silences": {
         "get": _admin("Silences in force (admin)"),
-        "post": _admin(
-            "Create a silence: matchers, start, end or duration, comment (admin)",
-            {"201": {"description": "Made"}, **_TOO_BIG},
-        ),
+        "post": {
+            **_admin(
+                "Create a silence: matchers, start, end or duration, comment (admin)",
+                {"201": {"description": "Made"}, **_TOO_BIG},
+            ),
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["matchers"],
+                            "properties": {
+                                "matchers": {"type": "object", "additionalProperties": {"type": "string"}},
+                                "start": {"type": ["number", "string"]},
+                                "end": {"type": ["number", "string"]},
+                                "duration": {"type": "string", "examples": ["1h"]},
+                                "comment": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+        },
     },
     "/v1/silences/{id}": {
         "delete": {
@@ -179,18 +211,72 @@ OPERATOR_PATHS: dict[str, Any] = {
 }
 
 
+_METHODS = ("get", "post", "put", "patch", "delete")
+_C8Y = ("/registrations", "/notification")  # the Cumulocity-compatible routes (their errors carry info)
+_STORE = ("/v1/registrations", "/registrations", "/notification", "/v1/push", "/v1/events", "/v1/silences")
+
+
+def _link(path: str, method: str, parameters: dict[str, str]) -> dict[str, Any]:
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": parameters}
+
+
+_REG = {"provider": "$response.body#/provider", "token": "$response.body#/token"}
+_ONE = "/v1/registrations/{provider}/{token}"
+# What one answer names and the next request can use: the stateful fuzzing follows these (OpenAPI links).
+LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
+    ("/v1/silences", "post", "201"): {
+        "DeleteSilence": _link("/v1/silences/{id}", "delete", {"id": "$response.body#/id"})
+    },
+    ("/v1/push", "post", "202"): {
+        "Report": _link("/v1/notifications/{id}", "get", {"id": "$response.body#/id"})
+    },
+    ("/v1/registrations", "post", "201"): {
+        "GetRegistration": _link(_ONE, "get", _REG),
+        "PatchRegistration": _link(_ONE, "patch", _REG),
+        "DeleteRegistration": _link(_ONE, "delete", _REG),
+    },
+}
+
+
+def _complete(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every status a route can answer, documented: the body limits of routes that take a body (413, 408),
+    the connection cap (429, any route), the store's 503, and a problem document for every 4xx and 5xx."""
+    for path, item in paths.items():
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            responses = op.setdefault("responses", {})
+            schema = "C8yError" if path.startswith(_C8Y) else "Error"
+            if method in ("post", "patch", "put"):
+                responses.setdefault("413", reg.answer("Body larger than the route's limit", schema))
+                responses.setdefault(
+                    "408", reg.answer("The body did not arrive within http.body_timeout_s", schema)
+                )
+            if method != "get" and path.startswith(_STORE):
+                responses.setdefault(
+                    "503", reg.answer("Not confirmed by the store or the cluster: retry", schema)
+                )
+            responses.setdefault(
+                "429", reg.answer("Too many open connections from this address (then closed)", "Error")
+            )
+            for code, answer in responses.items():
+                if code[0] in "45" and "content" not in answer:
+                    answer["content"] = reg.answer("", schema)["content"]
+                if (path, method, code) in LINKS:
+                    answer["links"] = LINKS[path, method, code]
+    return paths
+
+
 def document() -> dict[str, Any]:
+    paths = copy.deepcopy(
+        {**SERVICE_PATHS, **reg.PATHS, **PUSH_PATHS, **OPERATOR_PATHS, **CONSOLE_PATHS, **WEBPUSH_PATHS}
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": "tocsin", "version": __version__},
-        "paths": {
-            **SERVICE_PATHS,
-            **reg.PATHS,
-            **PUSH_PATHS,
-            **OPERATOR_PATHS,
-            **CONSOLE_PATHS,
-            **WEBPUSH_PATHS,
-        },
+        "paths": _complete(paths),
         "components": {
             "schemas": {**reg.SCHEMAS, **reg.schemas(PushIn, C8yNotification), **reg.schemas(EventsIn)},
             "securitySchemes": reg.SECURITY_SCHEMES,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from registrations.problem import problem
 from service.http.server import principal_of
 from service.notify.explain import Explainer
 from service.outbox import Outbox
@@ -29,13 +30,7 @@ async def notification_report(request: web.Request) -> web.Response:
     if report is not None:
         report["suppressed"] = held  # each with its stage and reason (and registration, per recipient)
     if report is None:
-        return web.json_response(
-            {
-                "error": "not_found",
-                "message": f"no notification {nid} (unknown, or older than the retention)",
-            },
-            status=404,
-        )
+        return problem(404, "not_found", f"no notification {nid} (unknown, or older than the retention)")
     return web.json_response(report)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -10,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from registrations.auth import Authenticator, AuthError, Principal
+from registrations.problem import problem
 from service import __version__
 from service.metrics import Metrics
 
@@ -70,6 +72,34 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+log = logging.getLogger("tocsin.http")
+_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large"}
+
+
+def problems(metrics_: Metrics) -> Middleware:
+    """aiohttp's own refusals (no such route, wrong method, body over the limit) and any unexpected error as
+    problem documents too, so that every error answer has one shape."""
+
+    @web.middleware
+    async def shape(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            text = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+            return problem(
+                exc.status, _CODES.get(exc.status, "http_error"), text or exc.reason, headers=headers
+            )
+        except Exception:
+            metrics_.internal_errors.inc("http")
+            log.exception("%s %s failed", request.method, request.path)
+            return problem(500, "internal_error", "an unexpected error; the service log has the details")
+
+    return shape
+
+
 def build_app(
     health_source: HealthSource,
     metrics_: Metrics,
@@ -77,7 +107,7 @@ def build_app(
     openapi: dict[str, Any] | None = None,
 ) -> web.Application:
     """``routes``: the API routes of the other parts (registrations, push), wired by the service."""
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[problems(metrics_)])
     app[HEALTH_KEY] = health_source
     app[METRICS_KEY] = metrics_
     app.router.add_get("/", index)
@@ -125,7 +155,7 @@ def admin_only(auth: Authenticator, prefixes: tuple[str, ...] = ADMIN_PREFIXES) 
                 principal = await auth.authenticate(request)
             except AuthError as exc:
                 error = "unauthorized" if exc.status == 401 else "forbidden"
-                return web.json_response({"error": error, "message": exc.message}, status=exc.status)
+                return problem(exc.status, error, exc.message)
             tenant_route = request.path.startswith(TENANT_PREFIXES)
             if principal.tenant is not None and not tenant_route:
                 message = "this route is for the deployment's operators, not for a tenant's users"
@@ -134,7 +164,7 @@ def admin_only(auth: Authenticator, prefixes: tuple[str, ...] = ADMIN_PREFIXES) 
             else:
                 message = "this route needs an admin key"
             if message:
-                return web.json_response({"error": "forbidden", "message": message}, status=403)
+                return problem(403, "forbidden", message)
             request[PRINCIPAL_KEY] = principal
         return await handler(request)
 

@@ -97,7 +97,10 @@ class Dispatcher:
         retry_base_s: float = 0.5,
         retry_cap_s: float = 60.0,
         pause_probe_s: float = 30.0,
+        max_waiting: int = 100_000,
     ) -> None:
+        """``max_waiting``: deliveries held for a retry or a paused credential, at most (a bound on
+        ``parked`` and the retry timers together)."""
         self.providers, self.metrics, self.clock = providers, metrics, clock
         self.stores = store if isinstance(store, StoreDirectory) else StoreDirectory.single(store)
         self.queue: asyncio.Queue[Delivery] = asyncio.Queue(queue_size)
@@ -113,6 +116,9 @@ class Dispatcher:
         self.parked: dict[tuple[str, str], list[Delivery]] = {}
         self._probes: dict[tuple[str, str], Delivery] = {}
         self.guard: SendGuard | None = None
+        self.max_waiting = max_waiting
+        self._parked = 0  # deliveries in ``parked``
+        self._overflow_warned = False
 
     async def submit(self, delivery: Delivery) -> None:
         bucket = watching.get()
@@ -148,7 +154,32 @@ class Dispatcher:
 
     @property
     def parked_count(self) -> int:
-        return sum(len(v) for v in self.parked.values())
+        return self._parked
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries held in memory outside the queue: parked, or waiting for a retry."""
+        return self._parked + len(self._delayed)
+
+    def _room(self, delivery: Delivery) -> bool:
+        """False (and the delivery failed, counted) when ``max_waiting`` deliveries wait already."""
+        if self.waiting < self.max_waiting:
+            return True
+        self.metrics.notifications.inc(delivery.registration.provider, "overflow")
+        if not self._overflow_warned:
+            self._overflow_warned = True
+            log.warning(
+                "%d deliveries wait for a retry or a paused credential (delivery.max_waiting): further ones"
+                " fail as overflow (counted in tocsin_notifications; said once)",
+                self.max_waiting,
+            )
+        self._finish(delivery, "failed", "overflow")
+        return False
+
+    def _park(self, key: tuple[str, str], delivery: Delivery) -> None:
+        if self._room(delivery):
+            self.parked.setdefault(key, []).append(delivery)
+            self._parked += 1
 
     async def _work(self) -> None:
         while True:
@@ -177,7 +208,7 @@ class Dispatcher:
             return
         key = (provider.name, provider.credential_for(reg))
         if key in self.paused and self._probes.get(key) is not delivery:
-            self.parked.setdefault(key, []).append(delivery)
+            self._park(key, delivery)
             return
         if self.clock.time() >= delivery.notification.expires:
             self.metrics.notifications.inc(provider.name, "expired")
@@ -196,7 +227,8 @@ class Dispatcher:
         if self.guard is not None:
             verdict = await self.guard.before_send(delivery)
             if verdict == "later":
-                self._later(asyncio.get_running_loop(), 0.05, delivery)
+                if self._room(delivery):
+                    self._later(asyncio.get_running_loop(), 0.05, delivery)
                 return
             if verdict == "skip_sent":
                 self._finish(delivery, "delivered")  # by this cluster, under an earlier term
@@ -268,7 +300,7 @@ class Dispatcher:
         first = key not in self.paused
         self.paused[key] = outcome.reason
         self.config_errors[provider] = outcome.reason
-        self.parked.setdefault(key, []).append(delivery)
+        self._park(key, delivery)
         self._probes.pop(key, None)
         if first:
             self.metrics.config_errors.inc(provider, credential)
@@ -293,6 +325,7 @@ class Dispatcher:
                 self._probe_later(key)
                 return
             delivery = waiting.pop(0)
+            self._parked -= 1
             self._probes[key] = delivery
             self._requeue(loop, delivery)
             self._probe_later(key)  # if the probe is lost in retries, the next one still comes
@@ -305,6 +338,7 @@ class Dispatcher:
         self.paused.pop(key, None)
         self._probes.pop(key, None)
         waiting = self.parked.pop(key, [])
+        self._parked -= len(waiting)
         if not any(k[0] == provider for k in self.paused):
             self.config_errors.pop(provider, None)
         log.warning(
@@ -331,9 +365,8 @@ class Dispatcher:
             )
             self._finish(delivery, "failed", "gave_up")
             return
-        loop = asyncio.get_running_loop()
-
-        self._later(loop, delay, delivery)
+        if self._room(delivery):
+            self._later(asyncio.get_running_loop(), delay, delivery)
 
     def _requeue(self, loop: asyncio.AbstractEventLoop, delivery: Delivery) -> None:
         try:

@@ -43,6 +43,9 @@ class Notification:
     # The Cumulocity tenant it belongs to: targeted at that tenant's registrations only. None: the
     # deployment's own registrations (MQTT rules, API-key callers).
     tenant: str | None = None
+    # False when nothing will resolve it (an event rule's alert, an API push): it is an open alert only
+    # while its repeats or escalation are pending.
+    resolves: bool = True
 
     def text_for(self, locale: str | None) -> tuple[str, str]:
         """Title and body for a locale: exact (``de-AT``), then language (``de``), then the default."""

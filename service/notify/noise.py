@@ -157,6 +157,9 @@ class Acks:
     def __init__(self) -> None:
         self._acks: dict[str, Ack] = {}
         self.open: dict[str, Notification] = {}  # firing alerts by id: what can be acknowledged
+        # Whether the rules still see an alert firing (the service asks its engine state): an alert a rule
+        # forgot without a resolve notice (resolve_notice: false, the device limit) closes here too.
+        self.live: Callable[[str], bool] | None = None
 
     def ack(self, alert_id: str, by: str, comment: str, now: float) -> Ack | None:
         n = self.open.get(alert_id)
@@ -189,6 +192,8 @@ class Acks:
     def opened(self, n: Notification) -> None:
         if n.origin in ("api", "schedule"):  # a push through the API is no alert: nothing resolves it
             return
+        if not n.resolves and (n.policy is None or not (n.policy.repeat or n.policy.escalate)):
+            return  # an event rule's alert: open (acknowledgeable) only while follow-ups are pending
         self.open.pop(n.alert_id, None)
         self.open[n.alert_id] = n
         if len(self.open) > 100_000:  # event alerts (a doorbell) never resolve: forget the oldest
@@ -198,6 +203,14 @@ class Acks:
         self.open.pop(alert_id, None)
         self._acks.pop(alert_id, None)
 
+    def gone(self, n: Notification) -> bool:
+        """True when the rules forgot a resolving alert without a resolve notice."""
+        return n.resolves and self.live is not None and not self.live(n.alert_id)
+
+    def prune(self) -> None:
+        for aid in [aid for aid, n in self.open.items() if self.gone(n)]:
+            self.closed(aid)
+
 
 # -- cooldown ------------------------------------------------------------------------------------------------
 class Cooldown:
@@ -205,8 +218,10 @@ class Cooldown:
 
     name = "cooldown"
 
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[float, str]] = {}  # alert id -> (when, notification key) last admitted
+    def __init__(self, max_entries: int = 100_000) -> None:
+        # alert id -> (when, notification key, its cooldown) last admitted
+        self._last: dict[str, tuple[float, str, float]] = {}
+        self.max_entries = max_entries
         self.on_state: StateHook = _no_state
 
     def admit(self, n: Notification, now: float) -> bool:
@@ -219,17 +234,22 @@ class Cooldown:
                 return True  # the same notification handed on again (a takeover): the send ledger decides
             if now - last[0] < p.cooldown:
                 return False
-        self._last[n.alert_id] = (now, n.nid)
-        self.on_state("cooldown", n.alert_id, {"at": now, "nid": n.nid})
-        if len(self._last) > MAX_TRACKED:
-            self._last = {k: v for k, v in self._last.items() if now - v[0] < 86_400}
+        self._last.pop(n.alert_id, None)
+        self._last[n.alert_id] = (now, n.nid, p.cooldown)
+        self.on_state("cooldown", n.alert_id, {"at": now, "nid": n.nid, "for": p.cooldown})
+        if len(self._last) > self.max_entries:  # forget cooldowns that ended, else the oldest half
+            live = {k: v for k, v in self._last.items() if now - v[0] < v[2]}
+            if len(live) > self.max_entries // 2:
+                live = dict(list(live.items())[len(live) - self.max_entries // 2 :])
+            self._last = live
         return True
 
     def import_(self, alert_id: str, value: Mapping[str, Any] | None) -> None:
         if value is None:
             self._last.pop(alert_id, None)
-        elif alert_id in self._last or len(self._last) < MAX_TRACKED:
-            self._last[alert_id] = (float(value["at"]), str(value["nid"]))
+        elif alert_id in self._last or len(self._last) < self.max_entries:
+            held = float(value.get("for", float("inf")))  # records of earlier versions: kept until pruned
+            self._last[alert_id] = (float(value["at"]), str(value["nid"]), held)
 
 
 # -- grouping ------------------------------------------------------------------------------------------------
@@ -387,6 +407,9 @@ class FollowUps:
             n = self.acks.open.get(aid)
             if n is None or n.episode != episode or self.acks.acked(n) or n.policy is None:
                 continue  # resolved, a new episode, or acknowledged: nothing more to say
+            if self.acks.gone(n):
+                self.acks.closed(aid)
+                continue
             if step < 0:
                 if at + n.policy.repeat <= now:  # a new leader behind the schedule: only the latest repeat
                     heapq.heappush(self._heap, (at + n.policy.repeat, next(self._seq), aid, episode, -1))
@@ -402,6 +425,9 @@ class FollowUps:
                 out.append(replace(n, nid=short_hash(n.nid, "escalate", str(step)), audience=audience))
                 if self.on_step is not None:
                     self.on_step(out[-1], step)
+                last = max(e.after for e in n.policy.escalate)
+                if not n.resolves and not n.policy.repeat and s.after == last:
+                    self.acks.closed(aid)  # an event rule's alert: nothing more will come of it
         return out
 
 
@@ -430,6 +456,8 @@ class QuietHours:
                 z = ZoneInfo(name)
             except (ZoneInfoNotFoundError, ValueError):
                 z = self.default
+            if len(self._zones) >= 1000:  # names come from registrations: a bounded cache
+                self._zones.clear()
             self._zones[name] = z
         return z
 
@@ -470,6 +498,7 @@ class RateLimit:
         self._windows: dict[str, _Window] = {}
         self._ended: dict[tuple[str, float], _Window] = {}  # windows whose summary is due
         self._heap: list[tuple[float, str, float]] = []  # (end, registration id, window start)
+        self._prune_at = 10_000
 
     def allows(self, n: Notification, reg: Registration, now: float) -> bool:
         w = self._windows.get(reg.id)
@@ -477,6 +506,8 @@ class RateLimit:
             if w is not None and w.held:
                 self._ended[(reg.id, w.start)] = w
             w = self._windows[reg.id] = _Window(now, reg)
+            if len(self._windows) > self._prune_at:
+                self._prune(now)
         if w.sent < self.limit:
             w.sent += 1
             return True
@@ -485,6 +516,14 @@ class RateLimit:
         w.held += 1
         w.last = n
         return False
+
+    def _prune(self, now: float) -> None:
+        """Forgets windows that ended with nothing held (those with a summary due leave at ``due``)."""
+        self._windows = {k: w for k, w in self._windows.items() if w.held or now < w.start + self.per}
+        self._prune_at = max(10_000, 2 * len(self._windows))
+
+    def __len__(self) -> int:
+        return len(self._windows)
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -570,7 +609,10 @@ class NoiseControl:
         """The shared state as ``import_state`` takes it, by kind and key (equal on converged instances)."""
         return {
             "ack": {k: self.acks.export(a) for k, a in sorted(self.acks._acks.items())},
-            "cooldown": {k: {"at": at, "nid": nid} for k, (at, nid) in sorted(self.cooldown._last.items())},
+            "cooldown": {
+                k: {"at": at, "nid": nid, "for": held}
+                for k, (at, nid, held) in sorted(self.cooldown._last.items())
+            },
             "followup": {
                 k: {"episode": e, "opened": at} for k, (e, at, _) in sorted(self.followups.started.items())
             },
@@ -674,4 +716,6 @@ class NoiseControl:
         return self.acks.ack(alert_id, by, comment, now)
 
     def open_alerts(self) -> Mapping[str, Notification]:
+        """Firing alerts: what GET /v1/alerts lists and tocsin_open_alerts counts."""
+        self.acks.prune()
         return self.acks.open

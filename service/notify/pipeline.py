@@ -71,6 +71,7 @@ def to_notification(t: Transition, now: float) -> Notification:
         policy=t.policy,
         on_ambiguous=t.on_ambiguous,
         tenant=t.tenant,
+        resolves=t.resolves,
     )
 
 

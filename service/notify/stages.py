@@ -20,8 +20,10 @@ class NotificationLog:
     In memory for now: the cluster ledger and the durable outbox make it survive a restart.
     """
 
-    def __init__(self, window: float) -> None:
-        self.window = window
+    def __init__(self, window: float, max_entries: int = 100_000) -> None:
+        """``max_entries``: at most this many keys are remembered (the oldest go first), whatever the
+        window: a flood of distinct notifications must not grow it without bound."""
+        self.window, self.max_entries = window, max_entries
         self._seen: OrderedDict[str, float] = OrderedDict()
 
     def seen(self, nid: str, now: float) -> bool:
@@ -31,6 +33,8 @@ class NotificationLog:
     def record(self, nid: str, now: float) -> None:
         self._seen[nid] = now
         self._seen.move_to_end(nid)
+        if len(self._seen) > self.max_entries:
+            self._seen.popitem(last=False)
 
     def _expire(self, now: float) -> None:
         seen, limit = self._seen, now - self.window

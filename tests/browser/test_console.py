@@ -12,7 +12,14 @@ import pytest
 from playwright.async_api import Browser, Dialog, Page, expect
 
 from service.app import Service
-from tests.conftest import Printed, RunningService, publish, service_config, start_service
+from tests.conftest import (
+    Printed,
+    RunningService,
+    acknowledgeable_examples,
+    publish,
+    service_config,
+    start_service,
+)
 from tests.support import Mosquitto, wait_until
 
 ADMIN = "console-admin-key-0123456789"
@@ -21,7 +28,10 @@ KEYS = json.dumps([{"name": "ops", "role": "admin", "api_key": ADMIN}])
 
 @pytest.fixture
 async def served(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Service, Printed]]:
-    service, printed = await start_service(service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS))
+    rules = acknowledgeable_examples(tmp_path)
+    service, printed = await start_service(
+        service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, TOCSIN_RULES__PATHS=f"[{rules}]")
+    )
     try:
         await wait_until(lambda: service.source.is_connected, 10, "the service to connect")
         yield service, printed

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from service.app import Service
-from tests.conftest import Printed, service_config, start_service
+from tests.conftest import Printed, acknowledgeable_examples, service_config, start_service
 from tests.support import Mosquitto, wait_until
 
 ADMIN = "admin-key-0123456789abcdef"
@@ -63,7 +63,10 @@ async def api(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[Api]:
 @contextlib.asynccontextmanager
 async def running_api(tmp_path: Path, broker: Mosquitto, **overrides: str) -> AsyncIterator[Api]:
     """A service with the test keys; ``overrides``: more TOCSIN_* settings (a store's URL, say)."""
-    config = service_config(tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, **overrides)
+    rules = acknowledgeable_examples(tmp_path)
+    config = service_config(
+        tmp_path, broker.port, TOCSIN_API__KEYS=KEYS, TOCSIN_RULES__PATHS=f"[{rules}]", **overrides
+    )
     service, printed = await start_service(config)
     try:
         # Stopping a service whose MQTT connect is in flight can hang in aiomqtt: let it connect first.

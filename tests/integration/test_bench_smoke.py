@@ -24,6 +24,7 @@ EXPECTED = {
     "stages": {"events_per_s", "cpu_us_per_event", "samples"},
     "clients": {"messages", "tocsin", "paho", "gmqtt", "aiomqtt"},
 }
+HOSTILE = {"good_events", "notified", "malformed_counted", "peak_rss_mb", "loop_stall_max_ms"}
 
 
 RUNS = [(name, ()) for name in sorted(EXPECTED)] + [("registry", ("--store", "postgresql"))]
@@ -83,3 +84,20 @@ def test_receivers_fanout_smoke_reports_each_provider() -> None:
         got = figures[provider]
         assert {"notifications_per_s", "cpu_us_per_notification"} <= set(got), figures
         assert got["n"] == 200 and got["notifications_per_s"] > 0 and got["cpu_us_per_notification"] > 0
+
+
+def test_hostile_input_loses_no_good_event_and_counts_every_malformed_one() -> None:
+    """The short version of `scripts/bench hostile`: every good message notified once, its template syntax
+    arriving as text, every malformed one counted (figures of time and memory are the benchmark's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.hostile", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(figures) >= HOSTILE and figures["peak_rss_mb"] > 0, figures
+    assert figures["notified"] == figures["good_events"] > 0, done.stdout
+    assert figures["malformed_counted"] == figures["malformed_sent"] > 0, done.stdout

@@ -147,7 +147,8 @@ async def test_operator_errors_are_documented_and_carry_a_message(api: Api) -> N
     for method, path, template, raw in calls:
         status, body = await api.call(method, path, raw=raw)
         assert str(status) in doc["paths"][template][method.lower()]["responses"], (method, path, status)
-        assert all(isinstance(body.get(k), str) for k in required), (path, body)
+        assert all(k in body for k in required) and body["status"] == status, (path, body)
+        assert isinstance(body["message"], str) and body["detail"] == body["message"], (path, body)
 
 
 async def test_gateway_answers_match_the_document_for_native_registrations(api: Api) -> None:
@@ -182,7 +183,7 @@ async def test_the_cumulocity_api_ignores_fields_a_newer_alarm_app_sends(api: Ap
     status, answer = await api.call("POST", "/notification", {"tags": ["a"], "message": message, "ttl": 3})
     assert status == 204, answer
     status, answer = await api.call("POST", "/registrations", {**body, "device": {**device, "platform": "x"}})
-    assert status == 400 and set(answer) == {"message"}  # known fields are still checked
+    assert status == 400 and answer["field"] == "device.platform", answer  # known fields are still checked
 
 
 async def test_the_open_alerts_gauge_agrees_with_the_alerts_list(api: Api) -> None:
@@ -196,3 +197,26 @@ async def test_the_open_alerts_gauge_agrees_with_the_alerts_list(api: Api) -> No
         text = await r.text()
     [gauge] = [line for line in text.splitlines() if line.startswith("tocsin_open_alerts ")]
     assert float(gauge.split()[1]) == len(listed["alerts"]) == 0, (gauge, listed)
+
+
+async def test_every_error_is_a_problem_document_with_the_field_at_fault(api: Api) -> None:
+    """The native, operator, console and Cumulocity-compatible routes, and aiohttp's own refusals."""
+    calls = [
+        ("POST", "/v1/registrations", {"provider": "apns", "token": "x"}, 400, "token"),
+        ("POST", "/v1/silences", {"matchers": {"room": "a"}, "duration": "soon"}, 400, "duration"),
+        ("POST", "/registrations", {"userId": "ann", "bundleId": "b"}, 400, "device"),
+        ("GET", "/ui/api/notifications?limit=many", None, 400, "limit"),
+        ("GET", "/v1/no-such-route", None, 404, None),
+        ("DELETE", "/health", None, 405, None),
+    ]
+    for method, path, body, status, field in calls:
+        async with api.http.request(
+            method, api.base + path, json=body, headers={"Authorization": f"Bearer {ADMIN}"}
+        ) as r:
+            assert r.status == status, (path, r.status, await r.text())
+            assert r.content_type == "application/problem+json", (path, r.content_type)
+            answer = await r.json()
+        assert answer["status"] == status and answer["type"] == "about:blank", answer
+        assert answer["detail"] == answer["message"] and answer["title"], answer
+        assert answer.get("field") == field, (path, answer)
+        assert ("info" in answer) == path.startswith("/registrations"), answer

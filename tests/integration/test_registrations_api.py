@@ -122,7 +122,7 @@ BAD_BODIES = [
     (reg(token="zz" * 32), "(body)", "64 hexadecimal"),
     (reg(provider="fcm", token="short:x"), "(body)", "FCM registration token"),
     (reg(provider="fcm", token="has spaces " * 5), "(body)", "FCM registration token"),
-    (reg(provider="pigeon"), "provider", "unknown provider 'pigeon': one of log, apns, fcm"),
+    (reg(provider="pigeon"), "provider", "unknown provider 'pigeon': one of log, apns, fcm, webhook"),
     (reg(tags=["bad tag"]), "tags", "must be 1-120 characters"),
     (reg(timezone="Mars/Olympus"), "timezone", "IANA"),
     (reg(quiet_hours="22-7"), "quiet_hours", "HH:MM-HH:MM"),
@@ -140,6 +140,7 @@ async def test_bad_bodies_are_400_with_the_field_and_write_nothing(
     assert status == 400, answer
     assert answer["error"] == "invalid_body"
     assert any(d["field"] == field and reason in d["reason"] for d in answer["details"]), answer
+    assert answer["field"] == answer["details"][0]["field"], answer  # the field at fault, first named
     assert await api.service.store.count() == before
     assert api.rejected("register", 400) == 1
 

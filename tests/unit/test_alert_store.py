@@ -55,3 +55,28 @@ def test_saves_write_only_what_changed_and_still_equal_the_state(tmp_path: Path)
     again = AlertStore(tmp_path / "alerts.db")
     again.save(EngineState())  # a fresh process's first save replaces everything
     assert again.load() == ({}, {})
+
+
+def test_after_a_restart_the_first_commit_writes_nothing_again_and_drops_what_was_not_restored(
+    tmp_path: Path,
+) -> None:
+    store = AlertStore(tmp_path / "alerts.db")
+    state = EngineState()
+    for i in range(100):
+        state.alerts[f"a{i}"] = AlertState(
+            "r", {}, "watching", f"e{i}", 1.0, 9.0, Event(f"e{i}", "m", "t", None, 1, {})
+        )
+    state.alerts["old"] = AlertState("removed-rule", {}, "firing", "e", 1.0, None, None)
+    store.save(state)
+    store.close()
+    again = AlertStore(tmp_path / "alerts.db")
+    restored = again.restore({"r"})
+    assert len(restored.alerts) == 100 and len(restored.tracked["r"]) == 100
+    writes: list[str] = []
+    again.journal.db.set_trace_callback(lambda sql: writes.append(sql.split(" (")[0]))
+    again.save(restored)
+    assert [w for w in writes if w.startswith(("INSERT", "DELETE"))] == [
+        "DELETE FROM alerts WHERE id = 'old'"
+    ]
+    assert sorted(again.load()[0]) == sorted(f"a{i}" for i in range(100))
+    again.close()

@@ -59,3 +59,19 @@ def test_the_ledger_of_earlier_versions_is_imported_once(tmp_path: Path) -> None
     assert not legacy.exists() and (tmp_path / "cluster.db.imported").exists()
     journal.close()
     assert rows(tmp_path / "tocsin.db") == [("old", "sent", 3)]
+
+
+async def test_records_past_retention_are_pruned_as_new_ones_are_written(tmp_path: Path) -> None:
+    path = tmp_path / "tocsin.db"
+    journal = Journal(path)
+    store = LedgerStore(journal, retention_s=100.0)
+    store.PRUNE_EVERY = 10
+    journal.start()
+    for i in range(5):
+        store.save(f"old-{i}", "sent", 1, 0.0)
+    await journal.commit()
+    for i in range(10):
+        store.save(f"new-{i}", "sent", 1, 500.0)
+    await journal.commit()
+    assert [k for k, _, _ in rows(path)] == [f"new-{i}" for i in range(10)]
+    journal.close()
