@@ -15,7 +15,7 @@ from service.notify.model import notification_key
 from tests.c8y_support import C8yRig, c8y_rig
 from tests.fakes.cumulocity import FakeUser
 from tests.fakes.keys import apns_token
-from tests.support import wait_until
+from tests.support import wait_until, wait_until_async
 
 ESCALATING = """rules:
   - id: c8y-escalating
@@ -138,8 +138,12 @@ async def test_two_replicas_share_a_tenant_each_alarm_once(tmp_path: Path) -> No
         await wait_until(lambda: rig.c8y.consumers("t1") >= 4, 10, "both replicas' streams")  # 2 each
         phone = apns_token()
         assert await rig.register(a, alice, phone) == 204  # through one replica ...
-        await wait_until(lambda: b.stores.store("t1") is not None and b.stores.store("t1").count() == 1,  # type: ignore[union-attr]
-                         5, "... seen by the other at once")  # fmt: skip
+
+        async def seen() -> bool:
+            store = b.stores.store("t1")
+            return store is not None and await store.count() == 1
+
+        await wait_until_async(seen, 5, "... seen by the other at once")
         raised = [t1.create_alarm(d, f"c8y_Type{i % 3}", f"alarm {i}") for i, d in enumerate(devices * 3)]
         await wait_until(lambda: len(rig.apns_for(phone)) >= len(set(x["id"] for x in raised)), 10, "pushes")
         await wait_until(lambda: t1.backlog() == 0, 10, "every frame acknowledged")
