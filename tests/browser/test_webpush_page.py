@@ -123,5 +123,5 @@ async def test_page_subscribes_registers_and_receives(
     # Turning it off unregisters it.
     await page.click("#disable")
     await expect(page.locator("#status")).to_contain_text("Notifications are off", timeout=10_000)
-    assert service.store.get("webpush", sub.endpoint) is None
+    assert await service.store.get("webpush", sub.endpoint) is None
     await context.close()

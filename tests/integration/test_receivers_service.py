@@ -195,7 +195,7 @@ async def test_subscription_checks(receivers: Receivers) -> None:
         "POST", "/v1/registrations", {"provider": "webpush", "subscription": short_auth}
     )
     assert status == 400 and "auth" in json.dumps(answer), answer
-    assert r.api.service.store.get("webpush", sub.endpoint) is None
+    assert await r.api.service.store.get("webpush", sub.endpoint) is None
 
 
 async def test_gone_subscription_and_webhook_are_disabled(receivers: Receivers) -> None:
