@@ -129,7 +129,8 @@ class RegistrationIn(RegistrationFields):
             return str(sub.endpoint)
         if not v:
             raise ValueError("Field required")
-        return v
+        # Checked as the token's own field (the error names it); the provider is validated before it.
+        return check_token(provider, v) if provider is not None and provider != "webpush" else v
 
     @model_validator(mode="after")
     def _token_shape(self) -> RegistrationIn:
@@ -139,7 +140,7 @@ class RegistrationIn(RegistrationFields):
             check_subscription_keys(self.subscription.keys.p256dh, self.subscription.keys.auth)
         elif self.subscription is not None:
             raise ValueError("only a webpush registration has a subscription")
-        normal = check_token(self.provider, self.token)
+        normal = check_token(self.provider, self.token) if self.provider == "webpush" else self.token
         if normal != self.token:
             object.__setattr__(self, "token", normal)
         return self

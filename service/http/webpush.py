@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from registrations.problem import problem
 from service.providers import vapid
 from service.providers.webpush import WebPushConfig
 
@@ -47,10 +48,7 @@ def add_webpush_routes(app: web.Application, config: WebPushConfig) -> None:
 
     async def public_key(request: web.Request) -> web.Response:
         if public is None:
-            return web.json_response(
-                {"error": "not_found", "message": "Web Push is not configured (providers.webpush)"},
-                status=404,
-            )
+            return problem(404, "not_found", "Web Push is not configured (providers.webpush)")
         return web.json_response({"public_key": public}, headers={"Cache-Control": "public, max-age=300"})
 
     app.router.add_get(ROUTE, public_key)

@@ -147,6 +147,9 @@ class FakeFCM:
     echo: Callable[[Sent], None] | None = None  # told of every accepted message (benchmarks)
     cert_dir: Path | None = None  # serve TLS with a private CA's certificate, written here
     h2: bool = True  # with cert_dir: the send endpoint also over HTTP/2, at ``h2_url``
+    # Without cert_dir (plain HTTP): the send endpoint also over HTTP/2 with TLS, with the self-signed
+    # certificate found or made in this directory (``cert_path``; the benchmarks share the fake APNs' one).
+    h2_cert_dir: Path | None = None
     tls_http1: Path | None = None  # a second HTTP/1.1-only listener over TLS, certificate from this directory
 
     def __post_init__(self) -> None:
@@ -198,6 +201,13 @@ class FakeFCM:
         if self._leaf is not None and self.h2:
             self.cert_path = self.ca_file  # what a client trusts for either listener
             self._h2, _ = await h2server.serve(self._h2_request, self.host, 0, *self._leaf)
+            self.h2_port = self._h2.sockets[0].getsockname()[1]
+        elif self.h2_cert_dir is not None:
+            cert, key = self.h2_cert_dir / "localhost-cert.pem", self.h2_cert_dir / "localhost-key.pem"
+            if not cert.exists():
+                cert, key = self_signed(self.h2_cert_dir)
+            self.cert_path = cert
+            self._h2, _ = await h2server.serve(self._h2_request, self.host, 0, cert, key)
             self.h2_port = self._h2.sockets[0].getsockname()[1]
         if self.tls_http1 is not None:  # a server that does not speak HTTP/2: ALPN offers none
             cert, key = self_signed(self.tls_http1)
@@ -410,7 +420,7 @@ async def _main() -> None:
     parser.add_argument("--echo", action="store_true", help="print 'TIME BODY' per accepted message")
     parser.add_argument("--cert-dir", type=Path, help="also serve the send endpoint over HTTP/2 with TLS")
     args = parser.parse_args()
-    fake = FakeFCM(port=args.port, record=False, cert_dir=args.cert_dir)
+    fake = FakeFCM(port=args.port, record=False, h2_cert_dir=args.cert_dir)
     if args.echo:
         fake.echo = lambda m: echo_line(m.message.get("notification", {}).get("body", ""))
     for spec in args.account:

@@ -294,7 +294,6 @@ async def test_push_gateway_notification_loads_the_alarm_text_and_takes_the_push
         for alarm_id in ("999999", other["id"]):  # none, and another tenant's
             message = {"title": "x", "body": {"alarmId": alarm_id}}
             status, answer = await rig.call(service, "POST", "/notification", ops, json={"message": message})
-            assert status == 400 and answer == {
-                "message": f"message.body.alarmId: the tenant has no alarm {alarm_id}"
-            }
+            assert status == 400 and answer["error"] == "pushgateway/invalid_body", answer
+            assert answer["message"] == f"message.body.alarmId: the tenant has no alarm {alarm_id}", answer
         assert len(rig.apns_for(ios)) == 2 and len(rig.fcm_for(android)) == 1
