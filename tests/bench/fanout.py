@@ -216,7 +216,7 @@ def main() -> None:
     )
     parser.add_argument("--smoke", action="store_true", help="a few hundred registrations (the test suite)")
     parser.add_argument(
-        "--providers", help="the receivers instead: webpush,webhook (see tests/bench/fanout_receivers.py)"
+        "--providers", help="the receivers instead: webpush,webhook (see tests/bench/_fanout_receivers.py)"
     )
     parser.add_argument(
         "--fcm-http1", action="store_true", help="FCM over HTTP/1.1 keep-alive (default: HTTP/2 over TLS)"
@@ -224,7 +224,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 400 if args.smoke else args.registrations
     if args.providers:
-        from tests.bench import fanout_receivers
+        from tests.bench import _fanout_receivers as fanout_receivers
 
         fanout_receivers.main(
             args.providers.split(","), 200 if args.smoke else args.registrations, args.workers
