@@ -60,6 +60,16 @@ class Rejected:
 Outcome = Delivered | Retry | TokenInvalid | TokenSuspect | ConfigError | Rejected
 
 
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header given in seconds; None when absent or not a number (the dispatcher's backoff)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
 class Provider(Protocol):
     """What the dispatcher drives; a plug-in (``plugin.ProviderPlugin``) builds it from its config section."""
 

@@ -39,6 +39,7 @@ from service.providers.base import (
     Retry,
     TokenInvalid,
     TokenSuspect,
+    retry_after_s,
 )
 from service.providers.http2 import Http2ConnectionError, Http2Pool, StreamReset
 from service.providers.plugin import ProviderPlugin
@@ -324,7 +325,7 @@ class FcmProvider:
             self.problem = what
             return ConfigError(what)
         if status in _RETRY_STATUS or code in ("QUOTA_EXCEEDED", "UNAVAILABLE", "INTERNAL"):
-            return Retry(what, _seconds(retry_after))
+            return Retry(what, retry_after_s(retry_after))
         if status == 400 and _BAD_TOKEN in text:
             return TokenSuspect(what)
         return Rejected(what)
@@ -447,15 +448,6 @@ def _fcm_code(raw: bytes) -> str | None:
 
 def _message(raw: bytes) -> str:
     return str(_error(raw).get("message", ""))[:200]
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _transport_cause(exc: BaseException, timeout_s: float) -> str:

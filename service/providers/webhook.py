@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from registrations.model import Registration
 from service.notify.model import Delivery
 from service.providers import webhook_body
-from service.providers.base import ConfigError, Delivered, Outcome, Rejected, Retry, TokenInvalid
+from service.providers.base import (
+    ConfigError,
+    Delivered,
+    Outcome,
+    Rejected,
+    Retry,
+    TokenInvalid,
+    retry_after_s,
+)
 from service.providers.plugin import ProviderPlugin
 from service.providers.targets import MAX_URL, check_url
 
@@ -205,19 +213,10 @@ def outcome(status: int, answer: bytes, retry_after: str | None) -> Outcome:
     if status == 410:
         return TokenInvalid(what)
     if status in _RETRY or status >= 500:
-        return Retry(what, _seconds(retry_after))
+        return Retry(what, retry_after_s(retry_after))
     if 300 <= status < 400:
         return Rejected(f"{what} (redirects are not followed)")
     return Rejected(what)
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 PLUGIN = ProviderPlugin(

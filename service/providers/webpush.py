@@ -37,6 +37,7 @@ from service.providers.base import (
     Retry,
     TokenInvalid,
     TokenSuspect,
+    retry_after_s,
 )
 from service.providers.plugin import ProviderPlugin
 from service.providers.targets import MAX_URL, check_url
@@ -232,7 +233,7 @@ class WebPushProvider:
         if status == 413:
             return Rejected(f"{what}: the push service refused the payload as too large")
         if status == 429 or status >= 500:
-            return Retry(what, _seconds(retry_after))
+            return Retry(what, retry_after_s(retry_after))
         if status == 401:  # our VAPID token: every send will fail alike
             self.problem = what
             return ConfigError(what)
@@ -252,15 +253,6 @@ def _reason(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return raw[:200].decode("utf-8", "replace")
     return str(doc.get("message", ""))[:200] if isinstance(doc, dict) else ""
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 PLUGIN = ProviderPlugin(
