@@ -104,9 +104,15 @@ def main() -> None:
                     *("record", "--pid", str(service.proc.pid), "--rate", str(args.rate)),
                     *("--format", "raw", "--output", str(out), "--threads", "--nonblocking"),
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
+            # The burst starts once py-spy samples ("py-spy> Sampling process ..."): a short one could be
+            # over before py-spy attached, and then there is nothing to record.
+            assert spy.stdout is not None
+            if b"Sampling process" not in spy.stdout.readline():
+                _, err = spy.communicate(timeout=30)
+                raise RuntimeError(f"py-spy did not start: {err.decode(errors='replace').strip()}")
             print(f"full speed, sampled: {args.burst} events ...", flush=True)
             burst = run_burst(service, client, args.burst, 2_000_000)
             spy.send_signal(signal.SIGINT)
