@@ -78,6 +78,11 @@ class Journal:
     def started(self) -> bool:
         return self._thread is not None
 
+    @property
+    def committing(self) -> bool:
+        """A commit is under way: what it took from the participants is not durable yet."""
+        return self._running is not None
+
     def register(self, name: str, collect: Collector) -> None:
         self._collectors.append((name, collect))
 

@@ -145,8 +145,11 @@ class Outbox:
         return bool(self._rows or self._notifications)
 
     async def written(self) -> None:
-        """Commit buffered new rows: awaited before a send, so no delivery leaves without its row."""
-        if self._rows or self._notifications:
+        """Commit buffered new rows: awaited before a send, so no delivery leaves without its row.
+
+        Also while a commit is under way: it may hold this delivery's rows (taken from the buffer when it
+        started), and a send before it finished could repeat after a crash with no row to show for it."""
+        if self._rows or self._notifications or self.journal.committing:
             await self.journal.commit()
 
     def finish(self, delivery: Delivery, state: str, reason: str | None, now: float) -> None:

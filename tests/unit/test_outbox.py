@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from registrations.model import Registration
 from service.notify.model import Delivery
@@ -91,3 +92,33 @@ def test_a_checkpoint_after_close_opens_nothing(tmp_path: Path) -> None:
     box.close()
     box.checkpoint()
     assert box._checkpointer is None
+
+
+async def test_a_send_waits_for_the_commit_that_took_its_row(tmp_path: Path) -> None:
+    """A commit under way may hold the delivery's row (taken when it started): ``written()`` returns only
+    once that commit is done, so no delivery leaves before its row is durable."""
+    import asyncio
+    import threading
+
+    box = Outbox(tmp_path / "o.db")
+    box.journal.start()
+    gate = threading.Event()
+    run = box.journal._run
+
+    def slow(statements: Any) -> None:
+        gate.wait(10)
+        run(statements)
+
+    box.journal._run = slow  # type: ignore[method-assign]
+    box.add(Delivery(notification("nid-1"), Registration("log", "t1")), 1.0)
+    commit = asyncio.create_task(box.journal.commit())  # takes the row, then waits at the gate
+    await asyncio.sleep(0)
+    assert box.journal.committing and not box.unwritten
+    written = asyncio.create_task(box.written())
+    await asyncio.sleep(0.05)
+    assert not written.done()  # the row is not durable yet
+    gate.set()
+    await asyncio.wait_for(written, 10)
+    await commit
+    assert box.report("nid-1") is not None
+    box.close()
